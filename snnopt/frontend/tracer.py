@@ -1,0 +1,173 @@
+"""torch.fx tracing specialised on the example inputs' shapes.
+
+Every traced value carries a fake tensor (``node.meta["val"]``), computed as the graph is
+recorded.  Shape queries (``x.shape``, ``x.size()``, ``len(x)``, ``x.dim()``, iteration
+over dim 0) return concrete values, so Python loops such as
+``for t in range(x.shape[0])`` unroll.  Neuron modules (anything in the adapter
+registry) are leaves.  Data-dependent control flow still fails to trace, with the node
+where tracing stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from torch import fx, nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.node import map_aggregate
+
+from .registry import is_neuron
+
+log = logging.getLogger(__name__)
+
+
+class TraceFailure(RuntimeError):
+    """Tracing failed; ``last_node`` names the last node recorded before the failure."""
+
+    def __init__(self, message: str, last_node: str | None, graph: fx.Graph | None = None):
+        super().__init__(message)
+        self.last_node = last_node
+        self.graph = graph
+
+
+def _meta(value):
+    return value.node.meta.get("val") if isinstance(value, fx.Proxy) else value
+
+
+class ShapedProxy(fx.Proxy):
+    """A proxy that answers shape questions from its fake value."""
+
+    def _tensor(self) -> torch.Tensor:
+        val = self.node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            raise fx.proxy.TraceError(f"the shape of `{self.node.name}` is not known while tracing "
+                                      f"(its value could not be computed on fake tensors)")
+        self.tracer.shape_reads += 1
+        return val
+
+    @property
+    def shape(self):
+        return self._tensor().shape
+
+    def size(self, dim=None):
+        shape = self._tensor().shape
+        return shape if dim is None else shape[dim]
+
+    def dim(self):
+        return self._tensor().dim()
+
+    @property
+    def ndim(self):
+        return self._tensor().dim()
+
+    def numel(self):
+        return self._tensor().numel()
+
+    @property
+    def dtype(self):
+        return self._tensor().dtype
+
+    @property
+    def device(self):
+        return self._tensor().device
+
+    def __len__(self):
+        val = self.node.meta.get("val")
+        if isinstance(val, (tuple, list)):
+            return len(val)
+        return self._tensor().shape[0]
+
+    def __iter__(self):
+        return iter([self[i] for i in range(len(self))])
+
+
+class SNNTracer(fx.Tracer):
+    """fx tracer with neuron leaves and fake-tensor shape propagation."""
+
+    def __init__(self, example_inputs):
+        super().__init__(autowrap_modules=(math,))
+        self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+        self.fake_inputs = [self.fake_mode.from_tensor(x) if isinstance(x, torch.Tensor) else x
+                            for x in example_inputs]
+        self._placeholder_index = 0
+        self.shape_reads = 0
+        self.last_node = None
+        self._evaluating = False
+
+    def call_module(self, m, forward, args, kwargs):
+        if self._evaluating:  # computing a fake value: run the module, record nothing
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if self._evaluating:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return is_neuron(m) or super().is_leaf_module(m, qualname)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return ShapedProxy(node, self)
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        node = proxy.node
+        node.meta["origin"] = "trace"
+        node.meta["val"] = self._fake_value(node)
+        self.last_node = node.name
+        return proxy
+
+    def _fake_value(self, node: fx.Node):
+        if node.op == "placeholder":
+            i = self._placeholder_index
+            self._placeholder_index += 1
+            return self.fake_inputs[i] if i < len(self.fake_inputs) else None
+        args = map_aggregate(node.args, lambda a: a.meta.get("val") if isinstance(a, fx.Node) else a)
+        kwargs = map_aggregate(node.kwargs, lambda a: a.meta.get("val") if isinstance(a, fx.Node) else a)
+        self._evaluating = True
+        try:
+            with self.fake_mode:
+                if node.op == "call_function":
+                    return node.target(*args, **kwargs)
+                if node.op == "call_method":
+                    return getattr(args[0], node.target)(*args[1:], **kwargs)
+                if node.op == "call_module":
+                    return self.root.get_submodule(node.target)(*args, **kwargs)
+                if node.op == "get_attr":
+                    value = self._fetch_attr(node.target)
+                    return self.fake_mode.from_tensor(value) if isinstance(value, torch.Tensor) else value
+        except Exception as exc:  # the value stays unknown; shape queries on it then fail clearly
+            log.debug("no fake value for %s: %s", node.name, exc)
+            if node.op == "call_module" and is_neuron(self.root.get_submodule(node.target)):
+                if isinstance(exc, ValueError):
+                    raise ValueError(f"neuron module `{node.target}`: {exc}") from exc
+                raise fx.proxy.TraceError(f"neuron module `{node.target}` failed on its traced input: {exc}") from exc
+        finally:
+            self._evaluating = False
+        return None
+
+    def _fetch_attr(self, target: str):
+        obj = self.root
+        for part in target.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+
+def trace(model: nn.Module, example_inputs) -> tuple[fx.GraphModule, bool]:
+    """Trace ``model`` on ``example_inputs``; returns the GraphModule (sharing the model's
+    submodules and parameters) and whether the graph is specialised on the input shapes."""
+    tracer = SNNTracer(example_inputs)
+    try:
+        graph = tracer.trace(model)
+    except ValueError:
+        raise
+    except Exception as exc:
+        where = f" after node `{tracer.last_node}`" if tracer.last_node else ""
+        raise TraceFailure(f"cannot trace {type(model).__name__}{where}: {exc}", tracer.last_node,
+                           tracer.graph if hasattr(tracer, "graph") else None) from exc
+    name = type(model).__name__
+    gm = fx.GraphModule(tracer.root, graph, name)
+    return gm, tracer.shape_reads > 0

@@ -1,0 +1,69 @@
+"""Entry points that compiled graphs call; each wraps one ``torch.ops.snnopt`` op.
+
+The wrappers decide whether the op must keep anything for backward
+(``save = grad enabled and some input requires grad``), so inference and ``eval()``
+runs save nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import ops
+from .reference.rate import rate_neuron
+from .reference.sparse import synapse
+
+__all__ = ["neuron_scan", "spiking_synapse", "neuron_scan_sparse", "spiking_synapse_sparse", "neuron_rate_stats", "rate_neuron",
+           "rate_batch_norm", "status", "OPS"]
+
+OPS = ("neuron_scan", "neuron_scan_backward", "neuron_scan_sparse", "neuron_scan_sparse_backward",
+       "spiking_synapse_sparse", "spiking_synapse_sparse_backward", "neuron_rate_stats", "rate_batch_norm")
+
+
+def _needs_save(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def neuron_scan(x, v0, i0, beta, alpha, threshold, cfg, record=False):
+    """Dense scan (exact BPTT): ``(out, v_T, i_T, v_seq)``; ``v_seq`` (the state after
+    every step) is empty unless ``record``."""
+    save = _needs_save(x, v0, i0, beta, alpha, threshold)
+    out, v_T, i_T, v_seq, _, _ = torch.ops.snnopt.neuron_scan(x, v0, i0, beta, alpha, threshold, cfg, save, record)
+    return out, v_T, i_T, v_seq
+
+
+def spiking_synapse(x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg):
+    """Synapse (``syn`` 0: Linear, 1: Conv2d, applied per step) followed by the dense scan:
+    ``(out, v_T)``.  The canonical form of a fused region before lowering."""
+    current = synapse(x, weight, bias, syn, stride, padding, dilation, groups)
+    out, v_T, _, _ = neuron_scan(current, v0, None, beta, None, threshold, cfg)
+    return out, v_T
+
+
+def neuron_scan_sparse(x, v0, beta, threshold, cfg, band):
+    """Sparse-gradient scan: ``(out, v_T, active_indices)``."""
+    save = _needs_save(x, v0)
+    out, v_T, idx, _ = torch.ops.snnopt.neuron_scan_sparse(x, v0, beta, threshold, cfg, band, save)
+    return out, v_T, idx
+
+
+def spiking_synapse_sparse(x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band):
+    """Fused synapse + sparse-gradient scan: ``(out, v_T, active_indices)``."""
+    save = _needs_save(x, weight, bias, v0)
+    out, v_T, idx, _, _ = torch.ops.snnopt.spiking_synapse_sparse(
+        x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save)
+    return out, v_T, idx
+
+
+def neuron_rate_stats(x, v0, i0, beta, alpha, threshold, cfg):
+    """Spike pass of rate mode: ``(out, v_T, i_T, rate, eligibility)``."""
+    return torch.ops.snnopt.neuron_rate_stats(x, v0, i0, beta, alpha, threshold, cfg)
+
+
+def rate_batch_norm(x, mean, var, weight, bias, eps):
+    return torch.ops.snnopt.rate_batch_norm(x, mean, var, weight, bias, eps)
+
+
+def status() -> dict:
+    """The backend serving each op on each device type."""
+    return {name: {"cpu": "reference", "cuda": "reference"} for name in OPS}

@@ -1,0 +1,271 @@
+"""The ``torch.ops.snnopt.*`` custom ops: schema, fake (meta) kernels and autograd.
+
+Every op is implemented here by the plain-torch reference in :mod:`.reference`; fused
+kernels register themselves for the same ops.  ``cfg`` is
+:meth:`snnopt.spec.NeuronSpec.op_config`.
+
+==============================  ==============================================================
+op                              returns
+==============================  ==============================================================
+neuron_scan                     out, v_T, i_T, v_seq, h, i_seq  (dense; v_seq if ``record``,
+                                h/i_seq kept for backward if ``save``)
+neuron_scan_backward            gx, gv0, gi0, gbeta, galpha, gthreshold  (empty if not needed)
+neuron_scan_sparse              out, v_T, idx, sg         (active set: int32 indices, f')
+neuron_scan_sparse_backward     gx, gv0
+spiking_synapse_sparse          out, v_T, idx, sg, x_packed  (fused Linear/Conv2d + neuron)
+spiking_synapse_sparse_backward gx, gweight, gbias, gv0
+neuron_rate_stats               out, v_T, i_T, rate, eligibility  (spike pass of rate mode)
+rate_batch_norm                 y                         (RateBN)
+==============================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..spec import Config
+from .reference import dense as ref_dense
+from .reference import rate as ref_rate
+from .reference import sparse as ref_sparse
+
+LIB = "snnopt"
+
+
+def _opt(t: Tensor) -> Tensor | None:
+    return None if t.numel() == 0 else t
+
+
+# --------------------------------------------------------------------------- dense
+
+
+@torch.library.custom_op(f"{LIB}::neuron_scan", mutates_args=())
+def neuron_scan(x: Tensor, v0: Tensor | None, i0: Tensor | None, beta: Tensor | None, alpha: Tensor | None,
+                threshold: Tensor | None, cfg: list[float], save: bool,
+                record: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return ref_dense.scan_forward(x, v0, i0, beta, alpha, threshold, Config(cfg), save, record)
+
+
+@neuron_scan.register_fake
+def _(x, v0, i0, beta, alpha, threshold, cfg, save, record):
+    cuba = Config(cfg).kind == "cuba_lif"
+
+    def full(flag):
+        return torch.empty_like(x) if flag else x.new_empty(0)
+    return (torch.empty_like(x), torch.empty_like(x[0]), torch.empty_like(x[0]) if cuba else x.new_empty(0),
+            full(record), full(save), full(save and cuba))
+
+
+@torch.library.custom_op(f"{LIB}::neuron_scan_backward", mutates_args=())
+def neuron_scan_backward(g_out: Tensor, g_v: Tensor, g_i: Tensor, g_vseq: Tensor, h: Tensor, i_seq: Tensor,
+                         v0: Tensor | None, i0: Tensor | None, beta: Tensor | None, alpha: Tensor | None,
+                         threshold: Tensor | None, cfg: list[float],
+                         needs: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    grads = ref_dense.scan_backward(g_out, g_v, _opt(g_i), _opt(g_vseq), h, i_seq, v0, i0, beta, alpha, threshold,
+                                    Config(cfg), needs)
+    return tuple(h.new_empty(0) if g is None else g.contiguous() for g in grads)
+
+
+@neuron_scan_backward.register_fake
+def _(g_out, g_v, g_i, g_vseq, h, i_seq, v0, i0, beta, alpha, threshold, cfg, needs):
+    likes = (h, h[0], h[0], beta, alpha, threshold)
+    return tuple(torch.empty_like(like) if need else h.new_empty(0) for like, need in zip(likes, needs))
+
+
+def _scan_setup(ctx, inputs, output):
+    x, v0, i0, beta, alpha, threshold, cfg, save, record = inputs
+    ctx.cfg = cfg
+    ctx.save_for_backward(output[4], output[5], v0, i0, beta, alpha, threshold)
+
+
+def _scan_backward(ctx, g_out, g_v, g_i, g_vseq, _gh, _gis):
+    h, i_seq, v0, i0, beta, alpha, threshold = ctx.saved_tensors
+    if h.numel() == 0:
+        raise RuntimeError("snnopt.neuron_scan ran with save=False but a gradient was requested; "
+                           "call it through snnopt.kernels.neuron_scan")
+    needs = [bool(n) for n in ctx.needs_input_grad[:6]]
+    g_out = torch.zeros_like(h) if g_out is None else g_out
+    g_v = torch.zeros_like(h[0]) if g_v is None else g_v
+    g_i = h.new_empty(0) if g_i is None else g_i
+    g_vseq = h.new_empty(0) if g_vseq is None else g_vseq
+    grads = torch.ops.snnopt.neuron_scan_backward(g_out, g_v, g_i, g_vseq, h, i_seq, v0, i0, beta, alpha,
+                                                  threshold, ctx.cfg, needs)
+    return tuple(g if n else None for g, n in zip(grads, needs)) + (None, None, None)
+
+
+neuron_scan.register_autograd(_scan_backward, setup_context=_scan_setup)
+
+
+# --------------------------------------------------------------------------- sparse
+
+
+@torch.library.custom_op(f"{LIB}::neuron_scan_sparse", mutates_args=())
+def neuron_scan_sparse(x: Tensor, v0: Tensor | None, beta: Tensor | None, threshold: Tensor | None,
+                       cfg: list[float], band: float, save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return ref_sparse.scan_forward_sparse(x, v0, beta, threshold, Config(cfg), band, save)
+
+
+def _fake_active(x, save):
+    if not save:
+        return x.new_empty(0, dtype=torch.int32), x.new_empty(0)
+    n = torch.library.get_ctx().new_dynamic_size()
+    return x.new_empty(n, dtype=torch.int32), x.new_empty(n)
+
+
+@neuron_scan_sparse.register_fake
+def _(x, v0, beta, threshold, cfg, band, save):
+    return (torch.empty_like(x), torch.empty_like(x[0])) + _fake_active(x, save)
+
+
+@torch.library.custom_op(f"{LIB}::neuron_scan_sparse_backward", mutates_args=())
+def neuron_scan_sparse_backward(g_out: Tensor, g_v: Tensor, idx: Tensor, sg: Tensor, beta: Tensor | None,
+                                cfg: list[float], shape: list[int], needs: list[bool]) -> tuple[Tensor, Tensor]:
+    gx, gv0 = ref_sparse.neuron_sparse_backward(g_out, g_v, idx, sg, beta, Config(cfg), shape, needs)
+    return (g_out.new_empty(0) if gx is None else gx, g_out.new_empty(0) if gv0 is None else gv0.contiguous())
+
+
+@neuron_scan_sparse_backward.register_fake
+def _(g_out, g_v, idx, sg, beta, cfg, shape, needs):
+    return (g_out.new_empty(shape) if needs[0] else g_out.new_empty(0),
+            g_out.new_empty(shape[1:]) if needs[1] else g_out.new_empty(0))
+
+
+def _sparse_setup(ctx, inputs, output):
+    x, v0, beta, threshold, cfg, band, save = inputs
+    ctx.cfg, ctx.shape = cfg, list(x.shape)
+    ctx.save_for_backward(output[2], output[3], beta)
+
+
+def _sparse_backward(ctx, g_out, g_v, _gi, _gs):
+    idx, sg, beta = ctx.saved_tensors
+    needs = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
+    g_out = sg.new_zeros(ctx.shape) if g_out is None else g_out
+    g_v = sg.new_zeros(ctx.shape[1:]) if g_v is None else g_v
+    gx, gv0 = torch.ops.snnopt.neuron_scan_sparse_backward(g_out, g_v, idx, sg, beta, ctx.cfg, ctx.shape, needs)
+    return (gx if needs[0] else None, gv0 if needs[1] else None, None, None, None, None, None)
+
+
+neuron_scan_sparse.register_autograd(_sparse_backward, setup_context=_sparse_setup)
+
+
+@torch.library.custom_op(f"{LIB}::spiking_synapse_sparse", mutates_args=())
+def spiking_synapse_sparse(x: Tensor, weight: Tensor, bias: Tensor | None, v0: Tensor | None, beta: Tensor | None,
+                           threshold: Tensor | None, syn: int, stride: list[int], padding: list[int],
+                           dilation: list[int], groups: int, cfg: list[float], band: float,
+                           save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    current = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
+    out, v_T, idx, sg = ref_sparse.scan_forward_sparse(current, v0, beta, threshold, Config(cfg), band, save)
+    if not save:
+        return out, v_T, idx, sg, x.new_empty(0, dtype=torch.uint8)
+    packed = ref_sparse.pack_bits(x)
+    if packed.numel() == 0:  # not binary: keep the exact input bytes
+        packed = x.detach().reshape(-1).clone().view(torch.uint8)
+    return out, v_T, idx, sg, packed
+
+
+@spiking_synapse_sparse.register_fake
+def _(x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save):
+    current = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
+    idx, sg = _fake_active(x, save)
+    if save:
+        packed = x.new_empty(torch.library.get_ctx().new_dynamic_size(), dtype=torch.uint8)
+    else:
+        packed = x.new_empty(0, dtype=torch.uint8)
+    return torch.empty_like(current), torch.empty_like(current[0]), idx, sg, packed
+
+
+@torch.library.custom_op(f"{LIB}::spiking_synapse_sparse_backward", mutates_args=())
+def spiking_synapse_sparse_backward(g_out: Tensor, g_v: Tensor, idx: Tensor, sg: Tensor, x_packed: Tensor,
+                                    weight: Tensor, beta: Tensor | None, syn: int, stride: list[int],
+                                    padding: list[int], dilation: list[int], groups: int, x_shape: list[int],
+                                    cfg: list[float], needs: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    need_x, need_w, need_b, need_v0 = needs
+    c = Config(cfg)
+    delta, gv0 = ref_sparse.delta_scan(g_out, g_v, idx, sg, beta, c, list(g_out.shape))
+    g_current = delta * c.scale if c.scale != 1.0 else delta
+    n = 1
+    for d in x_shape:
+        n *= d
+    if x_packed.numel() == (n + 7) // 8:
+        x = ref_sparse.unpack_bits(x_packed, x_shape, g_out.dtype)
+    else:
+        x = x_packed.view(g_out.dtype).reshape(x_shape)
+    dX, dW, db = ref_sparse.synapse_backward(g_current, x, weight, syn, stride, padding, dilation, groups,
+                                             (need_x, need_w, need_b))
+    empty = g_out.new_empty(0)
+    return (empty if dX is None else dX, empty.clone() if dW is None else dW,
+            empty.clone() if db is None else db, empty.clone() if not need_v0 else gv0.contiguous())
+
+
+@spiking_synapse_sparse_backward.register_fake
+def _(g_out, g_v, idx, sg, x_packed, weight, beta, syn, stride, padding, dilation, groups, x_shape, cfg, needs):
+    e = g_out.new_empty
+    return (e(x_shape) if needs[0] else e(0), torch.empty_like(weight) if needs[1] else e(0),
+            e(weight.shape[0]) if needs[2] else e(0), e(g_out.shape[1:]) if needs[3] else e(0))
+
+
+def _synapse_setup(ctx, inputs, output):
+    x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save = inputs
+    ctx.static = (syn, stride, padding, dilation, groups)
+    ctx.cfg, ctx.x_shape, ctx.out_shape = cfg, list(x.shape), list(output[0].shape)
+    ctx.save_for_backward(output[2], output[3], output[4], weight, beta)
+
+
+def _synapse_backward(ctx, g_out, g_v, _gi, _gs, _gp):
+    idx, sg, packed, weight, beta = ctx.saved_tensors
+    nig = ctx.needs_input_grad
+    needs = [bool(nig[0]), bool(nig[1]), bool(nig[2]), bool(nig[3])]
+    g_out = sg.new_zeros(ctx.out_shape) if g_out is None else g_out
+    g_v = sg.new_zeros(ctx.out_shape[1:]) if g_v is None else g_v
+    gx, gw, gb, gv0 = torch.ops.snnopt.spiking_synapse_sparse_backward(
+        g_out, g_v, idx, sg, packed, weight, beta, *ctx.static, ctx.x_shape, ctx.cfg, needs)
+    grads = [g if n else None for g, n in zip((gx, gw, gb, gv0), needs)]
+    return tuple(grads) + (None,) * 10
+
+
+spiking_synapse_sparse.register_autograd(_synapse_backward, setup_context=_synapse_setup)
+
+
+# --------------------------------------------------------------------------- rate
+
+
+@torch.library.custom_op(f"{LIB}::neuron_rate_stats", mutates_args=())
+def neuron_rate_stats(x: Tensor, v0: Tensor | None, i0: Tensor | None, beta: Tensor | None, alpha: Tensor | None,
+                      threshold: Tensor | None, cfg: list[float]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return ref_dense.rate_stats(x, v0, i0, beta, alpha, threshold, Config(cfg))
+
+
+@neuron_rate_stats.register_fake
+def _(x, v0, i0, beta, alpha, threshold, cfg):
+    cuba = Config(cfg).kind == "cuba_lif"
+    return (torch.empty_like(x), torch.empty_like(x[0]), torch.empty_like(x[0]) if cuba else x.new_empty(0),
+            torch.empty_like(x[0]), torch.empty_like(x[0]))
+
+
+@torch.library.custom_op(f"{LIB}::rate_batch_norm", mutates_args=())
+def rate_batch_norm(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None,
+                    eps: float) -> Tensor:
+    return ref_rate.rate_batch_norm(x, mean, var, weight, bias, eps)
+
+
+@rate_batch_norm.register_fake
+def _(x, mean, var, weight, bias, eps):
+    return torch.empty_like(x)
+
+
+def _rbn_setup(ctx, inputs, output):
+    x, mean, var, weight, bias, eps = inputs
+    ctx.eps = eps
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x, mean, var, weight)
+
+
+def _rbn_backward(ctx, g):
+    x, mean, var, weight = ctx.saved_tensors
+    gx, gw, gb = ref_rate.rate_batch_norm_backward(g, x, mean, var, weight, ctx.eps)
+    nig = ctx.needs_input_grad
+    return (gx if nig[0] else None, None, None, gw if nig[3] else None,
+            gb if (nig[4] and ctx.has_bias) else None, None)
+
+
+rate_batch_norm.register_autograd(_rbn_backward, setup_context=_rbn_setup)

@@ -1,0 +1,1 @@
+"""Plain-torch reference implementations of every snnopt op: the test oracle and the fallback."""

@@ -1,0 +1,153 @@
+"""Pass infrastructure: results, notes, provenance-stamping node creation, the PassManager.
+
+A pass is a callable ``GraphModule -> PassResult`` with a ``__name__``.  It rewrites
+the graph of the module it is given (never its submodules or parameters) and is
+idempotent: run twice, the second run reports ``modified=False``.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import fx
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Note:
+    """One line of the compile report. ``kind``: rewritten | eager | warning | info."""
+
+    kind: str
+    node: str
+    detail: str
+    pass_name: str = ""
+
+
+@dataclass
+class PassResult:
+    graph_module: fx.GraphModule
+    modified: bool
+    notes: list = field(default_factory=list)
+
+
+class PassError(RuntimeError):
+    """A pass failed or left an invalid graph; the message names the pass."""
+
+
+class Builder:
+    """Creates nodes stamped with provenance: ``meta["origin"]`` (the pass name) and
+    ``meta["from_node"]`` (names of the nodes they replace or derive from)."""
+
+    def __init__(self, gm: fx.GraphModule, pass_name: str):
+        self.gm, self.graph, self.pass_name = gm, gm.graph, pass_name
+
+    def _stamp(self, node: fx.Node, from_: Sequence[fx.Node]) -> fx.Node:
+        node.meta["origin"] = self.pass_name
+        node.meta["from_node"] = [f.name for f in from_]
+        return node
+
+    def call(self, target, args, kwargs=None, *, from_=()) -> fx.Node:
+        return self._stamp(self.graph.call_function(target, tuple(args), kwargs or {}), from_)
+
+    def method(self, name, args, kwargs=None, *, from_=()) -> fx.Node:
+        return self._stamp(self.graph.call_method(name, tuple(args), kwargs or {}), from_)
+
+    def module(self, target, args, kwargs=None, *, from_=()) -> fx.Node:
+        return self._stamp(self.graph.call_module(target, tuple(args), kwargs or {}), from_)
+
+    def get_attr(self, target, *, from_=()) -> fx.Node:
+        return self._stamp(self.graph.get_attr(target), from_)
+
+    def placeholder(self, name, *, from_=()) -> fx.Node:
+        return self._stamp(self.graph.placeholder(name), from_)
+
+
+def make_tuple(*items):
+    """Graph helper: pack values into a tuple (the module-call result a rewrite stands in for)."""
+    return items
+
+
+def fold_tuple_getitems(node: fx.Node) -> None:
+    """Replace ``getitem(make_tuple(a, b, ...), k)`` users of ``node`` by the item, recursively,
+    and erase tuple nodes left without users."""
+    for user in list(node.users):
+        if user.op == "call_function" and user.target is operator.getitem and user.args[0] is node \
+                and isinstance(user.args[1], int):
+            item = node.args[user.args[1]]
+            user.replace_all_uses_with(item)
+            node.graph.erase_node(user)
+            if isinstance(item, fx.Node) and item.op == "call_function" and item.target is make_tuple:
+                fold_tuple_getitems(item)
+    if not node.users:
+        inner = [a for a in node.args if isinstance(a, fx.Node) and a.target is make_tuple]
+        node.graph.erase_node(node)
+        for a in inner:
+            if not a.users:
+                fold_tuple_getitems(a)
+
+
+def fake_propagate(gm: fx.GraphModule, example_inputs) -> None:
+    """Fill ``node.meta["val"]`` by running ``gm`` on fake copies of ``example_inputs``."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    fakes = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
+    FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
+
+
+class PassManager:
+    """Runs passes in order; after each: lint, recompile, fake-propagate shapes, verify.
+
+    Errors are re-raised as :class:`PassError` naming the pass.  Notes of every pass are
+    collected in ``self.notes``; ``self.history`` records ``(pass, nodes_before,
+    nodes_after, modified)`` and, when ``snapshots`` is set, the graph code after each pass.
+    """
+
+    def __init__(self, passes: Sequence[Callable], verifier: Callable | None = None, snapshots: bool = False):
+        self.passes = list(passes)
+        self.verifier = verifier
+        self.snapshots = snapshots
+        self.notes: list[Note] = []
+        self.history: list[dict] = []
+
+    def __call__(self, gm: fx.GraphModule, example_inputs) -> fx.GraphModule:
+        for p in self.passes:
+            name = getattr(p, "__name__", type(p).__name__)
+            before = len(gm.graph.nodes)
+            snapshot_before = _copy_graph(gm.graph) if self.snapshots else None
+            try:
+                result = p(gm)
+                gm = result.graph_module
+                gm.graph.lint()
+                gm.recompile()
+                fake_propagate(gm, example_inputs)
+                if self.verifier is not None:
+                    self.verifier(gm)
+            except PassError:
+                raise
+            except Exception as exc:
+                raise PassError(f"pass `{name}` failed: {exc}") from exc
+            for note in result.notes:
+                self.notes.append(Note(note.kind, note.node, note.detail, note.pass_name or name))
+            entry = {"pass": name, "nodes_before": before, "nodes_after": len(gm.graph.nodes),
+                     "modified": result.modified}
+            if self.snapshots:
+                entry["graph_before"], entry["graph_after"] = snapshot_before, _copy_graph(gm.graph)
+            self.history.append(entry)
+            log.debug("pass %s: %d -> %d nodes (modified=%s)", name, before, len(gm.graph.nodes), result.modified)
+        return gm
+
+
+def _copy_graph(graph: fx.Graph) -> fx.Graph:
+    new = fx.Graph()
+    env = {}
+    out = new.graph_copy(graph, env)
+    new.output(out)
+    for old, copied in env.items():
+        copied.meta = dict(old.meta)
+    return new
