@@ -16,6 +16,7 @@ import math
 import torch
 from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.fx.node import map_aggregate
 
 from .registry import is_neuron
@@ -88,8 +89,8 @@ class SNNTracer(fx.Tracer):
 
     def __init__(self, example_inputs):
         super().__init__(autowrap_modules=(math,))
-        self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-        self.fake_inputs = [self.fake_mode.from_tensor(x) if isinstance(x, torch.Tensor) else x
+        self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True, shape_env=ShapeEnv())
+        self.fake_inputs = [self.fake_mode.from_tensor(x, static_shapes=True) if isinstance(x, torch.Tensor) else x
                             for x in example_inputs]
         self._placeholder_index = 0
         self.shape_reads = 0
@@ -138,7 +139,7 @@ class SNNTracer(fx.Tracer):
                     return self.root.get_submodule(node.target)(*args, **kwargs)
                 if node.op == "get_attr":
                     value = self._fetch_attr(node.target)
-                    return self.fake_mode.from_tensor(value) if isinstance(value, torch.Tensor) else value
+                    return self.fake_mode.from_tensor(value, static_shapes=True) if isinstance(value, torch.Tensor) else value
         except Exception as exc:  # the value stays unknown; shape queries on it then fail clearly
             log.debug("no fake value for %s: %s", node.name, exc)
             if node.op == "call_module" and is_neuron(self.root.get_submodule(node.target)):

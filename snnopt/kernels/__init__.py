@@ -48,11 +48,11 @@ def neuron_scan_sparse(x, v0, beta, threshold, cfg, band):
 
 
 def spiking_synapse_sparse(x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band):
-    """Fused synapse + sparse-gradient scan: ``(out, v_T, active_indices)``."""
+    """Fused synapse + sparse-gradient scan: ``(out, v_T, active_indices, packed_input)``."""
     save = _needs_save(x, weight, bias, v0)
-    out, v_T, idx, _, _ = torch.ops.snnopt.spiking_synapse_sparse(
+    out, v_T, idx, _, packed = torch.ops.snnopt.spiking_synapse_sparse(
         x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save)
-    return out, v_T, idx
+    return out, v_T, idx, packed
 
 
 def neuron_rate_stats(x, v0, i0, beta, alpha, threshold, cfg):

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import torch
 from torch import fx
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,15 @@ def fold_tuple_getitems(node: fx.Node) -> None:
 
 
 def fake_propagate(gm: fx.GraphModule, example_inputs) -> None:
-    """Fill ``node.meta["val"]`` by running ``gm`` on fake copies of ``example_inputs``."""
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    fakes = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
+    """Fill ``node.meta["val"]`` by running ``gm`` on fake copies of ``example_inputs``; placeholders
+    beyond them (added by a pass) use their ``meta["example"]``."""
+    for node in gm.graph.nodes:
+        node.meta.pop("val", None)
+        node.meta.pop("unbacked_bindings", None)
+    mode = FakeTensorMode(allow_non_fake_inputs=True, shape_env=ShapeEnv())
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    values = list(example_inputs) + [p.meta["example"] for p in placeholders[len(example_inputs):]]
+    fakes = [mode.from_tensor(x, static_shapes=True) if isinstance(x, torch.Tensor) else x for x in values]
     FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
 
 

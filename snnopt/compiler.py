@@ -1,0 +1,187 @@
+"""`snnopt.compile`: trace, run the pass pipeline, and wrap the result as a drop-in module."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import fx, nn
+from torch.utils._pytree import tree_map
+
+from .frontend.tracer import trace
+from .passes import PassError, PassManager, canonicalize_neurons, dce, lower_rate_pass, pipeline, reroll_time, verify
+from .passes.infra import Note
+from .passes.lower import RateUnsupported, neuron_keys
+from .report import CompileReport, build_report
+
+log = logging.getLogger(__name__)
+
+MODES = ("dense", "sparse", "rate")
+
+
+class _Program:
+    """One compiled specialisation: graph(s) plus how to run them."""
+
+    def __init__(self, gm: fx.GraphModule, report: CompileReport, generic: bool, rate_gm=None):
+        self.gm, self.report, self.generic, self.rate_gm = gm, report, generic, rate_gm
+
+    def __call__(self, inputs, training: bool):
+        if self.rate_gm is None or not (training and torch.is_grad_enabled()):
+            out, aux = self.gm(*inputs)
+            self.report.record_activity(aux)
+            return out
+        with torch.no_grad():
+            spike_out, aux = self.gm(*inputs)
+        stats = []
+        for key in self.rate_gm.meta["rate_inputs"]:
+            if key == "T":
+                stats.append(float(inputs[0].shape[0]))
+            elif key.startswith("bn:"):
+                name, part = key.rsplit(":", 1)
+                stats.append(aux[name][int(part)])
+            else:
+                stats.append(aux[key])
+        means = [x.mean(0, keepdim=True) if isinstance(x, torch.Tensor) else x for x in inputs]
+        rate_out = self.rate_gm(*means, *stats)
+        return tree_map(_attach, spike_out, rate_out) if isinstance(spike_out, (tuple, list)) else \
+            _attach(spike_out, rate_out)
+
+
+def _attach(spike: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+    """Value of the spike pass, gradient of the rate pass (broadcast over time)."""
+    return spike + (rate - rate.detach())
+
+
+class CompiledSNN(nn.Module):
+    """A compiled spiking network: shares parameters, buffers, submodules and ``state_dict``
+    keys with the source model; compiles one program per input signature (and train/eval)."""
+
+    def __init__(self, model: nn.Module, mode: str = "dense", band: float = 0.05, example_inputs=None):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if not (band > 0):
+            raise ValueError(f"band must be positive (math.inf for the dense gradient), got {band}")
+        object.__setattr__(self, "_source", model)
+        self._parameters, self._buffers, self._modules = model._parameters, model._buffers, model._modules
+        self.training = model.training
+        self.mode, self.band = mode, float(band)
+        self._programs: dict = {}
+        self._report: CompileReport | None = None
+        self._rank: tuple | None = None
+        if example_inputs is not None:
+            example_inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+            self._check(example_inputs)
+            self._program(example_inputs)
+
+    @property
+    def report(self) -> CompileReport | None:
+        """The report of the most recent compilation (``None`` before the first)."""
+        return self._report
+
+    @property
+    def source(self) -> nn.Module:
+        return self._source
+
+    def forward(self, *inputs):
+        self._check(inputs)
+        program = self._program(inputs)
+        if not self.training and not any(isinstance(x, torch.Tensor) and x.requires_grad for x in inputs):
+            with torch.no_grad():
+                return program(inputs, False)
+        return program(inputs, self.training)
+
+    def train(self, mode: bool = True):
+        self._source.training = mode
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):
+        self._programs.clear()
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_programs"], state["_report"] = {}, None
+        return state
+
+    def _check(self, inputs):
+        tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
+        if not tensors:
+            raise ValueError("snnopt compiled modules take time-major tensor inputs [T, B, ...]")
+        rank = tuple(x.dim() for x in tensors)
+        for x in tensors:
+            if x.dim() < 2:
+                raise ValueError(f"expected a time-major input [T, B, ...]; got shape {list(x.shape)}")
+        if self._rank is not None and rank != self._rank:
+            raise ValueError(f"expected time-major inputs [T, B, ...] with {list(self._rank)} dims (as compiled); "
+                             f"got shapes {[list(x.shape) for x in tensors]}. Put time first and batch second, "
+                             f"e.g. x.unsqueeze(0) for one step or x.transpose(0, 1) for batch-first data.")
+        self._rank = rank
+
+    def _key(self, inputs, generic: bool):
+        sig = tuple((tuple(x.shape[2:]) if generic else tuple(x.shape), x.dtype, x.device.type)
+                    if isinstance(x, torch.Tensor) else x for x in inputs)
+        return self.training, generic, sig
+
+    def _program(self, inputs) -> _Program:
+        for generic in (True, False):
+            program = self._programs.get(self._key(inputs, generic))
+            if program is not None:
+                return program
+        program = self._build(inputs)
+        self._programs[self._key(inputs, program.generic)] = program
+        self._report = program.report
+        log.info("%s", program.report)
+        return program
+
+    def _build(self, inputs) -> _Program:
+        model, mode = self._source, self.mode
+        gm, specialised = trace(model, inputs)
+        pm = PassManager(pipeline(mode, self.band), verifier=verify)
+        gm = pm(gm, inputs)
+        notes = list(pm.notes)
+        rate_gm = None
+        if mode == "rate" and self.training:
+            try:
+                rate_gm = self._build_rate_pass(inputs, gm)
+            except PassError as exc:
+                if not isinstance(exc.__cause__, RateUnsupported):
+                    raise
+                return self._fallback(inputs, f"rate mode is not possible here ({exc.__cause__}); "
+                                              f"compiled in dense mode")
+        report = build_report(type(model).__name__, mode, self.band, inputs, gm, notes, pm.history)
+        return _Program(gm, report, generic=not specialised, rate_gm=rate_gm)
+
+    def _build_rate_pass(self, inputs, gm_T: fx.GraphModule) -> fx.GraphModule:
+        keys = set(neuron_keys(gm_T.graph).values())
+        ones = tuple(x[:1].mean(0, keepdim=True) if isinstance(x, torch.Tensor) else x for x in inputs)
+        gm1, _ = trace(self._source, ones)
+        pm = PassManager([canonicalize_neurons, reroll_time, lower_rate_pass(keys), dce], verifier=verify)
+        return pm(gm1, ones)
+
+    def _fallback(self, inputs, reason: str) -> _Program:
+        log.warning("%s: %s", type(self._source).__name__, reason)
+        mode = self.mode
+        try:
+            self.mode = "dense"
+            program = self._build(inputs)
+        finally:
+            self.mode = mode
+        program.report.mode = f"{mode} -> dense"
+        program.report.fallback = reason
+        program.report.notes.append(Note("warning", "", reason, "compile"))
+        return program
+
+
+def compile(model: nn.Module, mode: str = "dense", example_inputs=None, band: float = 0.05) -> CompiledSNN:
+    """Compile a spiking network for fast training.
+
+    ``mode``: ``"dense"`` (exact BPTT, fused), ``"sparse"`` (SSGD: surrogate only where
+    ``|v - theta| < band``, detached reset) or ``"rate"`` (rate-based backprop, memory
+    independent of T).  ``example_inputs`` (time-major ``[T, B, ...]``) compiles now;
+    omitted, the module compiles on its first call.  Any T and batch size work later
+    (recompiling when the traced graph depended on the shapes).
+    """
+    if isinstance(model, CompiledSNN):
+        model = model.source
+    return CompiledSNN(model, mode, band, example_inputs)

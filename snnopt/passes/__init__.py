@@ -1,0 +1,21 @@
+"""Graph passes over the canonical IR (invariants: README.md in this folder)."""
+
+from .canonicalize import canonicalize_neurons
+from .dce import dce
+from .fuse import fuse_synapses
+from .infra import Note, PassError, PassManager, PassResult
+from .lower import expose_aux, lower, lower_rate_pass
+from .reroll import reroll_time
+from .verify import VerificationError, verify
+
+
+def pipeline(mode: str, band: float = 0.05) -> list:
+    """The passes ``snnopt.compile`` runs for ``mode`` on the time-major graph."""
+    passes = [canonicalize_neurons, reroll_time]
+    if mode == "sparse":
+        passes.append(fuse_synapses)
+    return passes + [lower(mode, band), expose_aux, dce]
+
+
+__all__ = ["canonicalize_neurons", "reroll_time", "fuse_synapses", "lower", "lower_rate_pass", "expose_aux", "dce",
+           "verify", "pipeline", "PassManager", "PassResult", "PassError", "Note", "VerificationError"]

@@ -1,0 +1,269 @@
+"""Lowering: canonical scan / region nodes -> the op of a backward mode.
+
+``lower(mode, band)`` returns the pass for the time-major graph:
+
+    dense   neuron_scan, spiking_synapse stay (exact BPTT ops)
+    sparse  neuron_scan -> neuron_scan_sparse;  spiking_synapse -> spiking_synapse_sparse
+            (outputs tagged ``snn_aux = "active:<key>"``; ineligible neurons stay dense)
+    rate    neuron_scan -> neuron_rate_stats (rate and eligibility tagged as aux
+            ``rate:<key>``, ``elig:<key>``); each BatchNorm in training mode gets its
+            input's batch ``(var, mean)`` tagged ``bn:<key>``
+
+``lower_rate_pass`` rewrites the graph traced at T = 1 into the rate pass: each scan
+becomes ``rate_neuron(x, r, e)`` and each training BatchNorm ``rate_batch_norm`` with the
+spike-pass statistics, all fed through new placeholders; sums over the time axis are
+scaled by the true T.  ``expose_aux`` makes the graph return ``(output, {aux})``.
+
+Keys are ``"<module>#<k>"``, the k-th call of that module, identical in both graphs.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import Counter
+
+import torch
+from torch import fx, nn
+
+from .. import kernels
+from .fuse import sparse_ineligibility
+from .infra import Builder, Note, PassResult
+
+_NON_AFFINE_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+                       nn.ReLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.Softmax, nn.MultiheadAttention)
+_NON_AFFINE_FUNCS = {"max_pool1d", "max_pool2d", "max_pool3d", "relu", "sigmoid", "tanh", "softmax", "matmul",
+                     "bmm", "max", "amax", "gelu", "silu", "scaled_dot_product_attention"}
+
+
+def neuron_keys(graph: fx.Graph) -> dict[fx.Node, str]:
+    """``"<module>#<k>"`` for every neuron node, in graph order."""
+    counts, keys = Counter(), {}
+    for n in graph.nodes:
+        if "snn" in n.meta and n.op == "call_function":
+            mod = n.meta["snn_module"]
+            keys[n] = f"{mod}#{counts[mod]}"
+            counts[mod] += 1
+    return keys
+
+
+def _bn_nodes(gm: fx.GraphModule):
+    counts = Counter()
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.modules.batchnorm._BatchNorm):
+            m = gm.get_submodule(n.target)
+            key = f"{n.target}#{counts[n.target]}"
+            counts[n.target] += 1
+            if m.training or not m.track_running_stats:
+                yield n, m, key
+
+
+def _tag(node: fx.Node, key: str) -> fx.Node:
+    node.meta["snn_aux"] = key
+    return node
+
+
+def lower(mode: str, band: float = 0.05):
+    if mode not in ("dense", "sparse", "rate"):
+        raise ValueError(f"mode must be 'dense', 'sparse' or 'rate', got {mode!r}")
+
+    def lower_pass(gm: fx.GraphModule) -> PassResult:
+        b = Builder(gm, f"lower[{mode}]")
+        if mode == "dense":
+            return _lower_dense(gm)
+        if mode == "sparse":
+            return _lower_sparse(gm, b, band)
+        return _lower_rate_stats(gm, b)
+
+    lower_pass.__name__ = f"lower[{mode}]"
+    return lower_pass
+
+
+def _lower_dense(gm):
+    notes = [Note("rewritten", n.name, f"`{n.meta['snn_module']}` -> dense fused scan ({n.meta['snn'].describe()})")
+             for n in gm.graph.nodes if n.op == "call_function" and n.target in (kernels.neuron_scan,
+                                                                                  kernels.spiking_synapse)
+             and not n.meta.get("snn_cell")]
+    return PassResult(gm, False, notes)
+
+
+def _lower_sparse(gm, b: Builder, band: float):
+    notes, modified = [], False
+    keys = neuron_keys(gm.graph)
+    for n in list(gm.graph.nodes):
+        if n.op != "call_function":
+            continue
+        if n.target is kernels.spiking_synapse:
+            with gm.graph.inserting_before(n):
+                new = b.call(kernels.spiking_synapse_sparse, (*n.args, band), from_=[n])
+        elif n.target is kernels.neuron_scan:
+            reason = sparse_ineligibility(n.meta["snn"], n)
+            if reason is None and n.args[2] is not None:
+                reason = "it has an initial synaptic current"
+            if reason is not None:
+                if "snn_dense_reason" not in n.meta:
+                    n.meta["snn_dense_reason"] = reason
+                    notes.append(Note("warning", n.name, f"`{n.meta['snn_module']}` kept dense in sparse mode: "
+                                                         f"{reason}"))
+                continue
+            x, v0, _, beta, _, thr, cfg = n.args[:7]
+            with gm.graph.inserting_before(n):
+                new = b.call(kernels.neuron_scan_sparse, (x, v0, beta, thr, cfg, band), from_=[n])
+        else:
+            continue
+        new.meta.update({k: v for k, v in n.meta.items() if k.startswith("snn")})
+        with gm.graph.inserting_after(new):
+            _tag(b.call(operator.getitem, (new, 2), from_=[n]), f"active:{keys[n]}")
+        n.replace_all_uses_with(new)
+        gm.graph.erase_node(n)
+        notes.append(Note("rewritten", new.name, f"`{new.meta['snn_module']}` -> sparse scan (band {band:g})"))
+        modified = True
+    return PassResult(gm, modified, notes)
+
+
+def non_affine_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    found = []
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), _NON_AFFINE_MODULES):
+            found.append(n)
+        elif n.op in ("call_function", "call_method"):
+            name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+            if name in _NON_AFFINE_FUNCS:
+                found.append(n)
+            elif n.target in (operator.mul, torch.mul, "mul") and sum(
+                    isinstance(a, fx.Node) and isinstance(a.meta.get("val"), torch.Tensor)
+                    and a.meta["val"].dim() > 1 for a in n.args) > 1:
+                found.append(n)
+    return found
+
+
+def _lower_rate_stats(gm, b: Builder):
+    notes, modified = [], False
+    keys = neuron_keys(gm.graph)
+    for n in list(gm.graph.nodes):
+        if not (n.op == "call_function" and n.target is kernels.neuron_scan):
+            continue
+        spec = n.meta["snn"]
+        key = keys[n]
+        if spec.learnable:
+            notes.append(Note("warning", n.name, f"`{n.meta['snn_module']}`: learnable "
+                                                 f"{'/'.join(sorted(spec.learnable))} get no gradient in rate mode"))
+        with gm.graph.inserting_before(n):
+            new = b.call(kernels.neuron_rate_stats, tuple(n.args[:7]), from_=[n])
+        new.meta.update({k: v for k, v in n.meta.items() if k.startswith("snn")})
+        with gm.graph.inserting_after(new):
+            _tag(b.call(operator.getitem, (new, 4), from_=[n]), f"elig:{key}")
+            _tag(b.call(operator.getitem, (new, 3), from_=[n]), f"rate:{key}")
+        n.replace_all_uses_with(new)
+        gm.graph.erase_node(n)
+        notes.append(Note("rewritten", new.name, f"`{new.meta['snn_module']}` -> rate spike pass (r, e)"))
+        modified = True
+    for n, m, key in list(_bn_nodes(gm)):
+        if any(u.meta.get("snn_aux", "").startswith("bn:") for u in n.args[0].users):
+            continue
+        dims = [0] + list(range(2, n.args[0].meta["val"].dim()))
+        with gm.graph.inserting_after(n.args[0]):
+            stats = _tag(b.call(torch.var_mean, (n.args[0], dims), {"correction": 0}, from_=[n]), f"bn:{key}")
+        stats.meta["snn_bn"] = n.target
+        modified = True
+    for n in non_affine_nodes(gm):
+        if not n.meta.get("snn_non_affine_noted"):
+            n.meta["snn_non_affine_noted"] = True
+            notes.append(Note("warning", n.name, f"non-affine op `{n.name}` between neurons breaks the rate "
+                                                 f"approximation (value and gradient no longer consistent)"))
+    return PassResult(gm, modified, notes)
+
+
+def expose_aux(gm: fx.GraphModule) -> PassResult:
+    """Make the graph return ``(output, {aux_key: value})`` for every ``snn_aux`` node."""
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    if out.meta.get("snn_aux_exposed"):
+        return PassResult(gm, False)
+    aux = {n.meta["snn_aux"]: n for n in gm.graph.nodes if "snn_aux" in n.meta}
+    out.args = ((out.args[0], aux),)
+    out.meta["snn_aux_exposed"] = True
+    return PassResult(gm, True)
+
+
+def lower_rate_pass(keys_T: set[str]):
+    """The pass for the T = 1 graph (see the module docstring)."""
+
+    def lower_rate(gm: fx.GraphModule) -> PassResult:
+        b = Builder(gm, "lower_rate_pass")
+        if any(n.target is kernels.rate_neuron for n in gm.graph.nodes):
+            return PassResult(gm, False)
+        gm.graph.eliminate_dead_code()
+        keys = neuron_keys(gm.graph)
+        if set(keys.values()) != keys_T:
+            raise RateUnsupported("the neurons of the T = 1 trace differ from those of the full trace")
+        last_ph = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
+        inputs = []
+
+        def placeholder(name, key, example):
+            nonlocal last_ph
+            with gm.graph.inserting_after(last_ph):
+                last_ph = b.placeholder(name)
+            last_ph.meta["example"] = example
+            inputs.append(key)
+            return last_ph
+
+        for n, key in keys.items():
+            users = {u.args[1]: u for u in n.users if u.target is operator.getitem}
+            if set(users) - {0} or len(users) != len(n.users):
+                raise RateUnsupported(f"`{n.meta['snn_module']}`'s final state or membrane sequence is used")
+            safe = key.replace(".", "_").replace("#", "_")
+            state = torch.zeros(n.args[0].meta["val"].shape[1:])
+            r = placeholder(f"rate_{safe}", f"rate:{key}", state)
+            e = placeholder(f"elig_{safe}", f"elig:{key}", state)
+            with gm.graph.inserting_before(n):
+                rn = b.call(kernels.rate_neuron, (n.args[0], r, e), from_=[n])
+            rn.meta.update({k: v for k, v in n.meta.items() if k.startswith("snn")})
+            if 0 in users:
+                users[0].replace_all_uses_with(rn)
+                gm.graph.erase_node(users[0])
+            gm.graph.erase_node(n)
+        for n, m, key in list(_bn_nodes(gm)):
+            safe = key.replace(".", "_").replace("#", "_")
+            var = placeholder(f"bn_var_{safe}", f"bn:{key}:0", torch.ones(m.num_features))
+            mean = placeholder(f"bn_mean_{safe}", f"bn:{key}:1", torch.zeros(m.num_features))
+            with gm.graph.inserting_before(n):
+                w = b.get_attr(f"{n.target}.weight", from_=[n]) if m.affine else None
+                bias = b.get_attr(f"{n.target}.bias", from_=[n]) if m.affine else None
+                rbn = b.call(kernels.rate_batch_norm, (n.args[0], mean, var, w, bias, m.eps), from_=[n])
+            n.replace_all_uses_with(rbn)
+            gm.graph.erase_node(n)
+        time_t = placeholder("time_steps", "T", 1.0)
+        _scale_time_sums(gm, b, time_t)
+        gm.meta["rate_inputs"] = inputs
+        return PassResult(gm, True)
+
+    lower_rate.__name__ = "lower_rate_pass"
+    return lower_rate
+
+
+class RateUnsupported(Exception):
+    """The model cannot run the rate pass; the compiler falls back to dense mode."""
+
+
+def _scale_time_sums(gm: fx.GraphModule, b: Builder, time_t: fx.Node) -> None:
+    """Multiply sums over the time axis by T (at T = 1 they would return one step's value)."""
+    time_major = {n for n in gm.graph.nodes if n.op == "placeholder" and n is not time_t
+                  and isinstance(n.meta.get("val"), torch.Tensor)}
+    for n in gm.graph.nodes:
+        if "snn" in n.meta:
+            time_major.add(n)
+            continue
+        if n in time_major or n.op not in ("call_function", "call_method", "call_module"):
+            continue
+        ins = [a for a in n.all_input_nodes if a in time_major]
+        if not ins:
+            continue
+        val = n.meta.get("val")
+        name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+        if name == "sum" and dim in (0, (0,), [0]):
+            with gm.graph.inserting_after(n):
+                scaled = b.call(operator.mul, (n, time_t), from_=[n])
+            n.replace_all_uses_with(scaled)
+            scaled.args = (n, time_t)
+        elif isinstance(val, torch.Tensor) and val.dim() > 0 and val.shape[0] == 1:
+            time_major.add(n)

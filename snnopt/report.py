@@ -1,0 +1,132 @@
+"""`CompileReport`: what the compiler did to a model, and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx
+
+from . import kernels
+from .passes.infra import Note
+
+_OP_NAMES = {kernels.neuron_scan: "neuron_scan (dense)", kernels.spiking_synapse: "spiking_synapse (dense)",
+             kernels.neuron_scan_sparse: "neuron_scan_sparse", kernels.spiking_synapse_sparse: "spiking_synapse_sparse",
+             kernels.neuron_rate_stats: "neuron_rate_stats + rate_neuron"}
+ASSUMED_ACTIVE = 0.02
+
+
+@dataclass
+class NeuronEntry:
+    node: str
+    module: str
+    spec: str
+    op: str
+    shape: tuple
+    synapse: str | None = None
+    per_step: bool = False
+
+
+@dataclass
+class CompileReport:
+    model: str
+    mode: str
+    band: float
+    input_shapes: list
+    neurons: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    passes: list = field(default_factory=list)
+    saved_bytes_estimate: dict = field(default_factory=dict)
+    active_fraction: dict = field(default_factory=dict)
+    fallback: str | None = None
+
+    @property
+    def eager(self) -> list[Note]:
+        return [n for n in self.notes if n.kind == "eager"]
+
+    @property
+    def warnings(self) -> list[Note]:
+        return [n for n in self.notes if n.kind == "warning"]
+
+    @property
+    def rewritten(self) -> list[Note]:
+        return [n for n in self.notes if n.kind == "rewritten"]
+
+    def record_activity(self, aux: dict) -> None:
+        """Update the measured active fraction of each sparse neuron from a forward's aux outputs."""
+        for key, idx in aux.items():
+            if key.startswith("active:") and idx.numel():
+                numel = self._numel.get(key[len("active:"):])
+                if numel:
+                    self.active_fraction[key[len("active:"):]] = idx.numel() / numel
+
+    def __str__(self) -> str:
+        lines = [f"snnopt compile report: {self.model}  mode={self.mode}" +
+                 (f" band={self.band:g}" if self.mode == "sparse" else "") +
+                 f"  inputs={', '.join(str(list(s)) for s in self.input_shapes)}"]
+        if self.fallback:
+            lines.append(f"  ! fell back: {self.fallback}")
+        lines.append(f"  neurons ({len(self.neurons)}):")
+        for e in self.neurons:
+            act = self.active_fraction.get(e.node)
+            extra = f"  active {act:.2%}" if act is not None else ""
+            syn = f" + {e.synapse}" if e.synapse else ""
+            step = "  [per-step]" if e.per_step else ""
+            lines.append(f"    {e.module}{syn:<12} {e.op:<28} {list(e.shape)}  {e.spec}{extra}{step}")
+        for title, items in (("stayed eager", self.eager), ("warnings", self.warnings)):
+            if items:
+                lines.append(f"  {title} ({len(items)}):")
+                lines += [f"    - {n.detail}" for n in items]
+        if self.passes:
+            lines.append("  passes: " + " -> ".join(f"{p['pass']}({p['nodes_before']}->{p['nodes_after']})"
+                                                    for p in self.passes))
+        if self.saved_bytes_estimate:
+            est = ", ".join(f"{m} {_mib(b)}" for m, b in self.saved_bytes_estimate.items())
+            lines.append(f"  estimated saved-for-backward per step: {est} "
+                         f"(sparse assumes {ASSUMED_ACTIVE:.0%} active)")
+        return "\n".join(lines)
+
+
+def _mib(b: float) -> str:
+    return f"{b / 2**20:.2f} MiB" if b >= 2**20 else f"{b / 2**10:.1f} KiB"
+
+
+def build_report(model_name, mode, band, example_inputs, gm: fx.GraphModule, notes, history) -> CompileReport:
+    from .passes.lower import neuron_keys
+
+    report = CompileReport(model_name, mode, band, [tuple(x.shape) for x in example_inputs
+                                                    if isinstance(x, torch.Tensor)], notes=list(notes),
+                           passes=[{k: h[k] for k in ("pass", "nodes_before", "nodes_after", "modified")}
+                                   for h in history])
+    report._numel = {}
+    keys = neuron_keys(gm.graph)
+    for n, key in keys.items():
+        val = n.meta.get("val")
+        shape = tuple(val[0].shape) if val is not None else ()
+        report.neurons.append(NeuronEntry(key, n.meta["snn_module"], n.meta["snn"].describe(),
+                                          _OP_NAMES.get(n.target, str(n.target)), shape,
+                                          n.meta.get("snn_synapse"), bool(n.meta.get("snn_cell"))))
+        numel = 1
+        for d in shape:
+            numel *= d
+        report._numel[key] = numel
+    report.saved_bytes_estimate = _estimate(gm, keys)
+    return report
+
+
+def _estimate(gm: fx.GraphModule, keys) -> dict:
+    """Bytes kept for backward by the neuron ops (and the synapse inputs they imply) per time step."""
+    dense = sparse = rate = 0.0
+    for n in keys:
+        val = n.meta.get("val")
+        if val is None:
+            continue
+        out = val[0]
+        T, per_step = out.shape[0], out[0].numel() * out.element_size()
+        x = n.args[0].meta.get("val")
+        x_bytes = x[0].numel() * x.element_size() if isinstance(x, torch.Tensor) else 0
+        n_state = 2 if n.meta["snn"].has_current else 1
+        dense += n_state * per_step + x_bytes
+        sparse += per_step * 2 * ASSUMED_ACTIVE + x_bytes / (32 if n.meta.get("snn_synapse") else 1)
+        rate += (2 * per_step + x_bytes) / T
+    return {"dense": dense, "sparse": sparse, "rate": rate}
