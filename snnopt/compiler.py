@@ -128,7 +128,8 @@ class CompiledSNN(nn.Module):
             program = self._programs.get(self._key(inputs, generic))
             if program is not None:
                 return program
-        program = self._build(inputs)
+        with torch.no_grad():  # tracing and shape propagation record nothing for autograd
+            program = self._build(inputs)
         self._programs[self._key(inputs, program.generic)] = program
         self._report = program.report
         log.info("%s", program.report)

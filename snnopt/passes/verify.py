@@ -27,6 +27,8 @@ def verify(gm: fx.GraphModule) -> None:
             continue
         if "origin" not in n.meta:
             fail("has no provenance (meta['origin'])")
+        if "val" not in n.meta:
+            fail("has no propagated value (meta['val'])")
         if n.meta["origin"] != "trace" and "from_node" not in n.meta:
             fail("was created by a pass but records no meta['from_node']")
         if n.op == "call_module" and adapter_for(gm.get_submodule(n.target)) is not None \
