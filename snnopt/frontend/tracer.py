@@ -113,10 +113,14 @@ class SNNTracer(fx.Tracer):
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return ShapedProxy(node, self)
 
+    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        node.meta["origin"] = "trace"
+        return node
+
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         node = proxy.node
-        node.meta["origin"] = "trace"
         node.meta["val"] = self._fake_value(node)
         self.last_node = node.name
         return proxy
@@ -126,8 +130,8 @@ class SNNTracer(fx.Tracer):
             i = self._placeholder_index
             self._placeholder_index += 1
             return self.fake_inputs[i] if i < len(self.fake_inputs) else None
-        args = map_aggregate(node.args, lambda a: a.meta.get("val") if isinstance(a, fx.Node) else a)
-        kwargs = map_aggregate(node.kwargs, lambda a: a.meta.get("val") if isinstance(a, fx.Node) else a)
+        args = map_aggregate(node.args, lambda a: self._value_of(a) if isinstance(a, fx.Node) else a)
+        kwargs = map_aggregate(node.kwargs, lambda a: self._value_of(a) if isinstance(a, fx.Node) else a)
         self._evaluating = True
         try:
             with self.fake_mode:
@@ -138,8 +142,7 @@ class SNNTracer(fx.Tracer):
                 if node.op == "call_module":
                     return self.root.get_submodule(node.target)(*args, **kwargs)
                 if node.op == "get_attr":
-                    value = self._fetch_attr(node.target)
-                    return self.fake_mode.from_tensor(value, static_shapes=True) if isinstance(value, torch.Tensor) else value
+                    return self._value_of(node)
         except Exception as exc:  # the value stays unknown; shape queries on it then fail clearly
             log.debug("no fake value for %s: %s", node.name, exc)
             if node.op == "call_module" and is_neuron(self.root.get_submodule(node.target)):
@@ -149,6 +152,14 @@ class SNNTracer(fx.Tracer):
         finally:
             self._evaluating = False
         return None
+
+    def _value_of(self, node: fx.Node):
+        """The fake value of ``node``; constants the tracer stored as attributes get one on demand."""
+        if "val" not in node.meta and node.op == "get_attr":
+            value = self._fetch_attr(node.target)
+            node.meta["val"] = self.fake_mode.from_tensor(value, static_shapes=True) \
+                if isinstance(value, torch.Tensor) else value
+        return node.meta.get("val")
 
     def _fetch_attr(self, target: str):
         obj = self.root

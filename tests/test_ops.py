@@ -1,0 +1,131 @@
+"""The custom ops: opcheck, the dense backward against autograd through the eager step, NaN inputs."""
+
+import itertools
+
+import pytest
+import torch
+
+from snnopt import kernels, surrogate
+from snnopt.kernels.reference import sparse as ref_sparse
+from snnopt.nn.functional import neuron_step
+from snnopt.spec import NeuronSpec
+
+CASES = [c for c in itertools.product(["lif", "cuba_lif", "if", "li"], ["subtract", "zero", "none"], ["same", "next"],
+                                      [False, True])
+         if not (c[0] == "li" and (c[1] != "none" or c[2] == "next" or c[3]))]
+
+
+def make(kind, reset, timing, detach, sg="atan", T=7, B=3, N=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    spec = NeuronSpec(kind=kind, beta=None, threshold=None, alpha=None, reset=reset, reset_timing=timing,
+                      detach_reset=detach, surrogate=surrogate.get(sg), v_reset=0.1 if reset == "zero" else 0.0,
+                      v_rest=0.05 if kind != "if" else 0.0, scale=1.3, param_attrs=(("alpha", "alpha"),))
+    x = (torch.randn(T, B, N, generator=g) * 1.5).requires_grad_()
+    v0 = torch.randn(B, N, generator=g).requires_grad_()
+    i0 = torch.randn(B, N, generator=g).requires_grad_() if kind == "cuba_lif" else None
+    beta = (torch.rand(N, generator=g) * 0.5 + 0.4).requires_grad_() if kind != "if" else None
+    alpha = (torch.rand(N, generator=g) * 0.5 + 0.3).requires_grad_() if kind == "cuba_lif" else None
+    th = (torch.rand(N, generator=g) + 0.5).requires_grad_() if kind != "li" else None
+    return spec, x, v0, i0, beta, alpha, th
+
+
+def eager(x, v0, i0, beta, alpha, th, spec):
+    v, i, outs, vs = v0, i0, [], []
+    for t in range(x.shape[0]):
+        o, v, i = neuron_step(x[t], v, i, beta, alpha, th, spec)
+        outs.append(o)
+        vs.append(v)
+    return torch.stack(outs), v, i, torch.stack(vs)
+
+
+@pytest.mark.parametrize("kind,reset,timing,detach", CASES)
+@pytest.mark.parametrize("sg", ["atan", "triangle"])
+def test_dense_scan_matches_autograd(kind, reset, timing, detach, sg):
+    """Forward equal and every gradient (x, v0, i0, beta, alpha, threshold) to rtol 1e-4
+    against autograd through the eager step, with loss on outputs, recorded and final states."""
+    spec, x, v0, i0, beta, alpha, th = make(kind, reset, timing, detach, sg)
+    inputs = [t for t in (x, v0, i0, beta, alpha, th) if t is not None]
+    o1, v1, i1, vs1 = eager(x, v0, i0, beta, alpha, th, spec)
+    o2, v2, i2, vs2 = kernels.neuron_scan(x, v0, i0, beta, alpha, th, spec.op_config(), record=True)
+    assert torch.equal(o1, o2)
+    torch.testing.assert_close(vs1, vs2)
+    g = torch.Generator().manual_seed(1)
+    go, gv, gs = torch.randn(o1.shape, generator=g), torch.randn(v1.shape, generator=g), torch.randn(vs1.shape, generator=g)
+
+    def loss(o, v, i, vs):
+        total = (o * go).sum() + (v * gv).sum() + (vs * gs).sum()
+        return total + ((i * gv).sum() if i0 is not None else 0)
+    ref = torch.autograd.grad(loss(o1, v1, i1, vs1), inputs)
+    got = torch.autograd.grad(loss(o2, v2, i2, vs2), inputs)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()) + 1e-6)
+
+
+def _opcheck_args(kind="lif"):
+    spec, x, v0, i0, beta, alpha, th = make(kind, "subtract", "same", False)
+    return spec, x, v0, i0, beta, alpha, th
+
+
+@pytest.mark.parametrize("kind", ["lif", "cuba_lif", "li"])
+def test_opcheck_neuron_scan(kind):
+    spec, x, v0, i0, beta, alpha, th = _opcheck_args(kind)
+    torch.library.opcheck(torch.ops.snnopt.neuron_scan.default,
+                          (x, v0, i0, beta, alpha, th, spec.op_config(), True, True))
+    h = torch.randn_like(x)
+    torch.library.opcheck(torch.ops.snnopt.neuron_scan_backward.default,
+                          (torch.randn_like(x), torch.randn_like(x[0]), x.new_empty(0), x.new_empty(0), h,
+                           torch.randn_like(x) if kind == "cuba_lif" else x.new_empty(0), v0.detach(),
+                           None if i0 is None else i0.detach(), None if beta is None else beta.detach(),
+                           None if alpha is None else alpha.detach(), None if th is None else th.detach(),
+                           spec.op_config(), [True, True, kind == "cuba_lif", beta is not None,
+                                              alpha is not None, th is not None]))
+
+
+def test_opcheck_sparse_ops():
+    spec, x, v0, _, beta, _, th = _opcheck_args()
+    cfg = spec.op_config()
+    test_utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(torch.ops.snnopt.neuron_scan_sparse.default,
+                          (x, v0, beta.detach(), th.detach(), cfg, 0.3, True), test_utils=test_utils)
+    xs = (torch.rand(6, 3, 8) < 0.3).float()
+    w = torch.randn(5, 8, requires_grad=True)
+    torch.library.opcheck(torch.ops.snnopt.spiking_synapse_sparse.default,
+                          (xs, w, torch.zeros(5, requires_grad=True), None, beta.detach()[:1], th.detach()[:1],
+                           0, [1], [0], [1], 1, cfg, 0.5, True), test_utils=test_utils)
+
+
+def test_opcheck_rate_ops():
+    spec, x, v0, i0, beta, alpha, th = _opcheck_args("cuba_lif")
+    torch.library.opcheck(torch.ops.snnopt.neuron_rate_stats.default,
+                          (x.detach(), v0.detach(), i0.detach(), beta.detach(), alpha.detach(), th.detach(),
+                           spec.op_config()))
+    xb = torch.randn(6, 4, 3, 3, requires_grad=True)
+    torch.library.opcheck(torch.ops.snnopt.rate_batch_norm.default,
+                          (xb, torch.randn(4), torch.rand(4) + 0.5, torch.randn(4, requires_grad=True),
+                           torch.randn(4, requires_grad=True), 1e-5))
+
+
+def test_pack_bits_roundtrip_and_non_binary():
+    x = (torch.rand(5, 3, 11) < 0.2).float()
+    packed = ref_sparse.pack_bits(x)
+    assert packed.dtype == torch.uint8 and packed.numel() == (x.numel() + 7) // 8
+    assert torch.equal(ref_sparse.unpack_bits(packed, x.shape, x.dtype), x)
+    assert ref_sparse.pack_bits(x * 0.5).numel() == 0
+
+
+@pytest.mark.parametrize("op", ["dense", "sparse", "rate"])
+def test_nan_input_does_not_crash(op):
+    spec, x, v0, _, beta, _, th = make("lif", "subtract", "same", True)
+    x = x.detach().clone()
+    x[2, 1, 3] = float("nan")
+    x.requires_grad_()
+    if op == "dense":
+        out = kernels.neuron_scan(x, None, None, beta, None, th, spec.op_config())[0]
+    elif op == "sparse":
+        out = kernels.neuron_scan_sparse(x, None, beta, th, spec.op_config(), 0.05)[0]
+    else:
+        out = kernels.neuron_rate_stats(x.detach(), None, None, beta.detach(), None, th.detach(), spec.op_config())[0]
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    if op != "rate":
+        out.sum().backward()
+        assert x.grad is not None

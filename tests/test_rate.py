@@ -1,0 +1,174 @@
+"""Rate mode (rate-based backprop): exact at T = 1, spike-pass values, eligibility, RateBN, memory flat in T."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import snnopt
+from snnopt import kernels
+from snnopt.kernels.reference.rate import rate_batch_norm_backward
+from snnopt.profiling import SavedTensorMeter
+
+from .models import MLP, ConvNet, LoopMLP, grads_of, neuron_kwargs, spikes
+from .test_ops import CASES, make
+
+
+def close(a, b, scale=None):
+    """rtol 1e-4; atol 1e-5 of the gradient scale (a parameter whose exact gradient is 0,
+    like a bias before BatchNorm, holds only rounding noise)."""
+    scale = float(b.abs().max()) if scale is None else scale
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * scale + 1e-7)
+
+
+class BNConv(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.BatchNorm2d(4)
+        self.lif1 = snnopt.nn.LIF(0.8)
+        self.fc, self.lif2 = torch.nn.Linear(4 * 8 * 8, 5), snnopt.nn.LIF(0.8)
+
+    def forward(self, x):
+        T, B = x.shape[:2]
+        y = self.bn(self.conv(x.flatten(0, 1))).unflatten(0, (T, B))
+        return self.lif2(self.fc(self.lif1(y * 2).flatten(2)) * 3)
+
+
+@pytest.mark.parametrize("cls", [MLP, LoopMLP, ConvNet, BNConv])
+def test_t1_gradients_equal_bptt(cls):
+    torch.manual_seed(0)
+    model = cls()
+    x = spikes((1, 6, 2, 8 if cls is BNConv else 12, 8 if cls is BNConv else 12)) if cls in (ConvNet, BNConv) \
+        else spikes((1, 6, 12))
+    ref_model = cls()
+    ref_model.load_state_dict(model.state_dict())
+    ref_out = ref_model(x)
+    ref = grads_of(ref_model, ref_out)
+    compiled = snnopt.compile(model, mode="rate", example_inputs=(x,))
+    out = compiled(x)
+    assert torch.equal(out, ref_out)
+    got = grads_of(compiled, out)
+    scale = max(float(g.abs().max()) for g in ref.values())
+    for name in ref:
+        close(got[name], ref[name], scale)
+
+
+def test_forward_value_equals_model_and_training_lowers_loss():
+    torch.manual_seed(1)
+    model = LoopMLP()
+    x, y = spikes((25, 16, 12)), torch.randint(0, 5, (16,))
+    compiled = snnopt.compile(model, mode="rate", example_inputs=(x,))
+    assert torch.equal(compiled(x), model(x))
+    opt = torch.optim.Adam(compiled.parameters(), lr=0.02)
+    losses = []
+    for _ in range(30):
+        loss = F.cross_entropy(compiled(x).mean(0) * 5, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("kind,reset,timing,detach", CASES)
+def test_eligibility_is_sum_of_rate_derivatives(kind, reset, timing, detach):
+    """e = sum_k dr/dx_k under surrogate BPTT, checked with autograd through the dense scan."""
+    spec, x, v0, i0, beta, alpha, th = make(kind, reset, timing, detach, T=9)
+    x = x.detach().requires_grad_()
+    out = kernels.neuron_scan(x, None, None, beta, alpha, th, spec.op_config())[0]
+    (grad,) = torch.autograd.grad(out.mean(0).sum(), x)
+    d = lambda t: None if t is None else t.detach()  # noqa: E731
+    _, _, _, r, e = kernels.neuron_rate_stats(x.detach(), None, None, d(beta), d(alpha), d(th), spec.op_config())
+    torch.testing.assert_close(r, out.mean(0).detach())
+    close(e, grad.sum(0))
+
+
+def test_rate_bn_backward_is_batch_norm_backward():
+    torch.manual_seed(2)
+    x = torch.randn(8, 4, 5, 5, requires_grad=True)
+    w, b = torch.randn(4, requires_grad=True), torch.randn(4, requires_grad=True)
+    var, mean = torch.var_mean(x.detach(), dim=(0, 2, 3), correction=0)
+    g = torch.randn_like(x)
+    y = kernels.rate_batch_norm(x, mean, var, w, b, 1e-5)
+    got = torch.autograd.grad((y * g).sum(), (x, w, b))
+    y_ref = F.batch_norm(x, None, None, w, b, training=True, eps=1e-5)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    ref = torch.autograd.grad((y_ref * g).sum(), (x, w, b))
+    for a, r in zip(got, ref):
+        close(a, r)
+    # with spike-pass statistics that differ from the batch's, it is the closed form's gradient
+    mean_s, var_s = mean + 0.3, var * 1.7
+    y = kernels.rate_batch_norm(x, mean_s, var_s, w, b, 1e-5)
+    gx = torch.autograd.grad((y * g).sum(), x)[0]
+    sd = torch.sqrt(var_s + 1e-5).view(1, -1, 1, 1)
+    x_hat = (x.detach() - mean_s.view(1, -1, 1, 1)) / sd
+    dims = (0, 2, 3)
+    expected = w.detach().view(1, -1, 1, 1) / sd * (g - g.mean(dims, keepdim=True)
+                                                    - x_hat * (g * x_hat).mean(dims, keepdim=True))
+    close(gx, expected)
+    assert torch.allclose(rate_batch_norm_backward(g, x.detach(), mean_s, var_s, w.detach(), 1e-5)[0], expected)
+
+
+def test_saved_memory_flat_in_t():
+    torch.manual_seed(3)
+    model = MLP(n_in=64, n_hidden=64, n_out=10)
+    saved = {}
+    for T in (4, 32):
+        x = spikes((T, 8, 64))
+        compiled = snnopt.compile(model, mode="rate", example_inputs=(x,))
+        with SavedTensorMeter() as meter:
+            compiled(x)
+        saved[T] = meter.bytes
+    assert saved[4] > 0 and abs(saved[32] - saved[4]) <= 0.1 * saved[4], saved
+
+
+def test_time_sum_readout_scaled_by_t():
+    torch.manual_seed(4)
+
+    class Readout(torch.nn.Module):
+        def __init__(self, reduce):
+            super().__init__()
+            self.reduce, self.mlp = reduce, MLP()
+
+        def forward(self, x):
+            s = self.mlp(x)
+            return s.sum(0) if self.reduce == "sum" else s.mean(0)
+
+    x = spikes((10, 4, 12))
+    grads = {}
+    for reduce in ("sum", "mean"):
+        m = Readout(reduce)
+        m.mlp.load_state_dict(MLP().state_dict() if not grads else grads["state"])
+        grads.setdefault("state", m.mlp.state_dict())
+        compiled = snnopt.compile(m, mode="rate", example_inputs=(x,))
+        out = compiled(x)
+        assert torch.equal(out, m(x))
+        grads[reduce] = grads_of(compiled, out)
+    for name in grads["sum"]:
+        close(grads["sum"][name], 10 * grads["mean"][name])
+
+
+def test_non_affine_ops_are_reported():
+    model = torch.nn.Sequential(torch.nn.Linear(12, 16), snnopt.nn.LIF(0.9), torch.nn.Linear(16, 16),
+                                torch.nn.ReLU(), snnopt.nn.LIF(0.9))
+    compiled = snnopt.compile(model, mode="rate", example_inputs=(spikes((5, 2, 12)),))
+    assert any("non-affine" in w.detail for w in compiled.report.warnings)
+
+
+def test_unsupported_model_falls_back_to_dense():
+    class Recurrent(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.rec, self.lif = torch.nn.Linear(12, 8), torch.nn.Linear(8, 8), snnopt.nn.LIFCell(0.9)
+
+        def forward(self, x):
+            s, v, out = torch.zeros(x.shape[1], 8), None, []
+            for t in range(x.shape[0]):
+                s, v = self.lif(self.fc(x[t]) + self.rec(s), v)
+                out.append(s)
+            return torch.stack(out)
+
+    model = Recurrent()
+    x = spikes((6, 2, 12))
+    compiled = snnopt.compile(model, mode="rate", example_inputs=(x,))
+    assert compiled.report.fallback and "dense" in compiled.report.mode
+    assert torch.equal(compiled(x), model(x))
