@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -24,7 +25,7 @@ class NeuronEntry:
     op: str
     shape: tuple
     synapse: str | None = None
-    per_step: bool = False
+    per_step: int = 0
 
 
 @dataclass
@@ -39,6 +40,7 @@ class CompileReport:
     saved_bytes_estimate: dict = field(default_factory=dict)
     active_fraction: dict = field(default_factory=dict)
     fallback: str | None = None
+    numel: dict = field(default_factory=dict, repr=False)
 
     @property
     def eager(self) -> list[Note]:
@@ -56,7 +58,7 @@ class CompileReport:
         """Update the measured active fraction of each sparse neuron from a forward's aux outputs."""
         for key, idx in aux.items():
             if key.startswith("active:") and idx.numel():
-                numel = self._numel.get(key[len("active:"):])
+                numel = self.numel.get(key[len("active:"):])
                 if numel:
                     self.active_fraction[key[len("active:"):]] = idx.numel() / numel
 
@@ -70,9 +72,9 @@ class CompileReport:
         for e in self.neurons:
             act = self.active_fraction.get(e.node)
             extra = f"  active {act:.2%}" if act is not None else ""
-            syn = f" + {e.synapse}" if e.synapse else ""
-            step = "  [per-step]" if e.per_step else ""
-            lines.append(f"    {e.module}{syn:<12} {e.op:<28} {list(e.shape)}  {e.spec}{extra}{step}")
+            name = e.module + (f" + {e.synapse}" if e.synapse else "")
+            step = f"  [per-step x{e.per_step}]" if e.per_step else ""
+            lines.append(f"    {name:<18} {e.op:<32} {str(list(e.shape)):<16} {e.spec}{extra}{step}")
         for title, items in (("stayed eager", self.eager), ("warnings", self.warnings)):
             if items:
                 lines.append(f"  {title} ({len(items)}):")
@@ -98,18 +100,22 @@ def build_report(model_name, mode, band, example_inputs, gm: fx.GraphModule, not
                                                     if isinstance(x, torch.Tensor)], notes=list(notes),
                            passes=[{k: h[k] for k in ("pass", "nodes_before", "nodes_after", "modified")}
                                    for h in history])
-    report._numel = {}
     keys = neuron_keys(gm.graph)
+    per_step = {}
     for n, key in keys.items():
         val = n.meta.get("val")
         shape = tuple(val[0].shape) if val is not None else ()
-        report.neurons.append(NeuronEntry(key, n.meta["snn_module"], n.meta["snn"].describe(),
-                                          _OP_NAMES.get(n.target, str(n.target)), shape,
-                                          n.meta.get("snn_synapse"), bool(n.meta.get("snn_cell"))))
-        numel = 1
-        for d in shape:
-            numel *= d
-        report._numel[key] = numel
+        report.numel[key] = math.prod(shape)
+        module = n.meta["snn_module"]
+        if n.meta.get("snn_cell"):
+            if module in per_step:
+                per_step[module].per_step += 1
+                continue
+        entry = NeuronEntry(key, module, n.meta["snn"].describe(), _OP_NAMES.get(n.target, str(n.target)), shape,
+                            n.meta.get("snn_synapse"), int(bool(n.meta.get("snn_cell"))))
+        if entry.per_step:
+            per_step[module] = entry
+        report.neurons.append(entry)
     report.saved_bytes_estimate = _estimate(gm, keys)
     return report
 

@@ -100,6 +100,9 @@ class _Lifter:
             srcs = {self.known[n][0] for n in items}
             if len(srcs) == 1 and [self.known[n][1] for n in items] == list(range(L)):
                 return srcs.pop()
+        upstream = _per_step_scan(first)
+        if upstream is not None:
+            raise CannotLift(f"its input comes from `{upstream.meta['snn_module']}`, which stays per-step")
         src = _time_index_source(items)
         if src is not None:
             full = _val(src).shape[0]
@@ -185,6 +188,17 @@ class _Lifter:
 def _target_name(node: fx.Node) -> str:
     t = node.target
     return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+
+
+def _per_step_scan(node: fx.Node):
+    """The scan node if ``node`` is the squeezed output of a single-step scan left per-step."""
+    if node.op == "call_method" and node.target == "squeeze":
+        got = node.args[0]
+        if got.op == "call_function" and got.target is operator.getitem:
+            scan = got.args[0]
+            if scan.op == "call_function" and scan.target is kernels.neuron_scan and "snn_per_step_reason" in scan.meta:
+                return scan
+    return None
 
 
 def _time_index_source(items: list[fx.Node]):

@@ -1,0 +1,116 @@
+"""Pass contracts: idempotent, lint-clean, numerics preserved, provenance recorded, errors name the pass."""
+
+import operator
+
+import pytest
+import torch
+
+from snnopt import kernels
+from snnopt.frontend.tracer import trace
+from snnopt.passes import (PassError, PassManager, VerificationError, canonicalize_neurons, dce, expose_aux,
+                           fuse_synapses, lower, reroll_time, verify)
+from snnopt.passes.infra import PassResult
+
+from .models import MLP, LoopConvNet, LoopMLP, grads_of, spikes
+
+PIPELINES = {
+    "dense": [canonicalize_neurons, reroll_time, lower("dense"), dce],
+    "sparse": [canonicalize_neurons, reroll_time, fuse_synapses, lower("sparse", 0.05), dce],
+    "rate": [canonicalize_neurons, reroll_time, lower("rate"), dce],
+}
+
+
+def first_output(value):
+    return value[0] if isinstance(value, tuple) else value
+
+
+@pytest.mark.parametrize("mode", PIPELINES)
+@pytest.mark.parametrize("cls", [LoopMLP, MLP, LoopConvNet])
+def test_each_pass_idempotent_lint_clean_and_numerics_preserved(mode, cls):
+    torch.manual_seed(0)
+    model = cls()
+    x = spikes((8, 2, 2, 12, 12) if cls is LoopConvNet else (8, 2, 12))
+    expected = model(x)
+    gm, _ = trace(model, (x,))
+    for p in PIPELINES[mode]:
+        gm = PassManager([p], verifier=verify)(gm, (x,))
+        with torch.no_grad():
+            assert torch.equal(first_output(gm(x)), expected), f"{p.__name__} changed the output"
+        again = p(gm)
+        assert not again.modified, f"{p.__name__} is not idempotent"
+        gm.graph.lint()
+
+
+def scans(gm):
+    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target is kernels.neuron_scan]
+
+
+@pytest.mark.parametrize("cls", [LoopMLP, LoopConvNet])
+def test_reroll_turns_a_t8_loop_into_one_scan_per_neuron(cls):
+    torch.manual_seed(1)
+    model = cls()
+    x = spikes((8, 3, 2, 12, 12) if cls is LoopConvNet else (8, 3, 12))
+    gm, _ = trace(model, (x,))
+    pm = PassManager([canonicalize_neurons], verifier=verify)
+    gm = pm(gm, (x,))
+    assert len(scans(gm)) == 16 and all(n.meta["snn_cell"] for n in scans(gm))
+    result = reroll_time(gm)
+    assert result.modified and sum(n.kind == "rewritten" for n in result.notes) == 2
+    gm = PassManager([dce], verifier=verify)(result.graph_module, (x,))
+    rolled = scans(gm)
+    assert len(rolled) == 2 and all(n.meta["rerolled"] == 8 and n.meta["origin"] == "reroll_time" for n in rolled)
+    assert all(len(n.meta["from_node"]) == 8 for n in rolled)
+    assert not any(n.op == "call_function" and n.target is torch.select for n in gm.graph.nodes)
+    assert not any(n.op == "call_function" and n.target is torch.stack for n in gm.graph.nodes)
+    ref_out = model(x)
+    out = gm(x)
+    assert torch.equal(out, ref_out)
+    ref = grads_of(model, ref_out)
+    got = grads_of(gm, out)
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=1e-5 * float(ref[name].abs().max()))
+
+
+def test_created_nodes_record_provenance():
+    x = spikes((5, 2, 12))
+    gm, _ = trace(LoopMLP(), (x,))
+    gm = PassManager([canonicalize_neurons, reroll_time, fuse_synapses, lower("sparse"), expose_aux, dce],
+                     verifier=verify)(gm, (x,))
+    created = [n for n in gm.graph.nodes if n.op != "output" and n.meta["origin"] != "trace"]
+    assert created
+    for n in created:
+        assert n.meta["from_node"], n.name
+    region = next(n for n in gm.graph.nodes if n.target is kernels.spiking_synapse_sparse)
+    assert region.meta["origin"] == "lower[sparse]" and region.meta["snn_synapse"] == "fc1"
+
+
+def test_verifier_rejects_nodes_without_provenance_or_spec():
+    x = spikes((5, 2, 12))
+    gm, _ = trace(MLP(), (x,))
+    gm = PassManager([canonicalize_neurons], verifier=verify)(gm, (x,))
+    scan = scans(gm)[0]
+    del scan.meta["snn"]
+    with pytest.raises(VerificationError, match="NeuronSpec"):
+        verify(gm)
+    gm, _ = trace(MLP(), (x,))
+    with pytest.raises(PassError, match="dce.*neither canonicalised") as info:
+        PassManager([dce], verifier=verify)(gm, (x,))
+    assert isinstance(info.value.__cause__, VerificationError)
+    gm, _ = trace(MLP(), (x,))
+    next(iter(gm.graph.nodes)).meta.pop("origin")
+    with pytest.raises(VerificationError, match="provenance"):
+        verify(gm)
+
+
+def test_pass_errors_name_the_pass():
+    def broken_pass(gm):
+        node = next(n for n in gm.graph.nodes if n.op == "call_module")
+        with gm.graph.inserting_after(node):
+            bad = gm.graph.call_function(operator.add, (node, node))
+        bad.meta["origin"] = "broken_pass"
+        return PassResult(gm, True)
+
+    x = spikes((5, 2, 12))
+    gm, _ = trace(MLP(), (x,))
+    with pytest.raises(PassError, match="broken_pass"):
+        PassManager([canonicalize_neurons, broken_pass], verifier=verify)(gm, (x,))
