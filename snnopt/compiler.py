@@ -69,6 +69,7 @@ class CompiledSNN(nn.Module):
         self._programs: dict = {}
         self._report: CompileReport | None = None
         self._rank: tuple | None = None
+        self._warned: set[str] = set()
         if example_inputs is not None:
             example_inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
             self._check(example_inputs)
@@ -133,6 +134,10 @@ class CompiledSNN(nn.Module):
         self._programs[self._key(inputs, program.generic)] = program
         self._report = program.report
         log.info("%s", program.report)
+        for note in program.report.warnings:
+            if note.detail not in self._warned:
+                self._warned.add(note.detail)
+                log.warning("%s: %s", type(self._source).__name__, note.detail)
         return program
 
     def _build(self, inputs) -> _Program:
@@ -161,7 +166,6 @@ class CompiledSNN(nn.Module):
         return pm(gm1, ones)
 
     def _fallback(self, inputs, reason: str) -> _Program:
-        log.warning("%s: %s", type(self._source).__name__, reason)
         mode = self.mode
         try:
             self.mode = "dense"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -40,7 +39,6 @@ class CompileReport:
     saved_bytes_estimate: dict = field(default_factory=dict)
     active_fraction: dict = field(default_factory=dict)
     fallback: str | None = None
-    numel: dict = field(default_factory=dict, repr=False)
 
     @property
     def eager(self) -> list[Note]:
@@ -55,12 +53,12 @@ class CompileReport:
         return [n for n in self.notes if n.kind == "rewritten"]
 
     def record_activity(self, aux: dict) -> None:
-        """Update the measured active fraction of each sparse neuron from a forward's aux outputs."""
+        """Update the measured active fraction of each sparse neuron from a training forward's
+        aux outputs (active set size / number of neuron states)."""
         for key, idx in aux.items():
             if key.startswith("active:") and idx.numel():
-                numel = self.numel.get(key[len("active:"):])
-                if numel:
-                    self.active_fraction[key[len("active:"):]] = idx.numel() / numel
+                name = key[len("active:"):]
+                self.active_fraction[name] = idx.numel() / aux[f"spikes:{name}"].numel()
 
     def __str__(self) -> str:
         lines = [f"snnopt compile report: {self.model}  mode={self.mode}" +
@@ -105,7 +103,6 @@ def build_report(model_name, mode, band, example_inputs, gm: fx.GraphModule, not
     for n, key in keys.items():
         val = n.meta.get("val")
         shape = tuple(val[0].shape) if val is not None else ()
-        report.numel[key] = math.prod(shape)
         module = n.meta["snn_module"]
         if n.meta.get("snn_cell"):
             if module in per_step:
@@ -121,18 +118,34 @@ def build_report(model_name, mode, band, example_inputs, gm: fx.GraphModule, not
 
 
 def _estimate(gm: fx.GraphModule, keys) -> dict:
-    """Bytes kept for backward by the neuron ops (and the synapse inputs they imply) per time step."""
+    """Bytes kept for backward per time step by each neuron and the synapse feeding it:
+    dense keeps the membrane (and current) trace and the float synapse input; sparse keeps
+    ``ASSUMED_ACTIVE`` of the states as (int32, float) pairs and the input bit-packed where
+    the neuron can be sparse; rate keeps rates and eligibilities once, not per step."""
+    from .passes.fuse import sparse_ineligibility
+
     dense = sparse = rate = 0.0
     for n in keys:
-        val = n.meta.get("val")
-        if val is None:
-            continue
-        out = val[0]
+        out = n.meta["val"][0]
         T, per_step = out.shape[0], out[0].numel() * out.element_size()
-        x = n.args[0].meta.get("val")
-        x_bytes = x[0].numel() * x.element_size() if isinstance(x, torch.Tensor) else 0
-        n_state = 2 if n.meta["snn"].has_current else 1
-        dense += n_state * per_step + x_bytes
-        sparse += per_step * 2 * ASSUMED_ACTIVE + x_bytes / (32 if n.meta.get("snn_synapse") else 1)
+        syn_in = _synapse_input(gm, n)
+        x_bytes = syn_in[0].numel() * syn_in.element_size() if syn_in is not None else 0
+        spec = n.meta["snn"]
+        node_dense = (2 if spec.has_current else 1) * per_step + x_bytes
+        dense += node_dense
+        sparse += node_dense if sparse_ineligibility(spec, n) else per_step * 2 * ASSUMED_ACTIVE + x_bytes / 32
         rate += (2 * per_step + x_bytes) / T
     return {"dense": dense, "sparse": sparse, "rate": rate}
+
+
+def _synapse_input(gm: fx.GraphModule, n: fx.Node):
+    """The value entering the Linear/Conv that drives neuron node ``n`` (None if none does)."""
+    if "snn_synapse" in n.meta:
+        return n.args[0].meta.get("val")
+    x = n.args[0]
+    if x.op == "call_function" and x.target is torch.unflatten:
+        x = x.args[0]
+    if x.op == "call_module" and isinstance(gm.get_submodule(x.target), (torch.nn.Linear, torch.nn.Conv2d)):
+        val = x.args[0].meta.get("val")
+        return val if isinstance(val, torch.Tensor) else None
+    return None

@@ -4,7 +4,8 @@
 
     dense   neuron_scan, spiking_synapse stay (exact BPTT ops)
     sparse  neuron_scan -> neuron_scan_sparse;  spiking_synapse -> spiking_synapse_sparse
-            (outputs tagged ``snn_aux = "active:<key>"``; ineligible neurons stay dense)
+            (active set and spikes tagged ``snn_aux = "active:<key>"``, ``"spikes:<key>"``;
+            ineligible neurons stay dense)
     rate    neuron_scan -> neuron_rate_stats (rate and eligibility tagged as aux
             ``rate:<key>``, ``elig:<key>``); each BatchNorm in training mode gets its
             input's batch ``(var, mean)`` tagged ``bn:<key>``
@@ -102,8 +103,8 @@ def _lower_sparse(gm, b: Builder, band: float):
             if reason is not None:
                 if "snn_dense_reason" not in n.meta:
                     n.meta["snn_dense_reason"] = reason
-                    notes.append(Note("warning", n.name, f"`{n.meta['snn_module']}` kept dense in sparse mode: "
-                                                         f"{reason}"))
+                    kind = "info" if not n.meta["snn"].spiking else "warning"  # a readout is dense by nature
+                    notes.append(Note(kind, n.name, f"`{n.meta['snn_module']}` kept dense in sparse mode: {reason}"))
                 continue
             x, v0, _, beta, _, thr, cfg = n.args[:7]
             with gm.graph.inserting_before(n):
@@ -113,6 +114,7 @@ def _lower_sparse(gm, b: Builder, band: float):
         new.meta.update({k: v for k, v in n.meta.items() if k.startswith("snn")})
         with gm.graph.inserting_after(new):
             _tag(b.call(operator.getitem, (new, 2), from_=[n]), f"active:{keys[n]}")
+            _tag(b.call(operator.getitem, (new, 0), from_=[n]), f"spikes:{keys[n]}")
         n.replace_all_uses_with(new)
         gm.graph.erase_node(n)
         notes.append(Note("rewritten", new.name, f"`{new.meta['snn_module']}` -> sparse scan (band {band:g})"))
