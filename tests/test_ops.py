@@ -129,3 +129,24 @@ def test_nan_input_does_not_crash(op):
     if op != "rate":
         out.sum().backward()
         assert x.grad is not None
+
+
+@pytest.mark.parametrize("syn", [0, 1])
+@pytest.mark.parametrize("binary", [True, False])
+def test_binary_synapse_matches_autograd(syn, binary):
+    torch.manual_seed(3)
+    shape, wshape = ((5, 3, 2, 7, 7), (4, 2, 3, 3)) if syn else ((5, 3, 9), (4, 9))
+    x = ((torch.rand(shape) < 0.3).float() if binary else torch.randn(shape)).requires_grad_()
+    w, b = torch.randn(wshape, requires_grad=True), torch.randn(4, requires_grad=True)
+    conv = ([2, 1], [1, 0], [1, 1], 1)
+    out, packed = kernels.binary_synapse(x, w, b, syn, *conv) if syn else \
+        kernels.binary_synapse(x, w, b, 0, [1], [0], [1], 1)
+    ref = torch.nn.functional.conv2d(x.flatten(0, 1), w, b, [2, 1], [1, 0]).unflatten(0, shape[:2]) if syn \
+        else torch.nn.functional.linear(x, w, b)
+    torch.testing.assert_close(out, ref)
+    assert packed.numel() == ((x.numel() + 7) // 8 if binary else 4 * x.numel())
+    g = torch.randn_like(ref)
+    for a, r in zip(torch.autograd.grad((out * g).sum(), (x, w, b)), torch.autograd.grad((ref * g).sum(), (x, w, b))):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
+    torch.library.opcheck(torch.ops.snnopt.binary_synapse.default, (x, w, b, syn, *conv, True),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))

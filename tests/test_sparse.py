@@ -114,3 +114,25 @@ def test_ineligible_neurons_stay_dense_with_warning():
     assert torch.equal(compiled(x), model(x))
     assert len(compiled.report.warnings) == 2
     assert all("kept dense" in w.detail and "reset-to-zero" in w.detail for w in compiled.report.warnings)
+
+
+def test_dense_readout_keeps_spike_input_packed():
+    """Linear -> LI readout after sparse layers: exact readout gradients, spike input saved as bits."""
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 32), snnopt.nn.LIF(0.9, detach_reset=True),
+                                torch.nn.Linear(32, 4), snnopt.nn.LI(0.9))
+    torch.nn.init.normal_(model[0].weight, 0, 1.0)
+    x = spikes((20, 6, 12))
+    ref_out = model(x)
+    ref = grads_of(model, ref_out)
+    compiled = snnopt.compile(model, mode="sparse", band=math.inf, example_inputs=(x,))
+    assert any("bit-packed" in n.detail for n in compiled.report.rewritten)
+    out = compiled(x)
+    assert torch.equal(out, ref_out)
+    got = grads_of(compiled, out)
+    for name in ref:
+        close(got[name], ref[name])
+    narrow = snnopt.compile(model, mode="sparse", band=0.05, example_inputs=(x,))
+    with SavedTensorMeter() as meter:
+        narrow(x)
+    assert meter.bytes < 20 * 6 * 32 * 4  # less than the readout's float input alone

@@ -13,11 +13,12 @@ from . import ops
 from .reference.rate import rate_neuron
 from .reference.sparse import synapse
 
-__all__ = ["neuron_scan", "spiking_synapse", "neuron_scan_sparse", "spiking_synapse_sparse", "neuron_rate_stats", "rate_neuron",
-           "rate_batch_norm", "status", "OPS"]
+__all__ = ["neuron_scan", "spiking_synapse", "neuron_scan_sparse", "spiking_synapse_sparse", "binary_synapse",
+           "neuron_rate_stats", "rate_neuron", "rate_batch_norm", "status", "OPS"]
 
 OPS = ("neuron_scan", "neuron_scan_backward", "neuron_scan_sparse", "neuron_scan_sparse_backward",
-       "spiking_synapse_sparse", "spiking_synapse_sparse_backward", "neuron_rate_stats", "rate_batch_norm")
+       "spiking_synapse_sparse", "spiking_synapse_sparse_backward", "binary_synapse", "binary_synapse_backward",
+       "neuron_rate_stats", "rate_batch_norm")
 
 
 def _needs_save(*tensors) -> bool:
@@ -53,6 +54,12 @@ def spiking_synapse_sparse(x, weight, bias, v0, beta, threshold, syn, stride, pa
     out, v_T, idx, _, packed = torch.ops.snnopt.spiking_synapse_sparse(
         x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save)
     return out, v_T, idx, packed
+
+
+def binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups):
+    """Synapse on spike input that keeps the input bit-packed for backward: ``(out, packed)``."""
+    save = _needs_save(x, weight, bias)
+    return torch.ops.snnopt.binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups, save)
 
 
 def neuron_rate_stats(x, v0, i0, beta, alpha, threshold, cfg):

@@ -14,12 +14,16 @@ neuron_scan_sparse              out, v_T, idx, sg         (active set: int32 ind
 neuron_scan_sparse_backward     gx, gv0
 spiking_synapse_sparse          out, v_T, idx, sg, x_packed  (fused Linear/Conv2d + neuron)
 spiking_synapse_sparse_backward gx, gweight, gbias, gv0
+binary_synapse                  out, x_packed             (Linear/Conv2d keeping its spike input packed)
+binary_synapse_backward         gx, gweight, gbias
 neuron_rate_stats               out, v_T, i_T, rate, eligibility  (spike pass of rate mode)
 rate_batch_norm                 y                         (RateBN)
 ==============================  ==============================================================
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -157,10 +161,7 @@ def spiking_synapse_sparse(x: Tensor, weight: Tensor, bias: Tensor | None, v0: T
     out, v_T, idx, sg = ref_sparse.scan_forward_sparse(current, v0, beta, threshold, Config(cfg), band, save)
     if not save:
         return out, v_T, idx, sg, x.new_empty(0, dtype=torch.uint8)
-    packed = ref_sparse.pack_bits(x)
-    if packed.numel() == 0:  # not binary: keep the exact input bytes
-        packed = x.detach().reshape(-1).clone().view(torch.uint8)
-    return out, v_T, idx, sg, packed
+    return out, v_T, idx, sg, _pack_input(x)
 
 
 @spiking_synapse_sparse.register_fake
@@ -183,13 +184,7 @@ def spiking_synapse_sparse_backward(g_out: Tensor, g_v: Tensor, idx: Tensor, sg:
     c = Config(cfg)
     delta, gv0 = ref_sparse.delta_scan(g_out, g_v, idx, sg, beta, c, list(g_out.shape))
     g_current = delta * c.scale if c.scale != 1.0 else delta
-    n = 1
-    for d in x_shape:
-        n *= d
-    if x_packed.numel() == (n + 7) // 8:
-        x = ref_sparse.unpack_bits(x_packed, x_shape, g_out.dtype)
-    else:
-        x = x_packed.view(g_out.dtype).reshape(x_shape)
+    x = _unpack_input(x_packed, x_shape, g_out.dtype)
     dX, dW, db = ref_sparse.synapse_backward(g_current, x, weight, syn, stride, padding, dilation, groups,
                                              (need_x, need_w, need_b))
     empty = g_out.new_empty(0)
@@ -224,6 +219,64 @@ def _synapse_backward(ctx, g_out, g_v, _gi, _gs, _gp):
 
 
 spiking_synapse_sparse.register_autograd(_synapse_backward, setup_context=_synapse_setup)
+
+
+@torch.library.custom_op(f"{LIB}::binary_synapse", mutates_args=())
+def binary_synapse(x: Tensor, weight: Tensor, bias: Tensor | None, syn: int, stride: list[int], padding: list[int],
+                   dilation: list[int], groups: int, save: bool) -> tuple[Tensor, Tensor]:
+    out = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
+    return out, (_pack_input(x) if save else x.new_empty(0, dtype=torch.uint8))
+
+
+@binary_synapse.register_fake
+def _(x, weight, bias, syn, stride, padding, dilation, groups, save):
+    out = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
+    size = torch.library.get_ctx().new_dynamic_size() if save else 0
+    return torch.empty_like(out), x.new_empty(size, dtype=torch.uint8)
+
+
+@torch.library.custom_op(f"{LIB}::binary_synapse_backward", mutates_args=())
+def binary_synapse_backward(g: Tensor, x_packed: Tensor, weight: Tensor, syn: int, stride: list[int],
+                            padding: list[int], dilation: list[int], groups: int, x_shape: list[int],
+                            needs: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    x = _unpack_input(x_packed, x_shape, g.dtype)
+    dX, dW, db = ref_sparse.synapse_backward(g, x, weight, syn, stride, padding, dilation, groups, needs)
+    return tuple(g.new_empty(0) if t is None else t for t in (dX, dW, db))
+
+
+@binary_synapse_backward.register_fake
+def _(g, x_packed, weight, syn, stride, padding, dilation, groups, x_shape, needs):
+    e = g.new_empty
+    return (e(x_shape) if needs[0] else e(0), torch.empty_like(weight) if needs[1] else e(0),
+            e(weight.shape[0]) if needs[2] else e(0))
+
+
+def _binary_setup(ctx, inputs, output):
+    x, weight, bias, syn, stride, padding, dilation, groups, save = inputs
+    ctx.static, ctx.x_shape = (syn, stride, padding, dilation, groups), list(x.shape)
+    ctx.save_for_backward(output[1], weight)
+
+
+def _binary_backward(ctx, g, _gp):
+    packed, weight = ctx.saved_tensors
+    needs = [bool(n) for n in ctx.needs_input_grad[:3]]
+    gx, gw, gb = torch.ops.snnopt.binary_synapse_backward(g, packed, weight, *ctx.static, ctx.x_shape, needs)
+    return (gx if needs[0] else None, gw if needs[1] else None, gb if needs[2] else None) + (None,) * 6
+
+
+binary_synapse.register_autograd(_binary_backward, setup_context=_binary_setup)
+
+
+def _pack_input(x: Tensor) -> Tensor:
+    """Bit-packed ``x`` if it is binary, else its raw bytes (the backward tells them apart by size)."""
+    packed = ref_sparse.pack_bits(x)
+    return packed if packed.numel() else x.detach().reshape(-1).clone().view(torch.uint8)
+
+
+def _unpack_input(packed: Tensor, shape: list[int], dtype) -> Tensor:
+    if packed.numel() == (math.prod(shape) + 7) // 8:
+        return ref_sparse.unpack_bits(packed, shape, dtype)
+    return packed.view(dtype).reshape(shape)
 
 
 # --------------------------------------------------------------------------- rate

@@ -7,6 +7,10 @@ Only where the region can later run sparse: a ``lif``/``if`` neuron with subtrac
 reset, no learnable neuron parameter, no recorded membrane, and a synapse whose output
 feeds nothing else.  Regions let the sparse backward keep the input spikes bit-packed
 and visit only the active set for ``dW``.
+
+A synapse left unfused whose input ``S`` is the spike output of a neuron becomes
+``binary_synapse(S, W, b, ...)``, which keeps ``S`` bit-packed for its backward instead of
+as floats (e.g. the Linear before a dense readout).
 """
 
 from __future__ import annotations
@@ -39,23 +43,38 @@ def _single_user(node: fx.Node, user: fx.Node) -> bool:
     return len(node.users) == 1 and user in node.users
 
 
-def _match_synapse(gm: fx.GraphModule, scan: fx.Node):
-    """``(S, module_target, syn, nodes)`` if ``scan``'s input is a fusable synapse output."""
-    x = scan.args[0]
-    if not (isinstance(x, fx.Node) and _single_user(x, scan)):
+def _synapse_of(gm: fx.GraphModule, node: fx.Node):
+    """``(S, module_target, syn, nodes)`` if ``node`` is a Linear or time-distributed Conv2d
+    output computed from ``S`` (``nodes``: the synapse's own nodes, each used only once)."""
+    if not isinstance(node, fx.Node):
         return None
-    if x.op == "call_module" and isinstance(gm.get_submodule(x.target), nn.Linear):
-        return x.args[0], x.target, 0, [x]
-    if x.op == "call_function" and x.target is torch.unflatten and x.args[1] == 0:
-        conv = x.args[0]
+    if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Linear):
+        return node.args[0], node.target, 0, [node]
+    if node.op == "call_function" and node.target is torch.unflatten and node.args[1] == 0:
+        conv = node.args[0]
         if conv.op == "call_module" and isinstance(gm.get_submodule(conv.target), nn.Conv2d) \
-                and _single_user(conv, x):
+                and _single_user(conv, node):
             m = gm.get_submodule(conv.target)
             flat = conv.args[0]
             if m.padding_mode == "zeros" and not isinstance(m.padding, str) and flat.op == "call_function" \
                     and flat.target is torch.flatten and flat.args[1:] == (0, 1) and _single_user(flat, conv):
-                return flat.args[0], conv.target, 1, [x, conv, flat]
+                return flat.args[0], conv.target, 1, [node, conv, flat]
     return None
+
+
+def _conv_args(m: nn.Module, syn: int) -> tuple:
+    return (list(m.stride), list(m.padding), list(m.dilation), m.groups) if syn else ([1], [0], [1], 1)
+
+
+def _is_spike_output(node) -> bool:
+    """``node`` is the spike output (item 0) of a spiking neuron node."""
+    return isinstance(node, fx.Node) and node.op == "call_function" and node.target is operator.getitem \
+        and node.args[1] == 0 and "snn" in node.args[0].meta and node.args[0].meta["snn"].spiking
+
+
+def _weights(b: Builder, m: nn.Module, target: str, absorbed):
+    w = b.get_attr(f"{target}.weight", from_=absorbed)
+    return w, (b.get_attr(f"{target}.bias", from_=absorbed) if m.bias is not None else None)
 
 
 def fuse_synapses(gm: fx.GraphModule) -> PassResult:
@@ -67,17 +86,15 @@ def fuse_synapses(gm: fx.GraphModule) -> PassResult:
         spec = scan.meta["snn"]
         if sparse_ineligibility(spec, scan) is not None or scan.args[2] is not None:
             continue
-        match = _match_synapse(gm, scan)
-        if match is None:
+        match = _synapse_of(gm, scan.args[0])
+        if match is None or not _single_user(scan.args[0], scan):
             continue
         src, target, syn, absorbed = match
         m = gm.get_submodule(target)
-        conv = (list(m.stride), list(m.padding), list(m.dilation), m.groups) if syn else ([1], [0], [1], 1)
         with gm.graph.inserting_before(scan):
-            w = b.get_attr(f"{target}.weight", from_=absorbed)
-            bias = b.get_attr(f"{target}.bias", from_=absorbed) if m.bias is not None else None
+            w, bias = _weights(b, m, target, absorbed)
             region = b.call(kernels.spiking_synapse, (src, w, bias, scan.args[1], scan.args[3], scan.args[5], syn,
-                                                      *conv, scan.args[6]), from_=[scan, *absorbed])
+                                                      *_conv_args(m, syn), scan.args[6]), from_=[scan, *absorbed])
         region.meta.update(snn=spec, snn_module=scan.meta["snn_module"], snn_synapse=target)
         for user in list(scan.users):
             if user.target is operator.getitem and user.args[1] in (0, 1):
@@ -90,4 +107,19 @@ def fuse_synapses(gm: fx.GraphModule) -> PassResult:
         modified = True
         notes.append(Note("rewritten", region.name, f"`{target}` + `{scan.meta['snn_module']}` fused into one "
                                                     f"{'Linear' if syn == 0 else 'Conv2d'} region"))
+    for node in list(gm.graph.nodes):
+        match = _synapse_of(gm, node)
+        if match is None or not _is_spike_output(match[0]):
+            continue
+        src, target, syn, absorbed = match
+        m = gm.get_submodule(target)
+        with gm.graph.inserting_before(node):
+            w, bias = _weights(b, m, target, absorbed)
+            packed = b.call(kernels.binary_synapse, (src, w, bias, syn, *_conv_args(m, syn)), from_=absorbed)
+            out = b.call(operator.getitem, (packed, 0), from_=absorbed)
+        node.replace_all_uses_with(out)
+        for n in absorbed:
+            gm.graph.erase_node(n)
+        modified = True
+        notes.append(Note("rewritten", packed.name, f"`{target}` keeps its spike input bit-packed"))
     return PassResult(gm, modified, notes)
