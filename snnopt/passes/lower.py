@@ -63,6 +63,17 @@ def _tag(node: fx.Node, key: str) -> fx.Node:
     return node
 
 
+def _swap(b: Builder, old: fx.Node, new: fx.Node, aux: dict[int, str]) -> None:
+    """Replace neuron node ``old`` by ``new`` (same output layout), keeping its ``snn`` meta and
+    tagging output items ``{index: aux_key}``."""
+    new.meta.update({k: v for k, v in old.meta.items() if k.startswith("snn")})
+    with b.graph.inserting_after(new):
+        for index, key in aux.items():
+            _tag(b.call(operator.getitem, (new, index), from_=[old]), key)
+    old.replace_all_uses_with(new)
+    b.graph.erase_node(old)
+
+
 def lower(mode: str, band: float = 0.05):
     if mode not in ("dense", "sparse", "rate"):
         raise ValueError(f"mode must be 'dense', 'sparse' or 'rate', got {mode!r}")
@@ -111,12 +122,7 @@ def _lower_sparse(gm, b: Builder, band: float):
                 new = b.call(kernels.neuron_scan_sparse, (x, v0, beta, thr, cfg, band), from_=[n])
         else:
             continue
-        new.meta.update({k: v for k, v in n.meta.items() if k.startswith("snn")})
-        with gm.graph.inserting_after(new):
-            _tag(b.call(operator.getitem, (new, 2), from_=[n]), f"active:{keys[n]}")
-            _tag(b.call(operator.getitem, (new, 0), from_=[n]), f"spikes:{keys[n]}")
-        n.replace_all_uses_with(new)
-        gm.graph.erase_node(n)
+        _swap(b, n, new, {2: f"active:{keys[n]}", 0: f"spikes:{keys[n]}"})
         notes.append(Note("rewritten", new.name, f"`{new.meta['snn_module']}` -> sparse scan (band {band:g})"))
         modified = True
     return PassResult(gm, modified, notes)
@@ -151,12 +157,7 @@ def _lower_rate_stats(gm, b: Builder):
                                                  f"{'/'.join(sorted(spec.learnable))} get no gradient in rate mode"))
         with gm.graph.inserting_before(n):
             new = b.call(kernels.neuron_rate_stats, tuple(n.args[:7]), from_=[n])
-        new.meta.update({k: v for k, v in n.meta.items() if k.startswith("snn")})
-        with gm.graph.inserting_after(new):
-            _tag(b.call(operator.getitem, (new, 4), from_=[n]), f"elig:{key}")
-            _tag(b.call(operator.getitem, (new, 3), from_=[n]), f"rate:{key}")
-        n.replace_all_uses_with(new)
-        gm.graph.erase_node(n)
+        _swap(b, n, new, {4: f"elig:{key}", 3: f"rate:{key}"})
         notes.append(Note("rewritten", new.name, f"`{new.meta['snn_module']}` -> rate spike pass (r, e)"))
         modified = True
     for n, m, key in list(_bn_nodes(gm)):
