@@ -32,7 +32,7 @@ names of those tensors are in ``param_attrs``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from . import surrogate as _surrogate
 
@@ -77,9 +77,6 @@ class NeuronSpec:
     @property
     def has_current(self) -> bool:
         return self.kind == "cuba_lif"
-
-    def with_(self, **changes) -> "NeuronSpec":
-        return replace(self, **changes)
 
     def op_config(self) -> list:
         """The ``float[] cfg`` argument of the ``snnopt`` neuron ops:

@@ -114,3 +114,17 @@ def test_pass_errors_name_the_pass():
     gm, _ = trace(MLP(), (x,))
     with pytest.raises(PassError, match="broken_pass"):
         PassManager([canonicalize_neurons, broken_pass], verifier=verify)(gm, (x,))
+
+
+def test_pass_manager_history_and_snapshots():
+    x = spikes((4, 2, 12))
+    gm, _ = trace(LoopMLP(), (x,))
+    pm = PassManager([canonicalize_neurons, reroll_time, dce], verifier=verify, snapshots=True)
+    pm(gm, (x,))
+    assert [h["pass"] for h in pm.history] == ["canonicalize_neurons", "reroll_time", "dce"]
+    reroll = pm.history[1]
+    assert reroll["modified"] and reroll["nodes_after"] > 0
+    before = {n.name for n in reroll["graph_before"].nodes}
+    after = reroll["graph_after"]
+    created = [n for n in after.nodes if n.name not in before]
+    assert created and all(n.meta["origin"] == "reroll_time" for n in created)
