@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -122,30 +123,35 @@ def _estimate(gm: fx.GraphModule, keys) -> dict:
     dense keeps the membrane (and current) trace and the float synapse input; sparse keeps
     ``ASSUMED_ACTIVE`` of the states as (int32, float) pairs and the input bit-packed where
     the neuron can be sparse; rate keeps rates and eligibilities once, not per step."""
-    from .passes.fuse import sparse_ineligibility
+    from .passes.fuse import is_spike_output, sparse_ineligibility
 
     dense = sparse = rate = 0.0
     for n in keys:
         out = n.meta["val"][0]
         T, per_step = out.shape[0], out[0].numel() * out.element_size()
         syn_in = _synapse_input(gm, n)
-        x_bytes = syn_in[0].numel() * syn_in.element_size() if syn_in is not None else 0
+        x = syn_in.meta.get("val") if syn_in is not None else None
+        x_bytes = x[0].numel() * x.element_size() if isinstance(x, torch.Tensor) else 0
         spec = n.meta["snn"]
-        node_dense = (2 if spec.has_current else 1) * per_step + x_bytes
-        dense += node_dense
-        sparse += node_dense if sparse_ineligibility(spec, n) else per_step * 2 * ASSUMED_ACTIVE + x_bytes / 32
+        state = (2 if spec.has_current else 1) * per_step
+        dense += state + x_bytes
+        if sparse_ineligibility(spec, n):
+            sparse += state + (x_bytes / 32 if is_spike_output(syn_in) else x_bytes)
+        else:
+            sparse += per_step * 2 * ASSUMED_ACTIVE + x_bytes / 32
         rate += (2 * per_step + x_bytes) / T
     return {"dense": dense, "sparse": sparse, "rate": rate}
 
 
 def _synapse_input(gm: fx.GraphModule, n: fx.Node):
-    """The value entering the Linear/Conv that drives neuron node ``n`` (None if none does)."""
+    """The node entering the Linear/Conv that drives neuron node ``n`` (None if none does)."""
     if "snn_synapse" in n.meta:
-        return n.args[0].meta.get("val")
+        return n.args[0]
     x = n.args[0]
     if x.op == "call_function" and x.target is torch.unflatten:
         x = x.args[0]
+    if x.op == "call_function" and x.target is operator.getitem and x.args[0].target is kernels.binary_synapse:
+        return x.args[0].args[0]
     if x.op == "call_module" and isinstance(gm.get_submodule(x.target), (torch.nn.Linear, torch.nn.Conv2d)):
-        val = x.args[0].meta.get("val")
-        return val if isinstance(val, torch.Tensor) else None
+        return x.args[0]
     return None

@@ -34,7 +34,7 @@ def sparse_ineligibility(spec, node: fx.Node) -> str | None:
         return "reset-to-zero makes the membrane Jacobian depend on spikes outside the active set"
     if spec.learnable:
         return "learnable " + "/".join(sorted(spec.learnable)) + " need the full membrane trace"
-    if len(node.args) > 7 and node.args[7]:
+    if node.target is kernels.neuron_scan and len(node.args) > 7 and node.args[7]:
         return "its membrane sequence is recorded"
     return None
 
@@ -66,7 +66,7 @@ def _conv_args(m: nn.Module, syn: int) -> tuple:
     return (list(m.stride), list(m.padding), list(m.dilation), m.groups) if syn else ([1], [0], [1], 1)
 
 
-def _is_spike_output(node) -> bool:
+def is_spike_output(node) -> bool:
     """``node`` is the spike output (item 0) of a spiking neuron node."""
     return isinstance(node, fx.Node) and node.op == "call_function" and node.target is operator.getitem \
         and node.args[1] == 0 and "snn" in node.args[0].meta and node.args[0].meta["snn"].spiking
@@ -109,7 +109,7 @@ def fuse_synapses(gm: fx.GraphModule) -> PassResult:
                                                     f"{'Linear' if syn == 0 else 'Conv2d'} region"))
     for node in list(gm.graph.nodes):
         match = _synapse_of(gm, node)
-        if match is None or not _is_spike_output(match[0]):
+        if match is None or not is_spike_output(match[0]):
             continue
         src, target, syn, absorbed = match
         m = gm.get_submodule(target)
