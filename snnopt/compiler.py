@@ -43,8 +43,7 @@ class _Program:
                 stats.append(aux[key])
         means = [x.mean(0, keepdim=True) if isinstance(x, torch.Tensor) else x for x in inputs]
         rate_out = self.rate_gm(*means, *stats)
-        return tree_map(_attach, spike_out, rate_out) if isinstance(spike_out, (tuple, list)) else \
-            _attach(spike_out, rate_out)
+        return tree_map(_attach, spike_out, rate_out)
 
 
 def _attach(spike: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,9 @@ import torch
 from torch import fx
 
 from . import kernels
+from .passes.fuse import is_spike_output, sparse_ineligibility
 from .passes.infra import Note
+from .passes.lower import neuron_keys
 
 _OP_NAMES = {kernels.neuron_scan: "neuron_scan (dense)", kernels.spiking_synapse: "spiking_synapse (dense)",
              kernels.neuron_scan_sparse: "neuron_scan_sparse", kernels.spiking_synapse_sparse: "spiking_synapse_sparse",
@@ -93,8 +95,6 @@ def _mib(b: float) -> str:
 
 
 def build_report(model_name, mode, band, example_inputs, gm: fx.GraphModule, notes, history) -> CompileReport:
-    from .passes.lower import neuron_keys
-
     report = CompileReport(model_name, mode, band, [tuple(x.shape) for x in example_inputs
                                                     if isinstance(x, torch.Tensor)], notes=list(notes),
                            passes=[{k: h[k] for k in ("pass", "nodes_before", "nodes_after", "modified")}
@@ -123,8 +123,6 @@ def _estimate(gm: fx.GraphModule, keys) -> dict:
     dense keeps the membrane (and current) trace and the float synapse input; sparse keeps
     ``ASSUMED_ACTIVE`` of the states as (int32, float) pairs and the input bit-packed where
     the neuron can be sparse; rate keeps rates and eligibilities once, not per step."""
-    from .passes.fuse import is_spike_output, sparse_ineligibility
-
     dense = sparse = rate = 0.0
     for n in keys:
         out = n.meta["val"][0]

@@ -340,8 +340,7 @@ def _lift_stacks(gm: fx.GraphModule, lifter: _Lifter) -> None:
 
 def _replace_per_step_uses(b: Builder, lifter: _Lifter, finals: dict) -> None:
     for node, (ms, t) in lifter.known.items():
-        users = [u for u in node.users]
-        if not users:
+        if not node.users:
             continue
         with b.graph.inserting_after(ms):
             replacement = finals.get(node) or b.call(torch.select, (ms, 0, t), from_=[node])

@@ -133,7 +133,7 @@ def scan_backward(g_out, g_v, g_i, g_vseq, h, iseq, v0, i0, beta, alpha, theta, 
     ga = torch.zeros_like(zeros) if need_a else None
     gth = torch.zeros_like(zeros) if need_th else None
     cuba = cfg.kind == "cuba_lif"
-    gi_acc = (zeros if g_i is None or g_i.numel() == 0 else g_i.expand(feat)).clone()
+    gi_acc = (zeros if g_i is None else g_i.expand(feat)).clone()
     carry = (zeros if g_v is None else g_v.expand(feat)).clone()  # dL/dp_t (same) or dL/dh_t (next)
     nd = not cfg.detach
     next_timing = cfg.timing == "next" and cfg.spiking and cfg.reset != "none"
