@@ -4,30 +4,47 @@ Every neuron node of the canonical IR carries ``node.meta["snn"] = NeuronSpec(..
 With input ``x_t``, synaptic current ``i_t``, membrane ``h_t`` (the value compared
 with the threshold) and state ``v_t`` carried to the next step:
 
-    cuba_lif:  i_t = alpha * i_{t-1} + scale * x_t,      in_t = i_t
-    others:                                               in_t = scale * x_t
+    current (cuba_lif, cuba_li), current_decay == "before" (the carried current is i_t):
+               i_t = alpha * i_{t-1} + x_t,               in_t = scale * i_t
+    current, current_decay == "after" (Norse; the carried current is alpha * I_t):
+               I_t = i_{t-1} + x_t,  i_t = alpha * I_t,   in_t = scale * I_t
+    no current (lif, if, li):                             in_t = scale * x_t
     charge:    h_t = beta * v_{t-1} + (1 - beta) * v_rest + in_t          (if: beta = 1)
     fire:      s_t = H(h_t - threshold)      with H(0) = 1 iff fire == ">="
-    li:        no spike; the output and the state are h_t
+    li, cuba_li: no spike; the output and the state are h_t
 
-Reset, ``reset_timing == "same"`` (SpikingJelly; the state is post-reset):
+Reset, ``reset_timing == "same"`` (SpikingJelly, Norse; the state is post-reset):
 
     subtract:  v_t = h_t - threshold * s_t
     zero:      v_t = h_t * (1 - s_t) + v_reset * s_t
     none:      v_t = h_t
 
-Reset, ``reset_timing == "next"`` (snnTorch; the state is the pre-reset membrane,
-``v_t = h_t``, and the previous spike ``s_{t-1} = H(v_{t-1} - threshold)`` is
+Reset, ``reset_timing == "next"`` (snnTorch's default; the state is the pre-reset
+membrane, ``v_t = h_t``, and the pending reset ``r_t = H(v_{t-1} - threshold)`` is
 applied at the next charge):
 
-    subtract:  h_t = beta * v_{t-1} + ... + in_t - threshold * s_{t-1}
-    zero:      h_t = beta * (v_{t-1} * (1 - s_{t-1}) + v_reset * s_{t-1}) + ... + in_t
+    subtract:  h_t = beta * v_{t-1} + ... + in_t - threshold * r_t
+    zero:      h_t = beta * (v_{t-1} * (1 - r_t) + v_reset * r_t) + ... + in_t
+    zero, reset_discards_input (snnTorch Synaptic):
+               h_t = (beta * v_{t-1} + ... + in_t) * (1 - r_t)
 
-``detach_reset`` stops the gradient through the ``s`` used in the reset; the spike
-output always has the surrogate gradient ``ds/dh = f'(h - threshold)``.
+Reset, ``reset_timing == "same_pending"`` (snnTorch ``reset_delay=False``): the charge is
+that of ``"next"`` with the pending reset ``r_t`` of the post-reset state, and after
+firing the state is
+
+    subtract:  v_t = h_t - threshold * (s_t - r_t)
+    zero:      v_t = h_t - h_t * (s_t - r_t)
+    none:      v_t = h_t
+
+``r_t`` never carries a gradient in ``"next"`` / ``"same_pending"`` when
+``detach_reset``; ``detach_reset`` stops the gradient through the ``s`` used in any
+reset.  The spike output always has the surrogate gradient ``ds/dh = f'(h - threshold)``.
 ``beta``/``alpha``/``threshold`` are floats when they are constant scalars and ``None``
-when they are tensors held by the source module (per-neuron or learnable); the
-names of those tensors are in ``param_attrs``.
+when they are tensors computed from the source module (per-neuron, learnable or
+derived, e.g. a clamped or sigmoid-parametrised decay); ``param_attrs`` maps each such
+name to the module attribute holding it, or to a function of the module computing it.
+``param_attrs`` may also hold ``"input_scale"``: a tensor the input is multiplied by
+before the neuron (a learnable input gain, e.g. SpikingJelly's PLIF ``1/tau``).
 """
 
 from __future__ import annotations
@@ -36,9 +53,10 @@ from dataclasses import dataclass, field
 
 from . import surrogate as _surrogate
 
-KINDS = ("lif", "cuba_lif", "if", "li")
+KINDS = ("lif", "cuba_lif", "if", "li", "cuba_li")
 RESETS = ("subtract", "zero", "none")
-TIMINGS = ("same", "next")
+TIMINGS = ("same", "next", "same_pending")
+CURRENT_DECAYS = ("before", "after")
 FIRES = (">", ">=")
 
 
@@ -55,38 +73,47 @@ class NeuronSpec:
     reset_timing: str = "same"
     fire: str = ">"
     detach_reset: bool = False
+    reset_discards_input: bool = False
+    current_decay: str = "before"
     surrogate: _surrogate.Surrogate = field(default_factory=_surrogate.atan)
     learnable: frozenset = frozenset()
     param_attrs: tuple = ()
 
     def __post_init__(self):
         for name, value, allowed in (("kind", self.kind, KINDS), ("reset", self.reset, RESETS),
-                                     ("reset_timing", self.reset_timing, TIMINGS), ("fire", self.fire, FIRES)):
+                                     ("reset_timing", self.reset_timing, TIMINGS), ("fire", self.fire, FIRES),
+                                     ("current_decay", self.current_decay, CURRENT_DECAYS)):
             if value not in allowed:
                 raise ValueError(f"NeuronSpec.{name} must be one of {allowed}, got {value!r}")
-        if self.kind == "cuba_lif" and self.alpha is None and "alpha" not in dict(self.param_attrs):
-            raise ValueError("a cuba_lif NeuronSpec needs alpha (a float or a tensor attribute)")
+        if self.has_current and self.alpha is None and "alpha" not in dict(self.param_attrs):
+            raise ValueError(f"a {self.kind} NeuronSpec needs alpha (a float or a tensor attribute)")
+        if self.reset_discards_input and not (self.reset == "zero" and self.reset_timing != "same"):
+            raise ValueError("reset_discards_input applies to a zero reset with reset_timing 'next' or 'same_pending'")
         unknown = set(self.learnable) - {"beta", "alpha", "threshold"}
         if unknown:
             raise ValueError(f"NeuronSpec.learnable may hold beta, alpha, threshold; got {sorted(unknown)}")
 
     @property
     def spiking(self) -> bool:
-        return self.kind != "li"
+        return self.kind not in ("li", "cuba_li")
 
     @property
     def has_current(self) -> bool:
-        return self.kind == "cuba_lif"
+        return self.kind in ("cuba_lif", "cuba_li")
+
+    @property
+    def config(self) -> "Config":
+        return Config(self.op_config())
 
     def op_config(self) -> list:
         """The ``float[] cfg`` argument of the ``snnopt`` neuron ops:
         ``[kind, reset, timing, fire_ge, detach_reset, surrogate, surrogate_param,
-        scale, v_reset, v_rest]`` (codes are indices into KINDS, RESETS, TIMINGS and
-        :data:`snnopt.surrogate.NAMES`)."""
+        scale, v_reset, v_rest, reset_discards_input, current_decay]`` (codes are
+        indices into KINDS, RESETS, TIMINGS, CURRENT_DECAYS and :data:`snnopt.surrogate.NAMES`)."""
         return [float(v) for v in (KINDS.index(self.kind), RESETS.index(self.reset),
                                    TIMINGS.index(self.reset_timing), self.fire == ">=", self.detach_reset,
                                    self.surrogate.code, self.surrogate.param, self.scale, self.v_reset,
-                                   self.v_rest)]
+                                   self.v_rest, self.reset_discards_input, CURRENT_DECAYS.index(self.current_decay))]
 
     def describe(self) -> str:
         def num(v):
@@ -99,8 +126,14 @@ class NeuronSpec:
                       f"fire'{self.fire}'", f"surrogate={self.surrogate.name}({self.surrogate.param:g})"]
             if self.detach_reset:
                 parts.append("detach_reset")
+            if self.reset_discards_input:
+                parts.append("reset_discards_input")
+        if self.has_current and self.current_decay != "before":
+            parts.append(f"current_decay={self.current_decay}")
         if self.scale != 1.0:
             parts.append(f"scale={self.scale:g}")
+        if "input_scale" in dict(self.param_attrs):
+            parts.append("input_scale=tensor")
         if self.learnable:
             parts.append("learn=" + "+".join(sorted(self.learnable)))
         return " ".join(parts)
@@ -109,14 +142,29 @@ class NeuronSpec:
 class Config:
     """The decoded ``cfg`` argument of the neuron ops (inverse of :meth:`NeuronSpec.op_config`)."""
 
-    __slots__ = ("kind", "reset", "timing", "fire_ge", "detach", "sg_code", "sg_param", "scale", "v_reset", "v_rest")
+    __slots__ = ("kind", "reset", "timing", "fire_ge", "detach", "sg_code", "sg_param", "scale", "v_reset", "v_rest",
+                 "discards_input", "current_decay")
 
     def __init__(self, cfg):
-        kind, reset, timing, fire_ge, detach, sg_code, sg_param, scale, v_reset, v_rest = cfg
+        (kind, reset, timing, fire_ge, detach, sg_code, sg_param, scale, v_reset, v_rest, discards,
+         current_decay) = cfg
         self.kind, self.reset, self.timing = KINDS[int(kind)], RESETS[int(reset)], TIMINGS[int(timing)]
         self.fire_ge, self.detach, self.sg_code, self.sg_param = bool(fire_ge), bool(detach), int(sg_code), sg_param
         self.scale, self.v_reset, self.v_rest = scale, v_reset, v_rest
+        self.discards_input, self.current_decay = bool(discards), CURRENT_DECAYS[int(current_decay)]
 
     @property
     def spiking(self) -> bool:
-        return self.kind != "li"
+        return self.kind not in ("li", "cuba_li")
+
+    @property
+    def has_current(self) -> bool:
+        return self.kind in ("cuba_lif", "cuba_li")
+
+    @property
+    def generic(self) -> bool:
+        """Dynamics outside the closed-form kernels (Norse-style current, ``cuba_li``,
+        ``same_pending`` timing, input-discarding reset): the reference runs them step by
+        step and differentiates the recomputed steps with autograd."""
+        return (self.kind == "cuba_li" or self.timing == "same_pending" or self.discards_input
+                or (self.has_current and self.current_decay == "after") or (self.has_current and self.scale != 1.0))

@@ -19,7 +19,7 @@ def make(kind, reset, timing, detach, sg="atan", T=7, B=3, N=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     spec = NeuronSpec(kind=kind, beta=None, threshold=None, alpha=None, reset=reset, reset_timing=timing,
                       detach_reset=detach, surrogate=surrogate.get(sg), v_reset=0.1 if reset == "zero" else 0.0,
-                      v_rest=0.05 if kind != "if" else 0.0, scale=1.3, param_attrs=(("alpha", "alpha"),))
+                      v_rest=0.05 if kind != "if" else 0.0, scale=1.3 if kind != "cuba_lif" else 1.0, param_attrs=(("alpha", "alpha"),))
     x = (torch.randn(T, B, N, generator=g) * 1.5).requires_grad_()
     v0 = torch.randn(B, N, generator=g).requires_grad_()
     i0 = torch.randn(B, N, generator=g).requires_grad_() if kind == "cuba_lif" else None
@@ -32,7 +32,7 @@ def make(kind, reset, timing, detach, sg="atan", T=7, B=3, N=5, seed=0):
 def eager(x, v0, i0, beta, alpha, th, spec):
     v, i, outs, vs = v0, i0, [], []
     for t in range(x.shape[0]):
-        o, v, i = neuron_step(x[t], v, i, beta, alpha, th, spec)
+        o, v, i = neuron_step(x[t], v, i, beta, alpha, th, spec.config)
         outs.append(o)
         vs.append(v)
     return torch.stack(outs), v, i, torch.stack(vs)

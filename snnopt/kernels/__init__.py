@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from ..spec import Config
 from . import ops
+from .reference.generic import rate_stats as _generic_rate_stats
 from .reference.rate import rate_neuron
 from .reference.sparse import synapse
 
@@ -64,6 +66,8 @@ def binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups):
 
 def neuron_rate_stats(x, v0, i0, beta, alpha, threshold, cfg):
     """Spike pass of rate mode: ``(out, v_T, i_T, rate, eligibility)``."""
+    if Config(cfg).generic:  # its eligibility comes from autograd, unavailable inside the op
+        return _generic_rate_stats(x, v0, i0, beta, alpha, threshold, Config(cfg))
     return torch.ops.snnopt.neuron_rate_stats(x, v0, i0, beta, alpha, threshold, cfg)
 
 

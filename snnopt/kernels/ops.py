@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ..spec import Config
 from .reference import dense as ref_dense
+from .reference import generic as ref_generic
 from .reference import rate as ref_rate
 from .reference import sparse as ref_sparse
 
@@ -52,12 +53,13 @@ def neuron_scan(x: Tensor, v0: Tensor | None, i0: Tensor | None, beta: Tensor | 
 
 @neuron_scan.register_fake
 def _(x, v0, i0, beta, alpha, threshold, cfg, save, record):
-    cuba = Config(cfg).kind == "cuba_lif"
+    c = Config(cfg)
+    cuba = c.has_current
 
     def full(flag):
         return torch.empty_like(x) if flag else x.new_empty(0)
     return (torch.empty_like(x), torch.empty_like(x[0]), torch.empty_like(x[0]) if cuba else x.new_empty(0),
-            full(record), full(save), full(save and cuba))
+            full(record), full(save), full(save and cuba and not c.generic))
 
 
 @torch.library.custom_op(f"{LIB}::neuron_scan_backward", mutates_args=())
@@ -91,6 +93,10 @@ def _scan_backward(ctx, g_out, g_v, g_i, g_vseq, _gh, _gis):
     g_out = torch.zeros_like(h) if g_out is None else g_out
     g_v = torch.zeros_like(h[0]) if g_v is None else g_v
     g_i = h.new_empty(0) if g_i is None else g_i
+    if Config(ctx.cfg).generic:  # differentiated by autograd, which is available here and not in an op body
+        grads = ref_generic.scan_backward(g_out, g_v, g_i if g_i.numel() else None, g_vseq, h, v0, i0, beta, alpha,
+                                          threshold, Config(ctx.cfg), needs)
+        return tuple(g if n else None for g, n in zip(grads, needs)) + (None, None, None)
     g_vseq = h.new_empty(0) if g_vseq is None else g_vseq
     grads = torch.ops.snnopt.neuron_scan_backward(g_out, g_v, g_i, g_vseq, h, i_seq, v0, i0, beta, alpha,
                                                   threshold, ctx.cfg, needs)
@@ -290,7 +296,7 @@ def neuron_rate_stats(x: Tensor, v0: Tensor | None, i0: Tensor | None, beta: Ten
 
 @neuron_rate_stats.register_fake
 def _(x, v0, i0, beta, alpha, threshold, cfg):
-    cuba = Config(cfg).kind == "cuba_lif"
+    cuba = Config(cfg).has_current
     return (torch.empty_like(x), torch.empty_like(x[0]), torch.empty_like(x[0]) if cuba else x.new_empty(0),
             torch.empty_like(x[0]), torch.empty_like(x[0]))
 

@@ -1,65 +1,77 @@
-"""One time step of a neuron described by a :class:`~snnopt.spec.NeuronSpec`, with autograd.
+"""One time step of a neuron described by a :class:`~snnopt.spec.Config`, with autograd.
 
 This is the eager (uncompiled) semantics that every compiled op must reproduce;
-the equations are in :mod:`snnopt.spec`.  ``state`` is ``(v, i)`` (``i`` only for
-``cuba_lif``); ``None`` entries mean zeros.
+the equations are in :mod:`snnopt.spec`.  ``v``/``i`` are the carried membrane and
+current (``i`` only for kinds with a current); ``None`` means zeros.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..spec import NeuronSpec
+from ..spec import Config
 from ..surrogate import SpikeFunction
 
 
 def neuron_step(x: torch.Tensor, v: torch.Tensor | None, i: torch.Tensor | None,
-                beta: torch.Tensor, alpha: torch.Tensor, threshold: torch.Tensor, spec: NeuronSpec):
-    """Advance one step: returns ``(out, v, i)`` (``out`` = spikes, or the membrane for ``li``)."""
+                beta, alpha, threshold, cfg: Config):
+    """Advance one step: returns ``(out, v, i)`` (``out`` = spikes, or the membrane for
+    non-spiking kinds)."""
     zeros = torch.zeros_like(x)
     v = zeros if v is None else v
-    if spec.has_current:
-        i = alpha * (zeros if i is None else i) + spec.scale * x
-        inp = i
+    if cfg.has_current:
+        i = zeros if i is None else i
+        if cfg.current_decay == "after":
+            total = i + x
+            i = alpha * total
+        else:
+            total = alpha * i + x
+            i = total
+        inp = cfg.scale * total if cfg.scale != 1.0 else total
     else:
-        inp = spec.scale * x if spec.scale != 1.0 else x
-    sg = spec.surrogate
-    fire_ge = spec.fire == ">="
+        inp = cfg.scale * x if cfg.scale != 1.0 else x
 
     def spike(u):
-        return SpikeFunction.apply(u, sg.code, sg.param, fire_ge)
+        return SpikeFunction.apply(u, cfg.sg_code, cfg.sg_param, cfg.fire_ge)
 
-    if spec.kind == "if":
-        base = v
-    elif spec.v_rest != 0.0:
-        base = beta * v + (1 - beta) * spec.v_rest
-    else:
-        base = beta * v
-    if spec.kind == "li":
-        h = base + inp
+    def leak(u):
+        if cfg.kind == "if":
+            return u
+        out = beta * u
+        return out + (1 - beta) * cfg.v_rest if cfg.v_rest != 0.0 else out
+
+    if not cfg.spiking:
+        h = leak(v) + inp
         return h, h, i
-    if spec.reset_timing == "next" and spec.reset != "none":
-        s_prev = spike(v - threshold)
-        if spec.detach_reset:
-            s_prev = s_prev.detach()
-        if spec.reset == "subtract":
-            h = base + inp - threshold * s_prev
-        else:
-            b = 1.0 if spec.kind == "if" else beta
-            h = b * (v * (1 - s_prev) + spec.v_reset * s_prev) + inp
-            if spec.kind != "if" and spec.v_rest != 0.0:
-                h = h + (1 - beta) * spec.v_rest
+    if cfg.timing == "same":
+        h = leak(v) + inp
         s = spike(h - threshold)
-        return s, h, i
-    h = base + inp
-    s = spike(h - threshold)
-    if spec.reset_timing == "next":
-        return s, h, i
-    sr = s.detach() if spec.detach_reset else s
-    if spec.reset == "subtract":
-        v = h - threshold * sr
-    elif spec.reset == "zero":
-        v = h * (1 - sr) + spec.v_reset * sr
+        sr = s.detach() if cfg.detach else s
+        if cfg.reset == "subtract":
+            v = h - threshold * sr
+        elif cfg.reset == "zero":
+            v = h * (1 - sr) + cfg.v_reset * sr
+        else:
+            v = h
+        return s, v, i
+    # "next" and "same_pending": the pending reset of the carried state enters the charge
+    if cfg.reset == "none":
+        h = leak(v) + inp
+        return spike(h - threshold), h, i
+    r = spike(v - threshold)
+    if cfg.detach:
+        r = r.detach()
+    if cfg.reset == "subtract":
+        h = leak(v) + inp - threshold * r
+    elif cfg.discards_input:
+        h = leak(v) + inp
+        h = h - h * r
     else:
-        v = h
-    return s, v, i
+        h = leak(v * (1 - r) + cfg.v_reset * r) + inp
+    s = spike(h - threshold)
+    if cfg.timing == "next":
+        return s, h, i
+    sr = s.detach() if cfg.detach else s
+    if cfg.reset == "subtract":
+        return s, h - (sr - r) * threshold, i
+    return s, h - (sr - r) * h, i

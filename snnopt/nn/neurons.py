@@ -75,20 +75,20 @@ class _Neuron(nn.Module):
     def _split_state(self, state):
         if state is None:
             return None, None
-        if self.kind == "cuba_lif":
+        if self.kind in ("cuba_lif", "cuba_li"):
             i, v = state
             return v, i
         return state, None
 
     def _join_state(self, v, i):
-        return (i, v) if self.kind == "cuba_lif" else v
+        return (i, v) if self.kind in ("cuba_lif", "cuba_li") else v
 
-    def _step(self, x, v, i, spec):
+    def _step(self, x, v, i, cfg):
         beta, alpha, threshold = self.params()
-        return neuron_step(x, v, i, beta, alpha, threshold, spec)
+        return neuron_step(x, v, i, beta, alpha, threshold, cfg)
 
     def forward(self, x, state=None):
-        spec = self._structure()
+        spec = self._structure().config
         if self.multi_step:
             if x.dim() < 3:
                 raise ValueError(f"{type(self).__name__} expects time-major input [T, B, features...]; got shape "

@@ -38,7 +38,7 @@ def verify(gm: fx.GraphModule) -> None:
             spec = n.meta.get("snn")
             if not isinstance(spec, NeuronSpec):
                 fail("is a neuron op without a NeuronSpec in meta['snn']")
-            cfg = next(a for a in n.args if isinstance(a, list) and len(a) == 10)
+            cfg = next(a for a in n.args if isinstance(a, list) and len(a) == len(spec.op_config()))
             if cfg != spec.op_config():
                 fail(f"cfg {cfg} disagrees with its NeuronSpec {spec.describe()}")
             x = n.args[0].meta.get("val")

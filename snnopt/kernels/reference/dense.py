@@ -28,6 +28,7 @@ import torch
 
 from ...spec import Config
 from ...surrogate import heaviside, surrogate_grad
+from . import generic
 
 
 def _beta(beta, cfg: Config):
@@ -78,8 +79,11 @@ def scan_forward(x, v0, i0, beta, alpha, theta, cfg: Config, save: bool, record:
 
     Returns ``(out, v_T, i_T, v_seq, h, i_seq)``: ``v_seq`` (the state after every step)
     is empty unless ``record``, ``h``/``i_seq`` are empty unless ``save``
-    (``i_seq`` and ``i_T`` are empty for kinds without a current).
+    (``i_seq`` and ``i_T`` are empty for kinds without a current).  For
+    ``cfg.generic`` dynamics the saved sequence is ``x`` (see :mod:`.generic`).
     """
+    if cfg.generic:
+        return generic.scan_forward(x, v0, i0, beta, alpha, theta, cfg, save, record)
     T = x.shape[0]
     b = _beta(beta, cfg)
     c = _leak_const(b, cfg)
@@ -121,6 +125,8 @@ def scan_backward(g_out, g_v, g_i, g_vseq, h, iseq, v0, i0, beta, alpha, theta, 
     """Exact BPTT through the scan (``g_vseq``: gradient of the recorded states, or None).
     ``needs`` = which of ``(x, v0, i0, beta, alpha, theta)``
     need a gradient. Returns the gradients in that order (``None`` where not needed)."""
+    if cfg.generic:
+        return generic.scan_backward(g_out, g_v, g_i, g_vseq, h, v0, i0, beta, alpha, theta, cfg, needs)
     need_x, need_v0, need_i0, need_b, need_a, need_th = needs
     T = h.shape[0]
     b = _beta(beta, cfg)
@@ -210,6 +216,8 @@ def rate_stats(x, v0, i0, beta, alpha, theta, cfg: Config):
     for ``li``), where ``kappa_t = sum_k dh_t/dx_k`` obeys
     ``kappa_t = scale * c_t + J_{t-1} kappa_{t-1}`` (``c_t = 1 + alpha c_{t-1}`` for
     cuba_lif, else 1).  So ``e = sum_k dr/dx_k`` under surrogate BPTT."""
+    if cfg.generic:
+        return generic.rate_stats(x, v0, i0, beta, alpha, theta, cfg)
     out, v_T, i_T, _, h, _ = scan_forward(x, v0, i0, beta, alpha, theta, cfg, save=True)
     T = x.shape[0]
     b = _beta(beta, cfg)
