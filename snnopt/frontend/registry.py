@@ -1,23 +1,31 @@
 """The neuron adapter registry: module type -> how to read it as a :class:`NeuronSpec`.
 
-An adapter maps a neuron module to a spec that reproduces it exactly, and states the
-module's calling convention so the compiler can replace the call:
+An adapter maps a neuron module to a spec that reproduces it exactly, and states how
+the module is called, so the compiler can replace the call:
 
-``multi``  ``forward(x [T, B, ...], state=None) -> out`` (or ``(out, state)`` when the
-           module's ``return_state`` is set)
-``cell``   ``forward(x_t [B, ...], state=None) -> (out_t, state)``
+``convention``  ``"multi"``: the input is time-major ``[T, B, ...]``;
+                ``"cell"``: one step ``[B, ...]`` per call.
+``inputs``      picks the input and the initial state out of the call's arguments.
+``result``      rebuilds what the module returns from the op's outputs.
+``stores_state``  the module keeps its state between calls (snnTorch, SpikingJelly):
+                the first call of a forward reads it (``load_state``), later calls
+                continue from the previous one, and the last call writes it back
+                (``store_state``), exactly as the eager module would.
 
-State is ``v``, or ``(i, v)`` for ``cuba_lif``.  ``to_spec`` raises
-:class:`UnsupportedNeuron` with a reason when a configuration cannot be reproduced;
-the module then stays an eager call and the compile report says why.
+The default convention is snnopt's own: ``forward(x, state=None) -> out`` or
+``(out, state)``, state ``v``, or ``(i, v)`` for kinds with a current.
+``to_spec`` raises :class:`UnsupportedNeuron` with a reason when a configuration cannot
+be reproduced; the module then stays an eager call and the compile report says why.
+Adapters for snnTorch, SpikingJelly and Norse modules are loaded the first time a
+module of that library is looked up, so importing snnopt never imports them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
 from typing import Callable
 
-from torch import nn
+from torch import fx, nn
 
 from ..spec import NeuronSpec
 
@@ -26,28 +34,73 @@ class UnsupportedNeuron(Exception):
     """A neuron configuration the compiler cannot reproduce exactly."""
 
 
-@dataclass(frozen=True)
 class NeuronAdapter:
-    to_spec: Callable[[nn.Module], NeuronSpec]
-    convention: Callable[[nn.Module], str]
-    returns_state: Callable[[nn.Module], bool]
+    """How the compiler reads one neuron module type; subclass it for other calling conventions."""
+
+    def __init__(self, to_spec: Callable[[nn.Module], NeuronSpec], convention="multi", returns_state=False):
+        self._to_spec = to_spec
+        self._convention = convention if callable(convention) else (lambda m, c=convention: c)
+        self._returns_state = returns_state if callable(returns_state) else (lambda m, r=returns_state: r)
+
+    def spec(self, module: nn.Module) -> NeuronSpec:
+        return self._to_spec(module)
+
+    def convention(self, module: nn.Module) -> str:
+        return self._convention(module)
+
+    def inputs(self, module: nn.Module, spec: NeuronSpec, node: fx.Node, b) -> tuple:
+        """``(x, state_given, v0, i0)`` as graph values (``None``: zeros) for a call node.
+        ``b`` is the pass's :class:`~snnopt.passes.infra.Builder` (for any node it must add)."""
+        x = node.args[0] if node.args else node.kwargs.get("x", node.kwargs.get("input"))
+        state = node.args[1] if len(node.args) > 1 else node.kwargs.get("state")
+        if state is None:
+            return x, False, None, None
+        if not spec.has_current:
+            if isinstance(state, (tuple, list)):
+                raise UnsupportedNeuron("its state argument is a tuple but the neuron keeps one state tensor")
+            return x, True, state, None
+        i0, v0 = b.unpack(state, 2, node)
+        return x, True, v0, i0
+
+    def result(self, module: nn.Module, spec: NeuronSpec, out, v, i, node: fx.Node, b) -> fx.Node:
+        """The module's return value built from the op's ``out``, final ``v`` and ``i``."""
+        if self.convention(module) == "multi" and not self._returns_state(module):
+            return out
+        state = b.tuple((i, v), node) if spec.has_current else v
+        return b.tuple((out, state), node)
+
+    def stores_state(self, module: nn.Module) -> bool:
+        return False
+
+    def load_state(self, module: nn.Module, x_step):
+        """``(v, i)`` kept on the module for a step input ``x_step`` (runtime)."""
+        raise NotImplementedError
+
+    def store_state(self, module: nn.Module, v, i) -> None:
+        """Keep the final ``(v, i)`` on the module (runtime)."""
+        raise NotImplementedError
 
 
 _REGISTRY: dict[type, NeuronAdapter] = {}
+_LAZY = {"snntorch": ".snntorch", "spikingjelly": ".spikingjelly", "norse": ".norse"}
 
 
-def register_neuron(cls: type, to_spec: Callable[[nn.Module], NeuronSpec], *, convention="multi",
-                    returns_state=False) -> None:
+def register_neuron(cls: type, to_spec: Callable[[nn.Module], NeuronSpec] | None = None, *, convention="multi",
+                    returns_state=False, adapter: NeuronAdapter | None = None) -> None:
     """Teach the compiler a neuron module type.
 
-    ``convention`` and ``returns_state`` may be constants or functions of the module.
+    Either ``to_spec`` (with ``convention`` and ``returns_state``, constants or functions
+    of the module, for modules called like snnopt's own) or a full ``adapter``.
     """
-    conv = convention if callable(convention) else (lambda m, c=convention: c)
-    rets = returns_state if callable(returns_state) else (lambda m, r=returns_state: r)
-    _REGISTRY[cls] = NeuronAdapter(to_spec, conv, rets)
+    if (to_spec is None) == (adapter is None):
+        raise TypeError("register_neuron takes either to_spec or adapter")
+    _REGISTRY[cls] = adapter or NeuronAdapter(to_spec, convention, returns_state)
 
 
 def adapter_for(module: nn.Module) -> NeuronAdapter | None:
+    root = type(module).__module__.split(".")[0]
+    if root in _LAZY:
+        importlib.import_module(_LAZY.pop(root), __package__)
     for cls in type(module).__mro__:
         if cls in _REGISTRY:
             return _REGISTRY[cls]
@@ -56,6 +109,20 @@ def adapter_for(module: nn.Module) -> NeuronAdapter | None:
 
 def is_neuron(module: nn.Module) -> bool:
     return adapter_for(module) is not None
+
+
+_LAYER_LEAVES: list[Callable[[nn.Module], bool]] = []
+
+
+def register_layer_leaf(predicate: Callable[[nn.Module], bool]) -> None:
+    """Trace modules for which ``predicate`` holds as single calls (a library's wrappers
+    of torch layers, so the passes see the layer itself)."""
+    _LAYER_LEAVES.append(predicate)
+
+
+def is_layer_leaf(module: nn.Module) -> bool:
+    adapter_for(module)  # loads the module's library adapters, which register its leaves
+    return any(p(module) for p in _LAYER_LEAVES)
 
 
 def _register_builtin():

@@ -10,6 +10,7 @@ where tracing stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 
@@ -19,7 +20,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.fx.node import map_aggregate
 
-from .registry import is_neuron
+from .registry import is_layer_leaf, is_neuron
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,24 @@ class ShapedProxy(fx.Proxy):
         return iter([self[i] for i in range(len(self))])
 
 
+@contextlib.contextmanager
+def preserved_state(root: nn.Module):
+    """Undo what running modules on fake tensors writes into them (snnTorch and
+    SpikingJelly neurons keep their membrane on the module)."""
+    saved = []
+    for m in root.modules():
+        dicts = [m.__dict__] + [d for d in (m.__dict__.get("_buffers"), m.__dict__.get("_memories"))
+                                if isinstance(d, dict)]
+        saved.append([(d, dict(d)) for d in dicts])
+    try:
+        yield
+    finally:
+        for entries in saved:
+            for d, copy in entries:
+                d.clear()
+                d.update(copy)
+
+
 class SNNTracer(fx.Tracer):
     """fx tracer with neuron leaves and fake-tensor shape propagation."""
 
@@ -108,7 +127,7 @@ class SNNTracer(fx.Tracer):
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return is_neuron(m) or super().is_leaf_module(m, qualname)
+        return is_neuron(m) or is_layer_leaf(m) or super().is_leaf_module(m, qualname)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return ShapedProxy(node, self)
@@ -134,7 +153,7 @@ class SNNTracer(fx.Tracer):
         kwargs = map_aggregate(node.kwargs, lambda a: self._value_of(a) if isinstance(a, fx.Node) else a)
         self._evaluating = True
         try:
-            with self.fake_mode:
+            with self.fake_mode, preserved_state(self.root):
                 if node.op == "call_function":
                     return node.target(*args, **kwargs)
                 if node.op == "call_method":

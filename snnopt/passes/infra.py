@@ -18,6 +18,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
+from ..frontend.tracer import preserved_state
+
 log = logging.getLogger(__name__)
 
 
@@ -66,6 +68,21 @@ class Builder:
     def get_attr(self, target, *, from_=()) -> fx.Node:
         return self._stamp(self.graph.get_attr(target), from_)
 
+    def tuple(self, items, origin: fx.Node, cls=None) -> fx.Node:
+        """A tuple of graph values (``cls``: a NamedTuple type to build instead)."""
+        return self.call(cls or make_tuple, tuple(items), from_=[origin])
+
+    def unpack(self, value, n: int, origin: fx.Node) -> tuple:
+        """The ``n`` items of a tuple-valued argument: its parts when the tuple is built
+        in the graph, else ``getitem`` nodes."""
+        if isinstance(value, (tuple, list)):
+            if len(value) != n:
+                raise ValueError(f"expected a tuple of {n} items at `{origin.name}`, got {len(value)}")
+            return tuple(value)
+        if is_tuple_node(value) and len(value.args) == n:
+            return tuple(value.args)
+        return tuple(self.call(operator.getitem, (value, k), from_=[origin]) for k in range(n))
+
     def placeholder(self, name, *, from_=()) -> fx.Node:
         return self._stamp(self.graph.placeholder(name), from_)
 
@@ -73,6 +90,14 @@ class Builder:
 def make_tuple(*items):
     """Graph helper: pack values into a tuple (the module-call result a rewrite stands in for)."""
     return items
+
+
+def is_tuple_node(node) -> bool:
+    """A node building a tuple (``make_tuple`` or a NamedTuple constructor) from its args."""
+    if not (isinstance(node, fx.Node) and node.op == "call_function" and not node.kwargs):
+        return False
+    t = node.target
+    return t is make_tuple or (isinstance(t, type) and issubclass(t, tuple) and hasattr(t, "_fields"))
 
 
 def fold_tuple_getitems(node: fx.Node) -> None:
@@ -84,10 +109,10 @@ def fold_tuple_getitems(node: fx.Node) -> None:
             item = node.args[user.args[1]]
             user.replace_all_uses_with(item)
             node.graph.erase_node(user)
-            if isinstance(item, fx.Node) and item.op == "call_function" and item.target is make_tuple:
+            if is_tuple_node(item):
                 fold_tuple_getitems(item)
     if not node.users:
-        inner = [a for a in node.args if isinstance(a, fx.Node) and a.target is make_tuple]
+        inner = [a for a in node.args if is_tuple_node(a)]
         node.graph.erase_node(node)
         for a in inner:
             if not a.users:
@@ -104,7 +129,8 @@ def fake_propagate(gm: fx.GraphModule, example_inputs) -> None:
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     values = list(example_inputs) + [p.meta["example"] for p in placeholders[len(example_inputs):]]
     fakes = [mode.from_tensor(x, static_shapes=True) if isinstance(x, torch.Tensor) else x for x in values]
-    FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
+    with preserved_state(gm):
+        FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
 
 
 class PassManager:
