@@ -12,6 +12,8 @@ fast_sigmoid    slope=25     1 / (slope*|u| + 1)^2                (SuperSpike)
 sigmoid         slope=25     slope * sig(slope*u) * (1 - sig(slope*u))
 triangle        width=1      max(0, 1 - |u|/width) / width
 rectangle       width=1      1[|u| < width/2] / width
+straight_through  (unused)   1
+snntorch_triangular  k=1     k if u < 0 else -k    (snnTorch's ``triangular``, as it is)
 ==============  ===========  ==========================================================
 
 Each surrogate is identified by a small integer code (its index in
@@ -25,9 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
-NAMES = ("atan", "fast_sigmoid", "sigmoid", "triangle", "rectangle")
-DEFAULT_PARAM = {"atan": 2.0, "fast_sigmoid": 25.0, "sigmoid": 25.0, "triangle": 1.0, "rectangle": 1.0}
-ALIASES = {"superspike": "fast_sigmoid", "arctan": "atan", "triangular": "triangle", "boxcar": "rectangle"}
+NAMES = ("atan", "fast_sigmoid", "sigmoid", "triangle", "rectangle", "straight_through", "snntorch_triangular")
+DEFAULT_PARAM = {"atan": 2.0, "fast_sigmoid": 25.0, "sigmoid": 25.0, "triangle": 1.0, "rectangle": 1.0,
+                 "straight_through": 1.0, "snntorch_triangular": 1.0}
+ALIASES = {"superspike": "fast_sigmoid", "arctan": "atan", "triangular": "triangle", "boxcar": "rectangle",
+           "ste": "straight_through"}
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,10 @@ def surrogate_grad(u: torch.Tensor, code: int, param: float) -> torch.Tensor:
         return (1 - u.abs() / param).clamp_min(0) / param
     if code == 4:
         return (u.abs() < param / 2).to(u.dtype) / param
+    if code == 5:
+        return torch.ones_like(u)
+    if code == 6:
+        return torch.where(u >= 0, -param, param).to(u.dtype)
     raise ValueError(f"unknown surrogate code {code}")
 
 

@@ -111,6 +111,16 @@ def is_neuron(module: nn.Module) -> bool:
     return adapter_for(module) is not None
 
 
+STATE_RESETS: list[tuple[object, str]] = []
+
+
+def register_state_reset(owner, name: str) -> None:
+    """``owner.name(net)`` clears the state neurons keep (``snntorch.utils.reset``,
+    ``Leaky.init_leaky``, SpikingJelly's ``functional.reset_net``): called inside a traced
+    forward it becomes a graph node that makes the same call at run time."""
+    STATE_RESETS.append((owner, name))
+
+
 _LAYER_LEAVES: list[Callable[[nn.Module], bool]] = []
 
 

@@ -20,7 +20,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.fx.node import map_aggregate
 
-from .registry import is_layer_leaf, is_neuron
+from torch.fx.node import has_side_effect
+
+from .registry import STATE_RESETS, is_layer_leaf, is_neuron
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,8 @@ class SNNTracer(fx.Tracer):
         kwargs = map_aggregate(node.kwargs, lambda a: self._value_of(a) if isinstance(a, fx.Node) else a)
         self._evaluating = True
         try:
+            if node.op == "call_module" and is_neuron(self.root.get_submodule(node.target)):
+                return self._neuron_value(self.root.get_submodule(node.target), args, kwargs)
             with self.fake_mode, preserved_state(self.root):
                 if node.op == "call_function":
                     return node.target(*args, **kwargs)
@@ -172,6 +176,16 @@ class SNNTracer(fx.Tracer):
             self._evaluating = False
         return None
 
+    def _neuron_value(self, module: nn.Module, args, kwargs):
+        """Run a neuron on zeros of its inputs' shapes (foreign neurons branch on their own
+        buffers, which fake tensors cannot answer) and return fake copies of its results."""
+        def real(a):
+            return torch.zeros(a.shape, dtype=a.dtype) if isinstance(a, torch.Tensor) else a
+        with preserved_state(self.root), torch.no_grad():
+            result = module(*map_aggregate(args, real), **map_aggregate(kwargs, real))
+        return map_aggregate(result, lambda r: self.fake_mode.from_tensor(r, static_shapes=True)
+                             if isinstance(r, torch.Tensor) else r)
+
     def _value_of(self, node: fx.Node):
         """The fake value of ``node``; constants the tracer stored as attributes get one on demand."""
         if "val" not in node.meta and node.op == "get_attr":
@@ -187,12 +201,41 @@ class SNNTracer(fx.Tracer):
         return obj
 
 
+def _recording(tracer: SNNTracer, fn):
+    """A stand-in for a state-reset function that records the call as a graph node."""
+    def record(net, *args, **kwargs):
+        def reset_state():
+            return fn(net, *args, **kwargs)
+        reset_state.__name__ = f"reset_state_{getattr(fn, '__name__', 'fn')}"
+        has_side_effect(reset_state)
+        node = tracer.create_node("call_function", reset_state, (), {})
+        node.meta["snn_state_reset"] = True
+        return fn(net, *args, **kwargs)  # what it returns (e.g. the zeroed state) is traced as usual
+    return record
+
+
+@contextlib.contextmanager
+def _recording_state_resets(tracer: SNNTracer):
+    originals = []
+    for owner, name in STATE_RESETS:
+        originals.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, _recording(tracer, getattr(owner, name)))
+    try:
+        yield
+    finally:
+        for owner, name, fn in originals:
+            setattr(owner, name, fn)
+
+
 def trace(model: nn.Module, example_inputs) -> tuple[fx.GraphModule, bool]:
     """Trace ``model`` on ``example_inputs``; returns the GraphModule (sharing the model's
     submodules and parameters) and whether the graph is specialised on the input shapes."""
     tracer = SNNTracer(example_inputs)
+    for m in model.modules():
+        is_neuron(m)  # loads the adapters (and state resets) of the libraries the model uses
     try:
-        graph = tracer.trace(model)
+        with _recording_state_resets(tracer):
+            graph = tracer.trace(model)
     except ValueError:
         raise
     except Exception as exc:

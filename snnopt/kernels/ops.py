@@ -94,8 +94,8 @@ def _scan_backward(ctx, g_out, g_v, g_i, g_vseq, _gh, _gis):
     g_v = torch.zeros_like(h[0]) if g_v is None else g_v
     g_i = h.new_empty(0) if g_i is None else g_i
     if Config(ctx.cfg).generic:  # differentiated by autograd, which is available here and not in an op body
-        grads = ref_generic.scan_backward(g_out, g_v, g_i if g_i.numel() else None, g_vseq, h, v0, i0, beta, alpha,
-                                          threshold, Config(ctx.cfg), needs)
+        grads = ref_generic.scan_backward(g_out, g_v, _opt(g_i), None if g_vseq is None else _opt(g_vseq), h, v0, i0,
+                                          beta, alpha, threshold, Config(ctx.cfg), needs)
         return tuple(g if n else None for g, n in zip(grads, needs)) + (None, None, None)
     g_vseq = h.new_empty(0) if g_vseq is None else g_vseq
     grads = torch.ops.snnopt.neuron_scan_backward(g_out, g_v, g_i, g_vseq, h, i_seq, v0, i0, beta, alpha,

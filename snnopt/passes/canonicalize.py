@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import operator
 
+import torch
 from torch import fx
 from torch.fx.node import has_side_effect
 
@@ -51,6 +52,9 @@ def canonicalize_neurons(gm: fx.GraphModule) -> PassResult:
     last_state: dict[str, tuple] = {}
     top = next(n for n in gm.graph.nodes if n.op != "placeholder")
     for node in list(gm.graph.nodes):
+        if node.meta.get("snn_state_reset"):  # state kept so far goes to the modules before they are reset
+            _store_states(b, last_state, before=node)
+            continue
         if node.op != "call_module" or "snn_eager_reason" in node.meta:
             continue
         module = gm.get_submodule(node.target)
@@ -73,20 +77,33 @@ def canonicalize_neurons(gm: fx.GraphModule) -> PassResult:
         if is_tuple_node(result):
             fold_tuple_getitems(result)
         modified = True
-    for target, (v, i, after) in last_state.items():
-        with gm.graph.inserting_after(after):
-            b.call(store_state, (b.get_attr(target, from_=[after]), v, i), from_=[after])
+    _store_states(b, last_state)
     return PassResult(gm, modified, notes)
 
 
+def _store_states(b: Builder, last_state: dict, before: fx.Node | None = None) -> None:
+    for target, (v, i, after) in last_state.items():
+        with b.graph.inserting_before(before) if before is not None else b.graph.inserting_after(after):
+            module = b.get_attr(target, from_=[after])
+        with b.graph.inserting_after(module):
+            b.call(store_state, (module, v, i), from_=[after])
+    last_state.clear()
+
+
 def _param_nodes(b: Builder, top: fx.Node, node: fx.Node, spec, cache: dict) -> dict:
-    """``{name: node}`` for the tensor parameters of ``spec``, made once per module."""
+    """``{name: node}`` for the parameters of ``spec``, made once per module: module
+    tensors, derived tensors, or 0-d tensors of the spec's constant floats."""
+    sources = dict(spec.param_attrs)
+    sources.update({n: float(getattr(spec, n)) for n in PARAMS
+                    if n not in sources and isinstance(getattr(spec, n), float)})
     nodes = {}
-    for name, source in spec.param_attrs:
+    for name, source in sources.items():
         key = (node.target, name)
         if key not in cache:
             with b.graph.inserting_before(top):
-                if callable(source):
+                if isinstance(source, float):
+                    cache[key] = b.call(torch.scalar_tensor, (source,), from_=[node])
+                elif callable(source):
                     cache[key] = b.call(source, (b.get_attr(node.target, from_=[node]),), from_=[node])
                 else:
                     cache[key] = b.get_attr(f"{node.target}.{source}", from_=[node])

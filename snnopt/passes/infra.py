@@ -131,6 +131,8 @@ def fake_propagate(gm: fx.GraphModule, example_inputs) -> None:
     fakes = [mode.from_tensor(x, static_shapes=True) if isinstance(x, torch.Tensor) else x for x in values]
     with preserved_state(gm):
         FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
+    for node in gm.graph.nodes:  # results that are not tensors (a module, None) get no fake value
+        node.meta.setdefault("val", None)
 
 
 class PassManager:

@@ -38,9 +38,11 @@ def _run(x, v0, i0, beta, alpha, theta, cfg: Config, record: bool):
 def scan_forward(x, v0, i0, beta, alpha, theta, cfg: Config, save: bool, record: bool):
     """``(out, v_T, i_T, v_seq, saved, empty)``; ``saved`` is ``x`` itself when ``save``."""
     out, v, i, vseq = _run(x, v0, i0, beta, alpha, theta, cfg, record)
-    empty = x.new_empty(0)
-    return (out, v.contiguous(), empty if i is None else i.contiguous(), empty if vseq is None else vseq,
-            x.clone() if save else empty, empty)
+
+    def empty():
+        return x.new_empty(0)
+    return (out, v.clone(), empty() if i is None else i.clone(), empty() if vseq is None else vseq,
+            x.clone() if save else empty(), empty())
 
 
 def _leaf(t, need):
@@ -91,5 +93,4 @@ def rate_stats(x, v0, i0, beta, alpha, theta, cfg: Config):
         _recorded(r)
         (gx,) = torch.autograd.grad(r.sum(), xl, allow_unused=True)
     e = torch.zeros_like(x[0]) if gx is None else gx.sum(0)
-    empty = x.new_empty(0)
-    return out.detach(), v.detach(), empty if i is None else i.detach(), r.detach(), e
+    return out.detach(), v.detach(), x.new_empty(0) if i is None else i.detach(), r.detach(), e
