@@ -16,7 +16,7 @@ import math
 
 import torch
 from torch import fx, nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.fx.node import map_aggregate
 
@@ -105,6 +105,17 @@ def preserved_state(root: nn.Module):
                 d.update(copy)
 
 
+def neuron_fake_value(module: nn.Module, args, kwargs, fake_mode: FakeTensorMode):
+    """Run a neuron on zeros of its inputs' shapes (foreign neurons branch on their own
+    buffers, which fake tensors cannot answer) and return fake copies of its results."""
+    def real(a):
+        return torch.zeros(a.shape, dtype=a.dtype) if isinstance(a, torch.Tensor) else a
+    with unset_fake_temporarily(), torch.no_grad():
+        result = module(*map_aggregate(args, real), **map_aggregate(kwargs, real))
+    return map_aggregate(result, lambda r: fake_mode.from_tensor(r, static_shapes=True)
+                         if isinstance(r, torch.Tensor) else r)
+
+
 class SNNTracer(fx.Tracer):
     """fx tracer with neuron leaves and fake-tensor shape propagation."""
 
@@ -177,14 +188,8 @@ class SNNTracer(fx.Tracer):
         return None
 
     def _neuron_value(self, module: nn.Module, args, kwargs):
-        """Run a neuron on zeros of its inputs' shapes (foreign neurons branch on their own
-        buffers, which fake tensors cannot answer) and return fake copies of its results."""
-        def real(a):
-            return torch.zeros(a.shape, dtype=a.dtype) if isinstance(a, torch.Tensor) else a
-        with preserved_state(self.root), torch.no_grad():
-            result = module(*map_aggregate(args, real), **map_aggregate(kwargs, real))
-        return map_aggregate(result, lambda r: self.fake_mode.from_tensor(r, static_shapes=True)
-                             if isinstance(r, torch.Tensor) else r)
+        with preserved_state(self.root):
+            return neuron_fake_value(module, args, kwargs, self.fake_mode)
 
     def _value_of(self, node: fx.Node):
         """The fake value of ``node``; constants the tracer stored as attributes get one on demand."""

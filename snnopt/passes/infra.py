@@ -18,7 +18,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-from ..frontend.tracer import preserved_state
+from ..frontend.registry import is_neuron
+from ..frontend.tracer import neuron_fake_value, preserved_state
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,17 @@ def fold_tuple_getitems(node: fx.Node) -> None:
                 fold_tuple_getitems(a)
 
 
+class _Propagation(FakeTensorProp):
+    """FakeTensorProp that evaluates neuron modules left eager on zeros (see
+    :func:`snnopt.frontend.tracer.neuron_fake_value`)."""
+
+    def call_module(self, target, args, kwargs):
+        module = self.fetch_attr(target)
+        if is_neuron(module):
+            return neuron_fake_value(module, args, kwargs, self._mode)
+        return super().call_module(target, args, kwargs)
+
+
 def fake_propagate(gm: fx.GraphModule, example_inputs) -> None:
     """Fill ``node.meta["val"]`` by running ``gm`` on fake copies of ``example_inputs``; placeholders
     beyond them (added by a pass) use their ``meta["example"]``."""
@@ -130,7 +142,7 @@ def fake_propagate(gm: fx.GraphModule, example_inputs) -> None:
     values = list(example_inputs) + [p.meta["example"] for p in placeholders[len(example_inputs):]]
     fakes = [mode.from_tensor(x, static_shapes=True) if isinstance(x, torch.Tensor) else x for x in values]
     with preserved_state(gm):
-        FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
+        _Propagation(gm, mode).propagate_dont_convert_inputs(*fakes)
     for node in gm.graph.nodes:  # results that are not tensors (a module, None) get no fake value
         node.meta.setdefault("val", None)
 
