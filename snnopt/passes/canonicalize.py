@@ -78,6 +78,8 @@ def canonicalize_neurons(gm: fx.GraphModule) -> PassResult:
             fold_tuple_getitems(result)
         modified = True
     _store_states(b, last_state)
+    if modified:  # state tuples whose parts were passed on directly
+        gm.graph.eliminate_dead_code()
     return PassResult(gm, modified, notes)
 
 

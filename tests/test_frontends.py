@@ -1,0 +1,302 @@
+"""snnTorch, SpikingJelly and Norse models, written as in those libraries' tutorials,
+compiled in dense mode: outputs equal and every parameter gradient within rtol 1e-4 of
+autograd through the original model, on fresh random inputs.  SpikingJelly and Norse
+write their charge in another order of operations, so they are compared in float64
+(the membranes agree to rounding; in float64 no spike sits within rounding of the
+threshold)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import snnopt
+
+snn = pytest.importorskip("snntorch")
+from snntorch import surrogate as snn_sg  # noqa: E402
+from snntorch import utils as snn_utils  # noqa: E402
+
+sj_neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
+from spikingjelly.activation_based import functional as sj_functional  # noqa: E402
+from spikingjelly.activation_based import layer as sj_layer  # noqa: E402
+from spikingjelly.activation_based import surrogate as sj_sg  # noqa: E402
+
+norse = pytest.importorskip("norse.torch")
+
+
+def spikes(shape, p=0.3, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g) < p).to(dtype)
+
+
+def check(model, x, rtol=1e-4, value_rtol=1e-10):
+    compiled = snnopt.compile(model, example_inputs=(x,))
+    assert not compiled.report.eager, str(compiled.report)
+    ref, got = model(x), compiled(x)
+    ref, got = (ref if isinstance(ref, tuple) else (ref,)), (got if isinstance(got, tuple) else (got,))
+    for a, b in zip(ref, got):
+        assert torch.equal(a, b) if a.dtype == torch.float32 else torch.allclose(a, b, rtol=value_rtol, atol=value_rtol)
+    g = torch.Generator().manual_seed(5)
+    weights = [torch.randn(a.shape, generator=g, dtype=a.dtype) for a in ref]
+    params = [p for p in model.parameters() if p.requires_grad]
+    gr = torch.autograd.grad(sum((a * w).sum() for a, w in zip(ref, weights)), params)
+    gc = torch.autograd.grad(sum((a * w).sum() for a, w in zip(got, weights)), params)
+    for a, b in zip(gc, gr):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * float(b.abs().max()) + 1e-7)
+    assert any(float(b.abs().max()) > 0 for b in gr), "the test drives no gradient"
+    return compiled
+
+
+# --------------------------------------------------------------------------- snnTorch
+
+
+class SnnTorchMLP(nn.Module):
+    """snnTorch tutorial 5: explicit membrane, a loop over steps, recorded spikes and membranes."""
+
+    def __init__(self, spike_grad, reset, synaptic=False):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(20, 32), nn.Linear(32, 5)
+        with torch.no_grad():
+            self.fc1.weight.mul_(3)
+        self.synaptic = synaptic
+        self.lif1 = snn.Synaptic(alpha=0.7, beta=0.9, spike_grad=spike_grad, reset_mechanism=reset) if synaptic \
+            else snn.Leaky(beta=0.9, spike_grad=spike_grad, reset_mechanism=reset, learn_threshold=True)
+        self.lif2 = snn.Leaky(beta=0.8, spike_grad=spike_grad, reset_mechanism=reset, learn_beta=True)
+
+    def forward(self, x):
+        if self.synaptic:
+            syn1, mem1 = self.lif1.init_synaptic()
+        else:
+            mem1 = self.lif1.init_leaky()
+        mem2 = self.lif2.init_leaky()
+        spk_rec, mem_rec = [], []
+        for step in range(x.shape[0]):
+            cur1 = self.fc1(x[step])
+            if self.synaptic:
+                spk1, syn1, mem1 = self.lif1(cur1, syn1, mem1)
+            else:
+                spk1, mem1 = self.lif1(cur1, mem1)
+            spk2, mem2 = self.lif2(self.fc2(spk1), mem2)
+            spk_rec.append(spk2)
+            mem_rec.append(mem2)
+        return torch.stack(spk_rec), torch.stack(mem_rec)
+
+
+class SnnTorchConv(nn.Module):
+    """snnTorch tutorial 7: ``init_hidden`` neurons in ``nn.Sequential``, ``utils.reset`` each pass."""
+
+    def __init__(self, spike_grad, reset):
+        super().__init__()
+        kw = dict(beta=0.5, spike_grad=spike_grad, init_hidden=True, reset_mechanism=reset)
+        self.net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.MaxPool2d(2), snn.Leaky(**kw),
+                                 nn.Conv2d(4, 8, 3), nn.MaxPool2d(2), snn.Leaky(**kw), nn.Flatten(),
+                                 nn.Linear(8 * 2 * 2, 5), snn.Leaky(**kw, output=True))
+        with torch.no_grad():
+            self.net[0].weight.mul_(4)
+            self.net[3].weight.mul_(4)
+
+    def forward(self, x):
+        snn_utils.reset(self.net)
+        spk_rec, mem_rec = [], []
+        for step in range(x.shape[0]):
+            spk, mem = self.net(x[step])
+            spk_rec.append(spk)
+            mem_rec.append(mem)
+        return torch.stack(spk_rec), torch.stack(mem_rec)
+
+
+SNN_SURROGATES = [snn_sg.atan(), snn_sg.fast_sigmoid(slope=10)]
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("sg", range(len(SNN_SURROGATES)))
+@pytest.mark.parametrize("synaptic", [False, True])
+def test_snntorch_mlp(reset, sg, synaptic):
+    torch.manual_seed(sg)
+    check(SnnTorchMLP(SNN_SURROGATES[sg], reset, synaptic), spikes((12, 4, 20)))
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("sg", range(len(SNN_SURROGATES)))
+def test_snntorch_conv(reset, sg):
+    torch.manual_seed(10 + sg)
+    model = SnnTorchConv(SNN_SURROGATES[sg], reset)
+    compiled = check(model, spikes((8, 3, 1, 14, 14)))
+    assert sum(n.detail.endswith("one multi-step scan") for n in compiled.report.rewritten) == 3
+
+
+def test_snntorch_hidden_state_is_reset_between_batches_as_in_the_original():
+    """Without a reset the state carries over between calls, with one it starts at zero:
+    the compiled model does both exactly like snnTorch, and leaves the same state behind."""
+    torch.manual_seed(3)
+    kw = dict(beta=0.9, spike_grad=snn_sg.atan(), init_hidden=True)
+
+    class Carry(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(20, 16), snn.Leaky(**kw), nn.Linear(16, 4), snn.Leaky(**kw))
+
+        def forward(self, x):
+            return torch.stack([self.net(x[t]) for t in range(x.shape[0])])
+
+    model = Carry()
+    with torch.no_grad():
+        model.net[0].weight.mul_(3)
+    twin = Carry()
+    twin.load_state_dict(model.state_dict())
+    compiled = snnopt.compile(twin, example_inputs=(spikes((6, 2, 20)),))
+    for seed, reset in ((1, True), (2, False), (3, False), (4, True)):
+        x = spikes((6, 2, 20), seed=seed)
+        if reset:
+            snn_utils.reset(model.net)
+            snn_utils.reset(twin.net)
+        with torch.no_grad():
+            assert torch.equal(model(x), compiled(x))
+        torch.testing.assert_close(model.net[1].mem, twin.net[1].mem)  # batched Linear rounds differently
+
+
+# --------------------------------------------------------------------------- SpikingJelly
+
+
+class SJMLP(nn.Module):
+    """SpikingJelly multi-step MLP (``step_mode="m"``, input ``[T, B, N]``)."""
+
+    def __init__(self, sg, v_reset, decay_input=True, plif=False):
+        super().__init__()
+        node = (lambda: sj_neuron.ParametricLIFNode(init_tau=2.0, decay_input=decay_input, v_reset=v_reset,
+                                                    surrogate_function=sg, step_mode="m")) if plif else \
+            (lambda: sj_neuron.LIFNode(tau=2.0, decay_input=decay_input, v_reset=v_reset, surrogate_function=sg,
+                                       step_mode="m"))
+        self.net = nn.Sequential(sj_layer.Linear(20, 32, step_mode="m"), node(), sj_layer.Linear(32, 5, step_mode="m"),
+                                 sj_neuron.IFNode(v_reset=v_reset, surrogate_function=sg, step_mode="m"))
+        with torch.no_grad():
+            self.net[0].weight.mul_(4)
+
+    def forward(self, x):
+        sj_functional.reset_net(self.net)
+        return self.net(x)
+
+
+class SJConv(nn.Module):
+    """SpikingJelly single-step conv net looped over time (``step_mode="s"``)."""
+
+    def __init__(self, sg, v_reset):
+        super().__init__()
+        self.net = nn.Sequential(sj_layer.Conv2d(1, 4, 3), sj_layer.AvgPool2d(2),
+                                 sj_neuron.LIFNode(tau=2.0, v_reset=v_reset, surrogate_function=sg),
+                                 sj_layer.Flatten(), sj_layer.Linear(4 * 6 * 6, 5),
+                                 sj_neuron.LIFNode(tau=2.0, v_reset=v_reset, surrogate_function=sg,
+                                                   detach_reset=True))
+        with torch.no_grad():
+            self.net[0].weight.mul_(4)
+
+    def forward(self, x):
+        sj_functional.reset_net(self.net)
+        return torch.stack([self.net(x[t]) for t in range(x.shape[0])])
+
+
+SJ_SURROGATES = [sj_sg.Sigmoid(alpha=4.0), sj_sg.ATan(alpha=2.0)]
+
+
+@pytest.mark.parametrize("v_reset", [None, 0.0])
+@pytest.mark.parametrize("sg", range(len(SJ_SURROGATES)))
+@pytest.mark.parametrize("variant", ["lif", "lif_no_decay_input", "plif"])
+def test_spikingjelly_mlp(v_reset, sg, variant):
+    torch.manual_seed(sg)
+    model = SJMLP(SJ_SURROGATES[sg], v_reset, decay_input=variant != "lif_no_decay_input",
+                  plif=variant == "plif").double()
+    check(model, spikes((10, 3, 20), dtype=torch.float64))
+
+
+@pytest.mark.parametrize("v_reset", [None, 0.0])
+@pytest.mark.parametrize("sg", range(len(SJ_SURROGATES)))
+def test_spikingjelly_conv(v_reset, sg):
+    torch.manual_seed(20 + sg)
+    compiled = check(SJConv(SJ_SURROGATES[sg], v_reset).double(), spikes((8, 3, 1, 14, 14), dtype=torch.float64))
+    assert sum(n.detail.endswith("one multi-step scan") for n in compiled.report.rewritten) == 2
+
+
+# --------------------------------------------------------------------------- Norse
+
+
+class NorseMLP(nn.Module):
+    """Norse tutorial style: cells with explicit state tuples in a loop, LI readout."""
+
+    def __init__(self, box=False, v_th=0.3):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(20, 32), nn.Linear(32, 5)
+        p = norse.LIFBoxParameters(v_th=torch.as_tensor(v_th)) if box else norse.LIFParameters(
+            v_th=torch.as_tensor(v_th), tau_syn_inv=torch.as_tensor(300.0))
+        self.lif = norse.LIFBoxCell(p) if box else norse.LIFCell(p)
+        self.out = norse.LICell()
+        with torch.no_grad():
+            self.fc1.weight.mul_(20)
+
+    def forward(self, x):
+        s1 = s2 = None
+        outs = []
+        for t in range(x.shape[0]):
+            z, s1 = self.lif(self.fc1(x[t]), s1)
+            v, s2 = self.out(self.fc2(z), s2)
+            outs.append(v)
+        return torch.stack(outs)
+
+
+class NorseConv(nn.Module):
+    """Norse multi-step modules on ``[T, B, ...]`` (``SequentialState`` style, unrolled)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.lif = norse.LIF(norse.LIFParameters(v_th=torch.as_tensor(0.2)))
+        self.fc = nn.Linear(4 * 12 * 12, 5)
+        self.iaf = norse.IAF(norse.IAFParameters(v_th=torch.as_tensor(0.5)))
+        with torch.no_grad():
+            self.conv.weight.mul_(30)
+            self.fc.weight.mul_(10)
+
+    def forward(self, x):
+        T, B = x.shape[:2]
+        c = self.conv(x.flatten(0, 1)).unflatten(0, (T, B))
+        z, _ = self.lif(c)
+        out, _ = self.iaf(self.fc(z.flatten(2)))
+        return out
+
+
+@pytest.mark.parametrize("box", [False, True])
+def test_norse_mlp(box):
+    torch.manual_seed(4)
+    # Norse's float32 parameters make its float64 membranes carry float32-sized rounding
+    check(NorseMLP(box).double(), spikes((15, 3, 20), dtype=torch.float64), value_rtol=1e-6)
+
+
+def test_norse_conv():
+    torch.manual_seed(5)
+    check(NorseConv().double(), spikes((10, 2, 1, 14, 14), dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------- all
+
+
+def test_unsupported_foreign_neuron_is_reported_and_runs():
+    class Lapicque(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(20, 8)
+            self.lif = snn.Lapicque(beta=0.9)
+
+        def forward(self, x):
+            mem = self.lif.init_lapicque()
+            out = []
+            for t in range(x.shape[0]):
+                spk, mem = self.lif(self.fc(x[t]), mem)
+                out.append(spk)
+            return torch.stack(out)
+
+    model = Lapicque()
+    x = spikes((5, 2, 20))
+    compiled = snnopt.compile(model, example_inputs=(x,))
+    text = str(compiled.report)
+    assert "Lapicque" in text and "register_neuron" in text
+    torch.testing.assert_close(compiled(x), model(x))
