@@ -74,11 +74,11 @@ class NeuronAdapter:
 
     def load_state(self, module: nn.Module, x_step):
         """``(v, i)`` kept on the module for a step input ``x_step`` (runtime)."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} says {type(module).__name__} stores its state but does not load it")
 
     def store_state(self, module: nn.Module, v, i) -> None:
         """Keep the final ``(v, i)`` on the module (runtime)."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} says {type(module).__name__} stores its state but does not store it")
 
 
 _REGISTRY: dict[type, NeuronAdapter] = {}
