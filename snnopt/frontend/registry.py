@@ -97,10 +97,20 @@ def register_neuron(cls: type, to_spec: Callable[[nn.Module], NeuronSpec] | None
     _REGISTRY[cls] = adapter or NeuronAdapter(to_spec, convention, returns_state)
 
 
-def adapter_for(module: nn.Module) -> NeuronAdapter | None:
+def _load_library_adapters(module: nn.Module) -> None:
     root = type(module).__module__.split(".")[0]
     if root in _LAZY:
         importlib.import_module(_LAZY.pop(root), __package__)
+
+
+def load_adapters(model: nn.Module) -> None:
+    """Load the adapters (layer leaves, state resets) of the libraries ``model`` uses."""
+    for m in model.modules():
+        _load_library_adapters(m)
+
+
+def adapter_for(module: nn.Module) -> NeuronAdapter | None:
+    _load_library_adapters(module)
     for cls in type(module).__mro__:
         if cls in _REGISTRY:
             return _REGISTRY[cls]
@@ -131,7 +141,7 @@ def register_layer_leaf(predicate: Callable[[nn.Module], bool]) -> None:
 
 
 def is_layer_leaf(module: nn.Module) -> bool:
-    adapter_for(module)  # loads the module's library adapters, which register its leaves
+    _load_library_adapters(module)
     return any(p(module) for p in _LAYER_LEAVES)
 
 

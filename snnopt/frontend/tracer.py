@@ -18,11 +18,9 @@ import torch
 from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
-from torch.fx.node import map_aggregate
+from torch.fx.node import has_side_effect, map_aggregate
 
-from torch.fx.node import has_side_effect
-
-from .registry import STATE_RESETS, is_layer_leaf, is_neuron
+from .registry import STATE_RESETS, is_layer_leaf, is_neuron, load_adapters
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +87,8 @@ class ShapedProxy(fx.Proxy):
 
 @contextlib.contextmanager
 def preserved_state(root: nn.Module):
-    """Undo what running modules on fake tensors writes into them (snnTorch and
-    SpikingJelly neurons keep their membrane on the module)."""
+    """Undo what running ``root`` writes into its modules (snnTorch and SpikingJelly
+    neurons keep their membrane on the module)."""
     saved = []
     for m in root.modules():
         dicts = [m.__dict__] + [d for d in (m.__dict__.get("_buffers"), m.__dict__.get("_memories"))
@@ -107,10 +105,11 @@ def preserved_state(root: nn.Module):
 
 def neuron_fake_value(module: nn.Module, args, kwargs, fake_mode: FakeTensorMode):
     """Run a neuron on zeros of its inputs' shapes (foreign neurons branch on their own
-    buffers, which fake tensors cannot answer) and return fake copies of its results."""
+    buffers, which fake tensors cannot answer) and return fake copies of its results;
+    the state the neuron writes into itself is undone."""
     def real(a):
-        return torch.zeros(a.shape, dtype=a.dtype) if isinstance(a, torch.Tensor) else a
-    with unset_fake_temporarily(), torch.no_grad():
+        return torch.zeros(a.shape, dtype=a.dtype, device=a.device) if isinstance(a, torch.Tensor) else a
+    with unset_fake_temporarily(), torch.no_grad(), preserved_state(module):
         result = module(*map_aggregate(args, real), **map_aggregate(kwargs, real))
     return map_aggregate(result, lambda r: fake_mode.from_tensor(r, static_shapes=True)
                          if isinstance(r, torch.Tensor) else r)
@@ -167,8 +166,8 @@ class SNNTracer(fx.Tracer):
         self._evaluating = True
         try:
             if node.op == "call_module" and is_neuron(self.root.get_submodule(node.target)):
-                return self._neuron_value(self.root.get_submodule(node.target), args, kwargs)
-            with self.fake_mode, preserved_state(self.root):
+                return neuron_fake_value(self.root.get_submodule(node.target), args, kwargs, self.fake_mode)
+            with self.fake_mode:
                 if node.op == "call_function":
                     return node.target(*args, **kwargs)
                 if node.op == "call_method":
@@ -186,10 +185,6 @@ class SNNTracer(fx.Tracer):
         finally:
             self._evaluating = False
         return None
-
-    def _neuron_value(self, module: nn.Module, args, kwargs):
-        with preserved_state(self.root):
-            return neuron_fake_value(module, args, kwargs, self.fake_mode)
 
     def _value_of(self, node: fx.Node):
         """The fake value of ``node``; constants the tracer stored as attributes get one on demand."""
@@ -214,7 +209,7 @@ def _recording(tracer: SNNTracer, fn):
         reset_state.__name__ = f"reset_state_{getattr(fn, '__name__', 'fn')}"
         has_side_effect(reset_state)
         node = tracer.create_node("call_function", reset_state, (), {})
-        node.meta["snn_state_reset"] = True
+        node.meta.update(snn_state_reset=True, snn_side_effect=True)
         return fn(net, *args, **kwargs)  # what it returns (e.g. the zeroed state) is traced as usual
     return record
 
@@ -235,9 +230,8 @@ def _recording_state_resets(tracer: SNNTracer):
 def trace(model: nn.Module, example_inputs) -> tuple[fx.GraphModule, bool]:
     """Trace ``model`` on ``example_inputs``; returns the GraphModule (sharing the model's
     submodules and parameters) and whether the graph is specialised on the input shapes."""
+    load_adapters(model)  # before tracing: their state resets must be recorded
     tracer = SNNTracer(example_inputs)
-    for m in model.modules():
-        is_neuron(m)  # loads the adapters (and state resets) of the libraries the model uses
     try:
         with _recording_state_resets(tracer):
             graph = tracer.trace(model)

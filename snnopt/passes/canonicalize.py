@@ -88,7 +88,7 @@ def _store_states(b: Builder, last_state: dict, before: fx.Node | None = None) -
         with b.graph.inserting_before(before) if before is not None else b.graph.inserting_after(after):
             module = b.get_attr(target, from_=[after])
         with b.graph.inserting_after(module):
-            b.call(store_state, (module, v, i), from_=[after])
+            b.call(store_state, (module, v, i), from_=[after]).meta["snn_side_effect"] = True
     last_state.clear()
 
 

@@ -19,7 +19,7 @@ from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from ..frontend.registry import is_neuron
-from ..frontend.tracer import neuron_fake_value, preserved_state
+from ..frontend.tracer import neuron_fake_value
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,15 @@ def fold_tuple_getitems(node: fx.Node) -> None:
 
 class _Propagation(FakeTensorProp):
     """FakeTensorProp that evaluates neuron modules left eager on zeros (see
-    :func:`snnopt.frontend.tracer.neuron_fake_value`)."""
+    :func:`snnopt.frontend.tracer.neuron_fake_value`) and skips the side-effect nodes
+    (``meta["snn_side_effect"]``: writing or resetting the state kept on modules), whose
+    value is None."""
+
+    def run_node(self, n):
+        if n.meta.get("snn_side_effect"):
+            n.meta["val"] = None
+            return None
+        return super().run_node(n)
 
     def call_module(self, target, args, kwargs):
         module = self.fetch_attr(target)
@@ -141,8 +149,7 @@ def fake_propagate(gm: fx.GraphModule, example_inputs) -> None:
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     values = list(example_inputs) + [p.meta["example"] for p in placeholders[len(example_inputs):]]
     fakes = [mode.from_tensor(x, static_shapes=True) if isinstance(x, torch.Tensor) else x for x in values]
-    with preserved_state(gm):
-        _Propagation(gm, mode).propagate_dont_convert_inputs(*fakes)
+    _Propagation(gm, mode).propagate_dont_convert_inputs(*fakes)
     for node in gm.graph.nodes:  # results that are not tensors (a module, None) get no fake value
         node.meta.setdefault("val", None)
 
