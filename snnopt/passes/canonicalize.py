@@ -103,8 +103,8 @@ def _param_nodes(b: Builder, top: fx.Node, node: fx.Node, spec, cache: dict) -> 
         key = (node.target, name)
         if key not in cache:
             with b.graph.inserting_before(top):
-                if isinstance(source, float):
-                    cache[key] = b.call(torch.scalar_tensor, (source,), from_=[node])
+                if isinstance(source, float):  # float64 0-d: exact for float64 models, a scalar for float32 ones
+                    cache[key] = b.call(torch.scalar_tensor, (source,), {"dtype": torch.float64}, from_=[node])
                 elif callable(source):
                     cache[key] = b.call(source, (b.get_attr(node.target, from_=[node]),), from_=[node])
                 else:
