@@ -36,11 +36,15 @@ from ..spec import NeuronSpec
 from .registry import NeuronAdapter, UnsupportedNeuron, register_neuron
 
 
-def _float(p, name) -> float:
+def _param(p, name) -> torch.Tensor:
     t = torch.as_tensor(getattr(p, name))
     if t.numel() != 1:
         raise UnsupportedNeuron(f"its parameter {name} is a per-neuron tensor; only scalars are reproduced")
-    return float(t)
+    return t
+
+
+def _float(p, name) -> float:
+    return float(_param(p, name))
 
 
 def _spiking(p) -> dict:
@@ -51,14 +55,12 @@ def _spiking(p) -> dict:
 
 
 def _leak(m) -> dict:
-    _float(m.p, "tau_mem_inv")
-    k = float(m.dt * torch.as_tensor(m.p.tau_mem_inv))  # rounded in the parameter's dtype, as Norse computes it
+    k = float(m.dt * _param(m.p, "tau_mem_inv"))  # rounded in the parameter's dtype, as Norse computes it
     return dict(beta=1 - k, scale=k, v_rest=_float(m.p, "v_leak"))
 
 
 def _current(m) -> dict:
-    _float(m.p, "tau_syn_inv")
-    return dict(alpha=1 + float(-m.dt * torch.as_tensor(m.p.tau_syn_inv)), current_decay="after")
+    return dict(alpha=1 + float(-m.dt * _param(m.p, "tau_syn_inv")), current_decay="after")
 
 
 def _box_reset(p) -> str:

@@ -66,8 +66,9 @@ def binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups):
 
 def neuron_rate_stats(x, v0, i0, beta, alpha, threshold, cfg):
     """Spike pass of rate mode: ``(out, v_T, i_T, rate, eligibility)``."""
-    if Config(cfg).generic:  # its eligibility comes from autograd, unavailable inside the op
-        return _generic_rate_stats(x, v0, i0, beta, alpha, threshold, Config(cfg))
+    c = Config(cfg)
+    if c.generic:  # its eligibility comes from autograd, unavailable inside the op
+        return _generic_rate_stats(x, v0, i0, beta, alpha, threshold, c)
     return torch.ops.snnopt.neuron_rate_stats(x, v0, i0, beta, alpha, threshold, cfg)
 
 

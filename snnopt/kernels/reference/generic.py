@@ -49,8 +49,8 @@ def _leaf(t, need):
     return None if t is None else t.detach().requires_grad_(need)
 
 
-def _recorded(t: torch.Tensor) -> None:
-    if not t.requires_grad:
+def _recorded(*tensors: torch.Tensor) -> None:
+    if not any(t.requires_grad for t in tensors):
         raise RuntimeError("generic neuron dynamics are differentiated by recomputing the scan with autograd, "
                            "which is unavailable here (inside an op body); call the snnopt.kernels wrappers")
 
@@ -61,7 +61,7 @@ def scan_backward(g_out, g_v, g_i, g_vseq, x, v0, i0, beta, alpha, theta, cfg: C
     with torch.enable_grad():
         out, v, i, vseq = _run(*leaves, cfg, record=g_vseq is not None)
         if any(needs):
-            _recorded(torch.stack([out.sum(), v.sum()]))
+            _recorded(out, v)
         outputs, grads = [out, v], [g_out, g_v]
         if cfg.has_current and g_i is not None:
             outputs.append(i)
