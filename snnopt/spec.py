@@ -163,8 +163,7 @@ class Config:
 
     @property
     def generic(self) -> bool:
-        """Dynamics outside the closed-form kernels (Norse-style current, ``cuba_li``,
-        ``same_pending`` timing, input-discarding reset): the reference runs them step by
-        step and differentiates the recomputed steps with autograd."""
-        return (self.kind == "cuba_li" or self.timing == "same_pending" or self.discards_input
-                or (self.has_current and self.current_decay == "after") or (self.has_current and self.scale != 1.0))
+        """Dynamics outside the closed-form kernels (``same_pending`` timing, input-discarding
+        reset): the reference runs them step by step and differentiates the recomputed
+        steps with autograd."""
+        return self.timing == "same_pending" or self.discards_input

@@ -18,8 +18,18 @@ with ``rho`` = ``theta s`` (subtract) or ``b s (h - v_reset)`` (zero); ``h_{-1} 
 The carry is dL/dh_t along the state path, multiplied at each step by the
 Jacobian ``J_t = b - drho/dh - nd * drho/ds * f'_t``.
 
-The saved tensor is the membrane sequence ``h`` (and the current ``i`` for cuba_lif);
-spikes and surrogate values are recomputed from it in the backward.
+Current kinds (cuba_lif, cuba_li) filter the input first, in the eager order of
+operations: ``I_t = alpha i_{t-1} + x_t`` and carried ``i_t = I_t`` ("before"), or
+``I_t = i_{t-1} + x_t`` and carried ``i_t = alpha I_t`` ("after", Norse); ``in_t = scale I_t``.
+With ``gI_t`` = dL/dI_t and ``D_t`` = dL/d(carried i_t) (``D_{T-1}`` = dL/di_T):
+
+    before:  gI_t = scale gh_t + D_t,        D_{t-1} = alpha gI_t,  galpha += gI_t i_{t-1}
+    after:   gI_t = scale gh_t + alpha D_t,  D_{t-1} = gI_t,        galpha += D_t I_t
+
+and ``dL/dx_t = gI_t``, ``dL/di_0 = D_{-1}``.
+
+The saved tensors are the membrane sequence ``h`` and, for current kinds, ``I``;
+spikes and surrogate values are recomputed from them in the backward.
 """
 
 from __future__ import annotations
@@ -46,6 +56,15 @@ def post_reset(h, s, theta, cfg: Config):
     if cfg.reset == "subtract":
         return h - theta * s
     return h * (1 - s) + cfg.v_reset * s
+
+
+def current_step(i, x, alpha, cfg: Config):
+    """``(I_t, carried i_t)`` of the synaptic current filter."""
+    if cfg.current_decay == "after":
+        total = i + x
+        return total, alpha * total
+    total = alpha * i + x
+    return total, total
 
 
 def next_charge(v, b, c, inp, theta, cfg: Config):
@@ -89,19 +108,20 @@ def scan_forward(x, v0, i0, beta, alpha, theta, cfg: Config, save: bool, record:
     c = _leak_const(b, cfg)
     v = torch.zeros_like(x[0]) if v0 is None else v0.expand_as(x[0])
     cur = None
-    if cfg.kind == "cuba_lif":
+    if cfg.has_current:
         cur = torch.zeros_like(x[0]) if i0 is None else i0.expand_as(x[0])
     out = torch.empty_like(x)
     hs = torch.empty_like(x) if save else x.new_empty(0)
     iseq = torch.empty_like(x) if save and cur is not None else x.new_empty(0)
     vseq = torch.empty_like(x) if record else x.new_empty(0)
     for t in range(T):
-        inp = x[t] * cfg.scale if cfg.scale != 1.0 else x[t]
+        inp = x[t]
         if cur is not None:
-            cur = alpha * cur + inp
-            inp = cur
+            inp, cur = current_step(cur, inp, alpha, cfg)
             if save:
-                iseq[t] = cur
+                iseq[t] = inp
+        if cfg.scale != 1.0:
+            inp = cfg.scale * inp
         if not cfg.spiking:
             v = b * v + c + inp
             out[t] = v
@@ -138,7 +158,7 @@ def scan_backward(g_out, g_v, g_i, g_vseq, h, iseq, v0, i0, beta, alpha, theta, 
     gb = torch.zeros_like(zeros) if need_b else None
     ga = torch.zeros_like(zeros) if need_a else None
     gth = torch.zeros_like(zeros) if need_th else None
-    cuba = cfg.kind == "cuba_lif"
+    cuba = cfg.has_current
     gi_acc = (zeros if g_i is None else g_i.expand(feat)).clone()
     carry = (zeros if g_v is None else g_v.expand(feat)).clone()  # dL/dp_t (same) or dL/dh_t (next)
     nd = not cfg.detach
@@ -191,16 +211,20 @@ def scan_backward(g_out, g_v, g_i, g_vseq, h, iseq, v0, i0, beta, alpha, theta, 
             p_prev = h_prev if t == 0 or not cfg.spiking else \
                 post_reset(h_prev, heaviside(h_prev - theta, cfg.fire_ge), theta, cfg)
             gb += gh * (p_prev - cfg.v_rest)
+        gin = gh * cfg.scale if cfg.scale != 1.0 else gh
         if cuba:
-            gi = gh + gi_acc
-            if need_a:
-                ga += gi * (iseq[t - 1] if t > 0 else (zeros if i0 is None else i0.expand(feat)))
-            gin = gi
-            gi_acc = alpha * gi
-        else:
-            gin = gh
+            if cfg.current_decay == "after":
+                if need_a:
+                    ga += gi_acc * iseq[t]
+                gin = gin + alpha * gi_acc
+                gi_acc = gin
+            else:
+                gin = gin + gi_acc
+                if need_a:
+                    ga += gin * (iseq[t - 1] if t > 0 else (zeros if i0 is None else i0.expand(feat)))
+                gi_acc = alpha * gin
         if need_x:
-            gx[t] = gin * cfg.scale if cfg.scale != 1.0 else gin
+            gx[t] = gin
         carry = gh * state_jacobian(h_prev, b, theta, cfg) if next_timing else b * gh
     def reduce(g, p):
         return None if g is None else g.sum_to_size(p.shape)
@@ -215,7 +239,7 @@ def rate_stats(x, v0, i0, beta, alpha, theta, cfg: Config):
     ``r = mean_t out_t`` and eligibility ``e = mean_t kappa_t f'_t`` (``mean_t kappa_t``
     for ``li``), where ``kappa_t = sum_k dh_t/dx_k`` obeys
     ``kappa_t = scale * c_t + J_{t-1} kappa_{t-1}`` (``c_t = 1 + alpha c_{t-1}`` for
-    cuba_lif, else 1).  So ``e = sum_k dr/dx_k`` under surrogate BPTT."""
+    current kinds, else 1).  So ``e = sum_k dr/dx_k`` under surrogate BPTT."""
     if cfg.generic:
         return generic.rate_stats(x, v0, i0, beta, alpha, theta, cfg)
     out, v_T, i_T, _, h, _ = scan_forward(x, v0, i0, beta, alpha, theta, cfg, save=True)
@@ -225,7 +249,7 @@ def rate_stats(x, v0, i0, beta, alpha, theta, cfg: Config):
     cur_k = torch.zeros_like(x[0])
     e = torch.zeros_like(x[0])
     for t in range(T):
-        cur_k = (1 + alpha * cur_k) if cfg.kind == "cuba_lif" else torch.ones_like(cur_k)
+        cur_k = (1 + alpha * cur_k) if cfg.has_current else torch.ones_like(cur_k)
         if t == 0:
             kappa = cfg.scale * cur_k
         else:
