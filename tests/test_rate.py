@@ -69,10 +69,10 @@ def test_forward_value_equals_model_and_training_lowers_loss():
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("kind,reset,timing,detach", CASES)
-def test_eligibility_is_sum_of_rate_derivatives(kind, reset, timing, detach):
+@pytest.mark.parametrize("kind,reset,timing,detach,decay", CASES)
+def test_eligibility_is_sum_of_rate_derivatives(kind, reset, timing, detach, decay):
     """e = sum_k dr/dx_k under surrogate BPTT, checked with autograd through the dense scan."""
-    spec, x, v0, i0, beta, alpha, th = make(kind, reset, timing, detach, T=9)
+    spec, x, v0, i0, beta, alpha, th = make(kind, reset, timing, detach, T=9, decay=decay)
     x = x.detach().requires_grad_()
     out = kernels.neuron_scan(x, None, None, beta, alpha, th, spec.op_config())[0]
     (grad,) = torch.autograd.grad(out.mean(0).sum(), x)
