@@ -91,7 +91,11 @@ def test_opcheck_sparse_ops():
     cfg = spec.op_config()
     test_utils = ("test_schema", "test_autograd_registration", "test_faketensor")
     torch.library.opcheck(torch.ops.snnopt.neuron_scan_sparse.default,
-                          (x, v0, beta.detach(), th.detach(), cfg, 0.3, True), test_utils=test_utils)
+                          (x, v0, None, beta.detach(), None, th.detach(), cfg, 0.3, True), test_utils=test_utils)
+    spec, x, v0, i0, beta, alpha, th = make("cuba_lif", "zero", "next", True)
+    torch.library.opcheck(torch.ops.snnopt.neuron_scan_sparse.default,
+                          (x, v0, i0, beta.detach(), alpha.detach(), th.detach(), spec.op_config(), 0.3, True),
+                          test_utils=test_utils)
     xs = (torch.rand(6, 3, 8) < 0.3).float()
     w = torch.randn(5, 8, requires_grad=True)
     torch.library.opcheck(torch.ops.snnopt.spiking_synapse_sparse.default,
@@ -127,7 +131,7 @@ def test_nan_input_does_not_crash(op):
     if op == "dense":
         out = kernels.neuron_scan(x, None, None, beta, None, th, spec.op_config())[0]
     elif op == "sparse":
-        out = kernels.neuron_scan_sparse(x, None, beta, th, spec.op_config(), 0.05)[0]
+        out = kernels.neuron_scan_sparse(x, None, None, beta, None, th, spec.op_config(), 0.05)[0]
     else:
         out = kernels.neuron_rate_stats(x.detach(), None, None, beta.detach(), None, th.detach(), spec.op_config())[0]
     assert out.shape == x.shape and torch.isfinite(out).all()

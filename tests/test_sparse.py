@@ -11,6 +11,7 @@ from snnopt.profiling import SavedTensorMeter
 from snnopt.spec import NeuronSpec
 
 from .models import MLP, ConvNet, LoopMLP, grads_of, neuron_kwargs, spikes
+from .test_ops import CASES, make
 
 
 def close(a, b):
@@ -32,6 +33,29 @@ def test_infinite_band_is_dense_detached_bptt(cls, sg):
     for name in ref:
         close(got[name], ref[name])
     assert any("sparse" in e.op for e in compiled.report.neurons)
+
+
+SPARSE_CASES = [c for c in CASES if c[0] in ("lif", "cuba_lif", "if") and c[3]]
+
+
+@pytest.mark.parametrize("kind,reset,timing,detach,decay", SPARSE_CASES)
+def test_op_with_infinite_band_is_dense_detached_bptt(kind, reset, timing, detach, decay):
+    """Every closed-form spiking neuron (current filters, resets, timings): the sparse op with
+    band = inf gives the dense scan's gradients for x, v_0, i_0 (detached reset), with loss
+    on spikes, final membrane and final current; forward identical."""
+    spec, x, v0, i0, beta, alpha, th = make(kind, reset, timing, detach, T=9, decay=decay)
+    beta, alpha, th = (None if t is None else t.detach() for t in (beta, alpha, th))
+    inputs = [t for t in (x, v0, i0) if t is not None]
+    dense = kernels.neuron_scan(x, v0, i0, beta, alpha, th, spec.op_config())[:3]
+    sparse = kernels.neuron_scan_sparse(x, v0, i0, beta, alpha, th, spec.op_config(), math.inf)[:3]
+    assert torch.equal(dense[0], sparse[0])
+    g = torch.Generator().manual_seed(1)
+    weights = [torch.randn(t.shape, generator=g) for t in dense[: 3 if i0 is not None else 2]]
+    ref = torch.autograd.grad(sum((o * w).sum() for o, w in zip(dense, weights)), inputs)
+    got = torch.autograd.grad(sum((o * w).sum() for o, w in zip(sparse, weights)), inputs)
+    for a, b in zip(got, ref):
+        close(a, b)
+    assert float(ref[0].abs().max()) > 0
 
 
 def closed_form(x, W, b, beta, theta, G, band, sg):
@@ -108,12 +132,29 @@ def test_saved_bytes_under_quarter_of_dense_at_two_percent_activity():
 
 def test_ineligible_neurons_stay_dense_with_warning():
     torch.manual_seed(4)
-    model = MLP(**neuron_kwargs(reset="zero"))
+    model = MLP(**neuron_kwargs(learn=True))
     x = spikes((10, 2, 12))
     compiled = snnopt.compile(model, mode="sparse", example_inputs=(x,))
     assert torch.equal(compiled(x), model(x))
     assert len(compiled.report.warnings) == 2
-    assert all("kept dense" in w.detail and "reset-to-zero" in w.detail for w in compiled.report.warnings)
+    assert all("kept dense" in w.detail and "learnable beta/threshold" in w.detail for w in compiled.report.warnings)
+
+
+@pytest.mark.parametrize("cls", [MLP, LoopMLP, ConvNet])
+def test_reset_to_zero_runs_sparse_and_saves_gates_as_bits(cls):
+    """A reset to zero runs sparse (no warning) and with band = inf equals detached BPTT."""
+    torch.manual_seed(6)
+    model = cls(**neuron_kwargs(reset="zero", detach_reset=True))
+    x = spikes((12, 3, 2, 12, 12) if cls is ConvNet else (12, 3, 12))
+    ref_out = model(x)
+    ref = grads_of(model, ref_out)
+    compiled = snnopt.compile(model, mode="sparse", band=math.inf, example_inputs=(x,))
+    assert not compiled.report.warnings and all("sparse" in e.op for e in compiled.report.neurons)
+    out = compiled(x)
+    assert torch.equal(out, ref_out)
+    got = grads_of(compiled, out)
+    for name in ref:
+        close(got[name], ref[name])
 
 
 def test_dense_readout_keeps_spike_input_packed():

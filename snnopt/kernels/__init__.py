@@ -43,17 +43,17 @@ def spiking_synapse(x, weight, bias, v0, beta, threshold, syn, stride, padding, 
     return out, v_T
 
 
-def neuron_scan_sparse(x, v0, beta, threshold, cfg, band):
-    """Sparse-gradient scan: ``(out, v_T, active_indices)``."""
-    save = _needs_save(x, v0)
-    out, v_T, idx, _ = torch.ops.snnopt.neuron_scan_sparse(x, v0, beta, threshold, cfg, band, save)
-    return out, v_T, idx
+def neuron_scan_sparse(x, v0, i0, beta, alpha, threshold, cfg, band):
+    """Sparse-gradient scan: ``(out, v_T, i_T, active_indices)``."""
+    save = _needs_save(x, v0, i0)
+    out, v_T, i_T, idx, _, _ = torch.ops.snnopt.neuron_scan_sparse(x, v0, i0, beta, alpha, threshold, cfg, band, save)
+    return out, v_T, i_T, idx
 
 
 def spiking_synapse_sparse(x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band):
     """Fused synapse + sparse-gradient scan: ``(out, v_T, active_indices, packed_input)``."""
     save = _needs_save(x, weight, bias, v0)
-    out, v_T, idx, _, packed = torch.ops.snnopt.spiking_synapse_sparse(
+    out, v_T, idx, _, _, packed = torch.ops.snnopt.spiking_synapse_sparse(
         x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save)
     return out, v_T, idx, packed
 

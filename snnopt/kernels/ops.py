@@ -10,9 +10,10 @@ op                              returns
 neuron_scan                     out, v_T, i_T, v_seq, h, i_seq  (dense; v_seq if ``record``,
                                 h/i_seq kept for backward if ``save``)
 neuron_scan_backward            gx, gv0, gi0, gbeta, galpha, gthreshold  (empty if not needed)
-neuron_scan_sparse              out, v_T, idx, sg         (active set: int32 indices, f')
-neuron_scan_sparse_backward     gx, gv0
-spiking_synapse_sparse          out, v_T, idx, sg, x_packed  (fused Linear/Conv2d + neuron)
+neuron_scan_sparse              out, v_T, i_T, idx, sg, gates  (active set: int32 indices, f';
+                                reset gates bit-packed)
+neuron_scan_sparse_backward     gx, gv0, gi0
+spiking_synapse_sparse          out, v_T, idx, sg, gates, x_packed  (fused Linear/Conv2d + neuron)
 spiking_synapse_sparse_backward gx, gweight, gbias, gv0
 binary_synapse                  out, x_packed             (Linear/Conv2d keeping its spike input packed)
 binary_synapse_backward         gx, gweight, gbias
@@ -110,49 +111,58 @@ neuron_scan.register_autograd(_scan_backward, setup_context=_scan_setup)
 
 
 @torch.library.custom_op(f"{LIB}::neuron_scan_sparse", mutates_args=())
-def neuron_scan_sparse(x: Tensor, v0: Tensor | None, beta: Tensor | None, threshold: Tensor | None,
-                       cfg: list[float], band: float, save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return ref_sparse.scan_forward_sparse(x, v0, beta, threshold, Config(cfg), band, save)
+def neuron_scan_sparse(x: Tensor, v0: Tensor | None, i0: Tensor | None, beta: Tensor | None, alpha: Tensor | None,
+                       threshold: Tensor | None, cfg: list[float], band: float,
+                       save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return ref_sparse.scan_forward_sparse(x, v0, i0, beta, alpha, threshold, Config(cfg), band, save)
 
 
-def _fake_active(x, save):
+def _fake_saved(x, save, cfg):
+    """Fake active set (``idx``, ``sg``) and packed reset gates."""
     if not save:
-        return x.new_empty(0, dtype=torch.int32), x.new_empty(0)
+        return x.new_empty(0, dtype=torch.int32), x.new_empty(0), x.new_empty(0, dtype=torch.uint8)
     n = torch.library.get_ctx().new_dynamic_size()
-    return x.new_empty(n, dtype=torch.int32), x.new_empty(n)
+    gates = (x.numel() + 7) // 8 if ref_sparse.gated(Config(cfg)) else 0
+    return x.new_empty(n, dtype=torch.int32), x.new_empty(n), x.new_empty(gates, dtype=torch.uint8)
 
 
 @neuron_scan_sparse.register_fake
-def _(x, v0, beta, threshold, cfg, band, save):
-    return (torch.empty_like(x), torch.empty_like(x[0])) + _fake_active(x, save)
+def _(x, v0, i0, beta, alpha, threshold, cfg, band, save):
+    i_T = torch.empty_like(x[0]) if Config(cfg).has_current else x.new_empty(0)
+    return (torch.empty_like(x), torch.empty_like(x[0]), i_T) + _fake_saved(x, save, cfg)
 
 
 @torch.library.custom_op(f"{LIB}::neuron_scan_sparse_backward", mutates_args=())
-def neuron_scan_sparse_backward(g_out: Tensor, g_v: Tensor, idx: Tensor, sg: Tensor, beta: Tensor | None,
-                                cfg: list[float], shape: list[int], needs: list[bool]) -> tuple[Tensor, Tensor]:
-    gx, gv0 = ref_sparse.neuron_sparse_backward(g_out, g_v, idx, sg, beta, Config(cfg), shape, needs)
-    return (g_out.new_empty(0) if gx is None else gx, g_out.new_empty(0) if gv0 is None else gv0.contiguous())
+def neuron_scan_sparse_backward(g_out: Tensor, g_v: Tensor, g_i: Tensor, idx: Tensor, sg: Tensor, gates: Tensor,
+                                beta: Tensor | None, alpha: Tensor | None, cfg: list[float], shape: list[int],
+                                needs: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    grads = ref_sparse.neuron_sparse_backward(g_out, g_v, _opt(g_i), idx, sg, gates, beta, alpha, Config(cfg), shape,
+                                              needs)
+    return tuple(g_out.new_empty(0) if g is None else g.contiguous() for g in grads)
 
 
 @neuron_scan_sparse_backward.register_fake
-def _(g_out, g_v, idx, sg, beta, cfg, shape, needs):
+def _(g_out, g_v, g_i, idx, sg, gates, beta, alpha, cfg, shape, needs):
     return (g_out.new_empty(shape) if needs[0] else g_out.new_empty(0),
-            g_out.new_empty(shape[1:]) if needs[1] else g_out.new_empty(0))
+            g_out.new_empty(shape[1:]) if needs[1] else g_out.new_empty(0),
+            g_out.new_empty(shape[1:]) if needs[2] else g_out.new_empty(0))
 
 
 def _sparse_setup(ctx, inputs, output):
-    x, v0, beta, threshold, cfg, band, save = inputs
+    x, v0, i0, beta, alpha, threshold, cfg, band, save = inputs
     ctx.cfg, ctx.shape = cfg, list(x.shape)
-    ctx.save_for_backward(output[2], output[3], beta)
+    ctx.save_for_backward(output[3], output[4], output[5], beta, alpha)
 
 
-def _sparse_backward(ctx, g_out, g_v, _gi, _gs):
-    idx, sg, beta = ctx.saved_tensors
-    needs = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
+def _sparse_backward(ctx, g_out, g_v, g_i, _gidx, _gsg, _ggates):
+    idx, sg, gates, beta, alpha = ctx.saved_tensors
+    needs = [bool(ctx.needs_input_grad[i]) for i in range(3)]
     g_out = sg.new_zeros(ctx.shape) if g_out is None else g_out
     g_v = sg.new_zeros(ctx.shape[1:]) if g_v is None else g_v
-    gx, gv0 = torch.ops.snnopt.neuron_scan_sparse_backward(g_out, g_v, idx, sg, beta, ctx.cfg, ctx.shape, needs)
-    return (gx if needs[0] else None, gv0 if needs[1] else None, None, None, None, None, None)
+    g_i = sg.new_empty(0) if g_i is None or not Config(ctx.cfg).has_current else g_i
+    grads = torch.ops.snnopt.neuron_scan_sparse_backward(g_out, g_v, g_i, idx, sg, gates, beta, alpha, ctx.cfg,
+                                                         ctx.shape, needs)
+    return tuple(g if n else None for g, n in zip(grads, needs)) + (None,) * 6
 
 
 neuron_scan_sparse.register_autograd(_sparse_backward, setup_context=_sparse_setup)
@@ -162,34 +172,34 @@ neuron_scan_sparse.register_autograd(_sparse_backward, setup_context=_sparse_set
 def spiking_synapse_sparse(x: Tensor, weight: Tensor, bias: Tensor | None, v0: Tensor | None, beta: Tensor | None,
                            threshold: Tensor | None, syn: int, stride: list[int], padding: list[int],
                            dilation: list[int], groups: int, cfg: list[float], band: float,
-                           save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                           save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     current = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
-    out, v_T, idx, sg = ref_sparse.scan_forward_sparse(current, v0, beta, threshold, Config(cfg), band, save)
-    if not save:
-        return out, v_T, idx, sg, x.new_empty(0, dtype=torch.uint8)
-    return out, v_T, idx, sg, _pack_input(x)
+    out, v_T, _, idx, sg, gates = ref_sparse.scan_forward_sparse(current, v0, None, beta, None, threshold, Config(cfg),
+                                                                 band, save)
+    return out, v_T, idx, sg, gates, (_pack_input(x) if save else x.new_empty(0, dtype=torch.uint8))
 
 
 @spiking_synapse_sparse.register_fake
 def _(x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save):
     current = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
-    idx, sg = _fake_active(x, save)
+    idx, sg, gates = _fake_saved(current, save, cfg)
     if save:
         packed = x.new_empty(torch.library.get_ctx().new_dynamic_size(), dtype=torch.uint8)
     else:
         packed = x.new_empty(0, dtype=torch.uint8)
-    return torch.empty_like(current), torch.empty_like(current[0]), idx, sg, packed
+    return torch.empty_like(current), torch.empty_like(current[0]), idx, sg, gates, packed
 
 
 @torch.library.custom_op(f"{LIB}::spiking_synapse_sparse_backward", mutates_args=())
-def spiking_synapse_sparse_backward(g_out: Tensor, g_v: Tensor, idx: Tensor, sg: Tensor, x_packed: Tensor,
-                                    weight: Tensor, beta: Tensor | None, syn: int, stride: list[int],
-                                    padding: list[int], dilation: list[int], groups: int, x_shape: list[int],
-                                    cfg: list[float], needs: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def spiking_synapse_sparse_backward(g_out: Tensor, g_v: Tensor, idx: Tensor, sg: Tensor, gates: Tensor,
+                                    x_packed: Tensor, weight: Tensor, beta: Tensor | None, syn: int,
+                                    stride: list[int], padding: list[int], dilation: list[int], groups: int,
+                                    x_shape: list[int], cfg: list[float],
+                                    needs: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     need_x, need_w, need_b, need_v0 = needs
     c = Config(cfg)
-    delta, gv0 = ref_sparse.delta_scan(g_out, g_v, idx, sg, beta, c, list(g_out.shape))
-    g_current = delta * c.scale if c.scale != 1.0 else delta
+    delta, gv0 = ref_sparse.delta_scan(g_out, g_v, idx, sg, gates, beta, c, list(g_out.shape))
+    g_current, _ = ref_sparse.current_backward(delta, None, None, c, False)
     x = _unpack_input(x_packed, x_shape, g_out.dtype)
     dX, dW, db = ref_sparse.synapse_backward(g_current, x, weight, syn, stride, padding, dilation, groups,
                                              (need_x, need_w, need_b))
@@ -199,7 +209,8 @@ def spiking_synapse_sparse_backward(g_out: Tensor, g_v: Tensor, idx: Tensor, sg:
 
 
 @spiking_synapse_sparse_backward.register_fake
-def _(g_out, g_v, idx, sg, x_packed, weight, beta, syn, stride, padding, dilation, groups, x_shape, cfg, needs):
+def _(g_out, g_v, idx, sg, gates, x_packed, weight, beta, syn, stride, padding, dilation, groups, x_shape, cfg,
+      needs):
     e = g_out.new_empty
     return (e(x_shape) if needs[0] else e(0), torch.empty_like(weight) if needs[1] else e(0),
             e(weight.shape[0]) if needs[2] else e(0), e(g_out.shape[1:]) if needs[3] else e(0))
@@ -209,17 +220,17 @@ def _synapse_setup(ctx, inputs, output):
     x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save = inputs
     ctx.static = (syn, stride, padding, dilation, groups)
     ctx.cfg, ctx.x_shape, ctx.out_shape = cfg, list(x.shape), list(output[0].shape)
-    ctx.save_for_backward(output[2], output[3], output[4], weight, beta)
+    ctx.save_for_backward(output[2], output[3], output[4], output[5], weight, beta)
 
 
-def _synapse_backward(ctx, g_out, g_v, _gi, _gs, _gp):
-    idx, sg, packed, weight, beta = ctx.saved_tensors
+def _synapse_backward(ctx, g_out, g_v, _gi, _gs, _gg, _gp):
+    idx, sg, gates, packed, weight, beta = ctx.saved_tensors
     nig = ctx.needs_input_grad
     needs = [bool(nig[0]), bool(nig[1]), bool(nig[2]), bool(nig[3])]
     g_out = sg.new_zeros(ctx.out_shape) if g_out is None else g_out
     g_v = sg.new_zeros(ctx.out_shape[1:]) if g_v is None else g_v
     gx, gw, gb, gv0 = torch.ops.snnopt.spiking_synapse_sparse_backward(
-        g_out, g_v, idx, sg, packed, weight, beta, *ctx.static, ctx.x_shape, ctx.cfg, needs)
+        g_out, g_v, idx, sg, gates, packed, weight, beta, *ctx.static, ctx.x_shape, ctx.cfg, needs)
     grads = [g if n else None for g, n in zip((gx, gw, gb, gv0), needs)]
     return tuple(grads) + (None,) * 10
 

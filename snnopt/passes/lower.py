@@ -107,22 +107,21 @@ def _lower_sparse(gm, b: Builder, band: float):
         if n.target is kernels.spiking_synapse:
             with gm.graph.inserting_before(n):
                 new = b.call(kernels.spiking_synapse_sparse, (*n.args, band), from_=[n])
+            active = 2
         elif n.target is kernels.neuron_scan:
             reason = sparse_ineligibility(n.meta["snn"], n)
-            if reason is None and n.args[2] is not None:
-                reason = "it has an initial synaptic current"
             if reason is not None:
                 if "snn_dense_reason" not in n.meta:
                     n.meta["snn_dense_reason"] = reason
                     kind = "info" if not n.meta["snn"].spiking else "warning"  # a readout is dense by nature
                     notes.append(Note(kind, n.name, f"`{n.meta['snn_module']}` kept dense in sparse mode: {reason}"))
                 continue
-            x, v0, _, beta, _, thr, cfg = n.args[:7]
             with gm.graph.inserting_before(n):
-                new = b.call(kernels.neuron_scan_sparse, (x, v0, beta, thr, cfg, band), from_=[n])
+                new = b.call(kernels.neuron_scan_sparse, (*n.args[:7], band), from_=[n])
+            active = 3
         else:
             continue
-        _swap(b, n, new, {2: f"active:{keys[n]}", 0: f"spikes:{keys[n]}"})
+        _swap(b, n, new, {active: f"active:{keys[n]}", 0: f"spikes:{keys[n]}"})
         notes.append(Note("rewritten", new.name, f"`{new.meta['snn_module']}` -> sparse scan (band {band:g})"))
         modified = True
     return PassResult(gm, modified, notes)

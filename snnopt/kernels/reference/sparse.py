@@ -2,16 +2,25 @@
 
 Forward spikes are those of the dense scan.  The backward keeps the surrogate only on
 the active set ``A = {(t, b, j): |h - theta| < band}`` and treats the reset as
-detached, so along the membrane the Jacobian is ``beta`` and
+detached, so the state Jacobian is ``beta * m_t`` with ``m_t = 1`` for subtract or no
+reset and ``m_t = 1 - q_t`` for a reset to a fixed value, ``q_t`` the reset gate: the
+spike ``s_t`` (same-step reset) or the pending reset ``r_t = H(h_{t-1} - theta)``
+(next-step reset, ``h_{-1} = v_0``).  With ``C`` the gradient of the carried state
+(``C = dL/dv_T`` before the last step):
 
     g[t]     = dL/ds[t] * f'(h[t] - theta) * 1[(t, b, j) in A]
-    delta[t] = dL/dI[t] = sum_{k >= t} beta^(k - t) g[k]     (+ beta^(T-1-t) dL/dv_T)
-    dx       = scale * delta,   dv_0 = beta * delta[0]
+    same:    delta[t] = g[t] + m_t C,   C <- beta delta[t]
+    next:    delta[t] = g[t] + C,       C <- beta m_t delta[t]
+    dL/dv_0  = C after t = 0
 
-For a fused synapse ``I = syn(x)`` (Linear or Conv2d) the op also returns
-``dW``/``db``/``dX`` from ``delta``.  Saved for backward: the active set as flat int32
-indices into ``[T, B, ...]`` plus ``f'`` at those points, and for the fused op the
-input spikes bit-packed (8 per byte) when they are binary; never a float ``[T, B, N]``.
+so ``delta[t] = dL/dh[t] = sum_{k >= t} beta^(k - t) g[k]`` up to the first reset to a
+fixed value in between.  The input gradient is ``scale * delta`` (lif, if), or, through a
+synaptic current, the reverse current filter of :mod:`.dense`.  For a fused synapse
+``I = syn(x)`` (Linear or Conv2d) the op also returns ``dW``/``db``/``dX`` from it.
+
+Saved for backward: the active set as flat int32 indices into ``[T, B, ...]`` plus ``f'``
+there; for a reset to a fixed value the gates ``q`` bit-packed (8 per byte); for the
+fused op the input spikes bit-packed when they are binary.  Never a float ``[T, B, N]``.
 """
 
 from __future__ import annotations
@@ -20,8 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from ...spec import Config
-from ...surrogate import surrogate_grad
+from ...surrogate import heaviside, surrogate_grad
 from .dense import _beta, scan_forward
+
 
 def _bit_weights(device):
     return (2 ** torch.arange(8, device=device, dtype=torch.int32)).to(torch.uint8)
@@ -54,36 +64,75 @@ def active_set(h, theta, cfg: Config, band: float):
     return idx.to(torch.int32), sg
 
 
-def scan_forward_sparse(x, v0, beta, theta, cfg: Config, band: float, save: bool):
-    """``(out, v_T, idx, sg)``; ``idx``/``sg`` empty unless ``save``."""
-    out, v_T, _, _, h, _ = scan_forward(x, v0, None, beta, None, theta, cfg, save=save)
-    if save:
-        idx, sg = active_set(h, theta, cfg, band)
-    else:
-        idx, sg = x.new_empty(0, dtype=torch.int32), x.new_empty(0)
-    return out, v_T, idx, sg
+def gated(cfg: Config) -> bool:
+    """Whether the sparse backward needs the reset gates (a reset to a fixed value)."""
+    return cfg.spiking and cfg.reset == "zero"
 
 
-def delta_scan(g_out, g_v, idx, sg, beta, cfg: Config, shape):
-    """``delta = dL/dI`` from the active set by the reverse scan ``delta[t] = g[t] + beta delta[t+1]``."""
+def reset_gates(out, v0, theta, cfg: Config) -> torch.Tensor:
+    """The gates ``q`` (``[T, B, ...]``, bit-packed): spikes for a same-step reset, pending
+    resets ``H(h_{t-1} - theta)`` (from the spikes and ``v_0``) for a next-step reset."""
+    if cfg.timing == "same":
+        return pack_bits(out)
+    first = torch.zeros_like(out[0]) if v0 is None else v0.expand_as(out[0])
+    first = heaviside(first - theta, cfg.fire_ge)
+    return pack_bits(torch.cat([first.unsqueeze(0), out[:-1]]))
+
+
+def scan_forward_sparse(x, v0, i0, beta, alpha, theta, cfg: Config, band: float, save: bool):
+    """``(out, v_T, i_T, idx, sg, gates)``; ``idx``/``sg``/``gates`` empty unless ``save``
+    (``gates`` also unless :func:`gated`)."""
+    out, v_T, i_T, _, h, _ = scan_forward(x, v0, i0, beta, alpha, theta, cfg, save=save)
+    no_gates = x.new_empty(0, dtype=torch.uint8)
+    if not save:
+        return out, v_T, i_T, x.new_empty(0, dtype=torch.int32), x.new_empty(0), no_gates
+    idx, sg = active_set(h, theta, cfg, band)
+    return out, v_T, i_T, idx, sg, (reset_gates(out, v0, theta, cfg) if gated(cfg) else no_gates)
+
+
+def delta_scan(g_out, g_v, idx, sg, gates, beta, cfg: Config, shape):
+    """``(delta, dL/dv_0)`` with ``delta = dL/dh`` by the reverse scan of the module docstring."""
     g = torch.zeros(shape, dtype=sg.dtype, device=sg.device).reshape(-1)
     if g_out is not None and idx.numel():
         g[idx.long()] = g_out.reshape(-1)[idx.long()] * sg
     g = g.reshape(shape)
+    keep = 1 - unpack_bits(gates, shape, g.dtype) if gated(cfg) else None
     b = _beta(beta, cfg)
+    same = cfg.timing == "same"
     delta = torch.empty_like(g)
     carry = torch.zeros_like(g[0]) if g_v is None else g_v.expand_as(g[0])
     for t in range(shape[0] - 1, -1, -1):
-        carry = g[t] + carry if t == shape[0] - 1 else g[t] + b * carry
-        delta[t] = carry
-    return delta, b * carry
+        delta[t] = g[t] + (carry * keep[t] if keep is not None and same else carry)
+        carry = b * delta[t] if keep is None or same else b * keep[t] * delta[t]
+    return delta, carry
 
 
-def neuron_sparse_backward(g_out, g_v, idx, sg, beta, cfg: Config, shape, needs):
-    need_x, need_v0 = needs
-    delta, gv0 = delta_scan(g_out, g_v, idx, sg, beta, cfg, shape)
-    gx = delta * cfg.scale if need_x else None
-    return gx, (gv0 if need_v0 else None)
+def current_backward(delta, g_i, alpha, cfg: Config, need_i0: bool):
+    """``(dL/dx, dL/di_0)`` from ``delta = dL/dh``: ``scale * delta`` without a current,
+    else the reverse current filter (``D`` = gradient of the carried current):
+    before: ``gI_t = scale delta_t + D``, ``D <- alpha gI_t``;
+    after:  ``gI_t = scale delta_t + alpha D``, ``D <- gI_t``."""
+    g_in = delta * cfg.scale if cfg.scale != 1.0 else delta
+    if not cfg.has_current:
+        return g_in, None
+    carry = torch.zeros_like(delta[0]) if g_i is None else g_i.expand_as(delta[0])
+    gx = torch.empty_like(delta)
+    for t in range(delta.shape[0] - 1, -1, -1):
+        if cfg.current_decay == "after":
+            gx[t] = g_in[t] + alpha * carry
+            carry = gx[t]
+        else:
+            gx[t] = g_in[t] + carry
+            carry = alpha * gx[t]
+    return gx, (carry.clone() if need_i0 else None)
+
+
+def neuron_sparse_backward(g_out, g_v, g_i, idx, sg, gates, beta, alpha, cfg: Config, shape, needs):
+    """``(dL/dx, dL/dv_0, dL/di_0)``, None where ``needs`` (x, v0, i0) is False."""
+    need_x, need_v0, need_i0 = needs
+    delta, gv0 = delta_scan(g_out, g_v, idx, sg, gates, beta, cfg, shape)
+    gx, gi0 = current_backward(delta, g_i, alpha, cfg, need_i0) if (need_x or need_i0) else (None, None)
+    return (gx if need_x else None), (gv0 if need_v0 else None), gi0
 
 
 def synapse(x, weight, bias, syn: int, stride, padding, dilation, groups):
