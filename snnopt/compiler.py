@@ -159,9 +159,11 @@ class CompiledSNN(nn.Module):
 
     def _build_rate_pass(self, inputs, gm_T: fx.GraphModule) -> fx.GraphModule:
         keys = set(neuron_keys(gm_T.graph).values())
+        recorded = frozenset(n.meta["snn_aux"][len("vbar:"):] for n in gm_T.graph.nodes
+                             if n.meta.get("snn_aux", "").startswith("vbar:"))
         ones = tuple(x[:1].mean(0, keepdim=True) if isinstance(x, torch.Tensor) else x for x in inputs)
         gm1, _ = trace(self._source, ones)
-        pm = PassManager([canonicalize_neurons, reroll_time, lower_rate_pass(keys), dce], verifier=verify)
+        pm = PassManager([canonicalize_neurons, reroll_time, lower_rate_pass(keys, recorded), dce], verifier=verify)
         return pm(gm1, ones)
 
     def _fallback(self, inputs, reason: str) -> _Program:

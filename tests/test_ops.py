@@ -91,10 +91,10 @@ def test_opcheck_sparse_ops():
     cfg = spec.op_config()
     test_utils = ("test_schema", "test_autograd_registration", "test_faketensor")
     torch.library.opcheck(torch.ops.snnopt.neuron_scan_sparse.default,
-                          (x, v0, None, beta.detach(), None, th.detach(), cfg, 0.3, True), test_utils=test_utils)
+                          (x, v0, None, beta.detach(), None, th.detach(), cfg, 0.3, True, False), test_utils=test_utils)
     spec, x, v0, i0, beta, alpha, th = make("cuba_lif", "zero", "next", True)
     torch.library.opcheck(torch.ops.snnopt.neuron_scan_sparse.default,
-                          (x, v0, i0, beta.detach(), alpha.detach(), th.detach(), spec.op_config(), 0.3, True),
+                          (x, v0, i0, beta.detach(), alpha.detach(), th.detach(), spec.op_config(), 0.3, True, True),
                           test_utils=test_utils)
     xs = (torch.rand(6, 3, 8) < 0.3).float()
     w = torch.randn(5, 8, requires_grad=True)
@@ -107,7 +107,7 @@ def test_opcheck_rate_ops():
     spec, x, v0, i0, beta, alpha, th = _opcheck_args("cuba_lif")
     torch.library.opcheck(torch.ops.snnopt.neuron_rate_stats.default,
                           (x.detach(), v0.detach(), i0.detach(), beta.detach(), alpha.detach(), th.detach(),
-                           spec.op_config()))
+                           spec.op_config(), True))
     xb = torch.randn(6, 4, 3, 3, requires_grad=True)
     torch.library.opcheck(torch.ops.snnopt.rate_batch_norm.default,
                           (xb, torch.randn(4), torch.rand(4) + 0.5, torch.randn(4, requires_grad=True),

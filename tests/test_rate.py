@@ -69,17 +69,25 @@ def test_forward_value_equals_model_and_training_lowers_loss():
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("kind,reset,timing,detach,decay", CASES)
+GENERIC_CASES = [("lif", "zero", "same_pending", True, "before"), ("cuba_lif", "subtract", "same_pending", False, "after")]
+
+
+@pytest.mark.parametrize("kind,reset,timing,detach,decay", CASES + GENERIC_CASES)
 def test_eligibility_is_sum_of_rate_derivatives(kind, reset, timing, detach, decay):
-    """e = sum_k dr/dx_k under surrogate BPTT, checked with autograd through the dense scan."""
+    """e = sum_k dr/dx_k and, for the recorded membrane, e_v = sum_k dv_bar/dx_k under
+    surrogate BPTT, checked with autograd through the dense scan."""
     spec, x, v0, i0, beta, alpha, th = make(kind, reset, timing, detach, T=9, decay=decay)
     x = x.detach().requires_grad_()
-    out = kernels.neuron_scan(x, None, None, beta, alpha, th, spec.op_config())[0]
-    (grad,) = torch.autograd.grad(out.mean(0).sum(), x)
+    out, _, _, v_seq = kernels.neuron_scan(x, None, None, beta, alpha, th, spec.op_config(), record=True)
+    (grad,) = torch.autograd.grad(out.mean(0).sum(), x, retain_graph=True)
+    (grad_v,) = torch.autograd.grad(v_seq.mean(0).sum(), x)
     d = lambda t: None if t is None else t.detach()  # noqa: E731
-    _, _, _, r, e = kernels.neuron_rate_stats(x.detach(), None, None, d(beta), d(alpha), d(th), spec.op_config())
+    stats = kernels.neuron_rate_stats(x.detach(), None, None, d(beta), d(alpha), d(th), spec.op_config(), record=True)
+    _, _, _, v_seq2, r, e, v_bar, e_v = stats
     torch.testing.assert_close(r, out.mean(0).detach())
+    assert torch.equal(v_seq2, v_seq.detach()) and torch.equal(v_bar, v_seq2.mean(0))
     close(e, grad.sum(0))
+    close(e_v, grad_v.sum(0))
 
 
 def test_rate_bn_backward_is_batch_norm_backward():

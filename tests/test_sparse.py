@@ -11,7 +11,7 @@ from snnopt.profiling import SavedTensorMeter
 from snnopt.spec import NeuronSpec
 
 from .models import MLP, ConvNet, LoopMLP, grads_of, neuron_kwargs, spikes
-from .test_ops import CASES, make
+from .test_ops import CASES, eager, make
 
 
 def close(a, b):
@@ -42,15 +42,15 @@ SPARSE_CASES = [c for c in CASES if c[0] in ("lif", "cuba_lif", "if") and c[3]]
 def test_op_with_infinite_band_is_dense_detached_bptt(kind, reset, timing, detach, decay):
     """Every closed-form spiking neuron (current filters, resets, timings): the sparse op with
     band = inf gives the dense scan's gradients for x, v_0, i_0 (detached reset), with loss
-    on spikes, final membrane and final current; forward identical."""
+    on spikes, final membrane, final current and recorded membranes; forward identical."""
     spec, x, v0, i0, beta, alpha, th = make(kind, reset, timing, detach, T=9, decay=decay)
     beta, alpha, th = (None if t is None else t.detach() for t in (beta, alpha, th))
     inputs = [t for t in (x, v0, i0) if t is not None]
-    dense = kernels.neuron_scan(x, v0, i0, beta, alpha, th, spec.op_config())[:3]
-    sparse = kernels.neuron_scan_sparse(x, v0, i0, beta, alpha, th, spec.op_config(), math.inf)[:3]
-    assert torch.equal(dense[0], sparse[0])
+    dense = kernels.neuron_scan(x, v0, i0, beta, alpha, th, spec.op_config(), record=True)
+    sparse = kernels.neuron_scan_sparse(x, v0, i0, beta, alpha, th, spec.op_config(), math.inf, record=True)[:4]
+    assert torch.equal(dense[0], sparse[0]) and torch.equal(dense[3], sparse[3])
     g = torch.Generator().manual_seed(1)
-    weights = [torch.randn(t.shape, generator=g) for t in dense[: 3 if i0 is not None else 2]]
+    weights = [torch.randn(t.shape, generator=g) if t.numel() else 0 for t in dense]
     ref = torch.autograd.grad(sum((o * w).sum() for o, w in zip(dense, weights)), inputs)
     got = torch.autograd.grad(sum((o * w).sum() for o, w in zip(sparse, weights)), inputs)
     for a, b in zip(got, ref):
@@ -177,3 +177,25 @@ def test_dense_readout_keeps_spike_input_packed():
     with SavedTensorMeter() as meter:
         narrow(x)
     assert meter.bytes < 20 * 6 * 32 * 4  # less than the readout's float input alone
+
+
+@pytest.mark.parametrize("kind", ["lif", "cuba_lif"])
+@pytest.mark.parametrize("record", [False, True])
+def test_input_discarding_reset_with_infinite_band_is_detached_bptt(kind, record):
+    """snnTorch Synaptic's reset (``h_t = (beta h_{t-1} + in_t)(1 - r_t)``, next step): the
+    sparse op with band = inf equals autograd through the eager step with detached reset."""
+    spec, x, v0, i0, beta, alpha, th = make(kind, "zero", "next", True, T=9)
+    spec = NeuronSpec(**{**spec.__dict__, "reset_discards_input": True, "v_reset": 0.0})
+    beta, alpha, th = (None if t is None else t.detach() for t in (beta, alpha, th))
+    inputs = [t for t in (x, v0, i0) if t is not None]
+    ref = eager(x, v0, i0, beta, alpha, th, spec)
+    got = kernels.neuron_scan_sparse(x, v0, i0, beta, alpha, th, spec.op_config(), math.inf, record=record)[:4]
+    assert torch.equal(ref[0], got[0]) and (not record or torch.equal(ref[3], got[3]))
+    g = torch.Generator().manual_seed(2)
+    weights = [torch.randn(t.shape, generator=g) if t is not None else 0 for t in ref]
+    if not record:
+        weights[3] = 0
+    grads = [torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, weights) if o is not None and o.numel()),
+                                 inputs) for outs in (ref, got)]
+    for a, b in zip(grads[1], grads[0]):
+        close(a, b)

@@ -43,11 +43,13 @@ def spiking_synapse(x, weight, bias, v0, beta, threshold, syn, stride, padding, 
     return out, v_T
 
 
-def neuron_scan_sparse(x, v0, i0, beta, alpha, threshold, cfg, band):
-    """Sparse-gradient scan: ``(out, v_T, i_T, active_indices)``."""
+def neuron_scan_sparse(x, v0, i0, beta, alpha, threshold, cfg, band, record=False):
+    """Sparse-gradient scan: ``(out, v_T, i_T, v_seq, active_indices)``; ``v_seq`` empty
+    unless ``record``."""
     save = _needs_save(x, v0, i0)
-    out, v_T, i_T, idx, _, _ = torch.ops.snnopt.neuron_scan_sparse(x, v0, i0, beta, alpha, threshold, cfg, band, save)
-    return out, v_T, i_T, idx
+    out, v_T, i_T, v_seq, idx, _, _ = torch.ops.snnopt.neuron_scan_sparse(x, v0, i0, beta, alpha, threshold, cfg,
+                                                                          band, save, record)
+    return out, v_T, i_T, v_seq, idx
 
 
 def spiking_synapse_sparse(x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band):
@@ -64,12 +66,14 @@ def binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups):
     return torch.ops.snnopt.binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups, save)
 
 
-def neuron_rate_stats(x, v0, i0, beta, alpha, threshold, cfg):
-    """Spike pass of rate mode: ``(out, v_T, i_T, rate, eligibility)``."""
+def neuron_rate_stats(x, v0, i0, beta, alpha, threshold, cfg, record=False):
+    """Spike pass of rate mode: ``(out, v_T, i_T, v_seq, rate, eligibility, v_bar, e_v)``;
+    ``v_seq``, ``v_bar``, ``e_v`` (recorded membrane, its time average and eligibility) are
+    empty unless ``record``."""
     c = Config(cfg)
     if c.generic:  # its eligibility comes from autograd, unavailable inside the op
-        return _generic_rate_stats(x, v0, i0, beta, alpha, threshold, c)
-    return torch.ops.snnopt.neuron_rate_stats(x, v0, i0, beta, alpha, threshold, cfg)
+        return _generic_rate_stats(x, v0, i0, beta, alpha, threshold, c, record)
+    return torch.ops.snnopt.neuron_rate_stats(x, v0, i0, beta, alpha, threshold, cfg, record)
 
 
 def rate_batch_norm(x, mean, var, weight, bias, eps):

@@ -10,14 +10,15 @@ op                              returns
 neuron_scan                     out, v_T, i_T, v_seq, h, i_seq  (dense; v_seq if ``record``,
                                 h/i_seq kept for backward if ``save``)
 neuron_scan_backward            gx, gv0, gi0, gbeta, galpha, gthreshold  (empty if not needed)
-neuron_scan_sparse              out, v_T, i_T, idx, sg, gates  (active set: int32 indices, f';
-                                reset gates bit-packed)
+neuron_scan_sparse              out, v_T, i_T, v_seq, idx, sg, gates  (active set: int32
+                                indices, f'; reset gates bit-packed)
 neuron_scan_sparse_backward     gx, gv0, gi0
 spiking_synapse_sparse          out, v_T, idx, sg, gates, x_packed  (fused Linear/Conv2d + neuron)
 spiking_synapse_sparse_backward gx, gweight, gbias, gv0
 binary_synapse                  out, x_packed             (Linear/Conv2d keeping its spike input packed)
 binary_synapse_backward         gx, gweight, gbias
-neuron_rate_stats               out, v_T, i_T, rate, eligibility  (spike pass of rate mode)
+neuron_rate_stats               out, v_T, i_T, v_seq, rate, eligibility, v_bar, e_v
+                                (spike pass of rate mode; the last two for a recorded membrane)
 rate_batch_norm                 y                         (RateBN)
 ==============================  ==============================================================
 """
@@ -112,9 +113,9 @@ neuron_scan.register_autograd(_scan_backward, setup_context=_scan_setup)
 
 @torch.library.custom_op(f"{LIB}::neuron_scan_sparse", mutates_args=())
 def neuron_scan_sparse(x: Tensor, v0: Tensor | None, i0: Tensor | None, beta: Tensor | None, alpha: Tensor | None,
-                       threshold: Tensor | None, cfg: list[float], band: float,
-                       save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return ref_sparse.scan_forward_sparse(x, v0, i0, beta, alpha, threshold, Config(cfg), band, save)
+                       threshold: Tensor | None, cfg: list[float], band: float, save: bool,
+                       record: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return ref_sparse.scan_forward_sparse(x, v0, i0, beta, alpha, threshold, Config(cfg), band, save, record)
 
 
 def _fake_saved(x, save, cfg):
@@ -127,42 +128,44 @@ def _fake_saved(x, save, cfg):
 
 
 @neuron_scan_sparse.register_fake
-def _(x, v0, i0, beta, alpha, threshold, cfg, band, save):
+def _(x, v0, i0, beta, alpha, threshold, cfg, band, save, record):
     i_T = torch.empty_like(x[0]) if Config(cfg).has_current else x.new_empty(0)
-    return (torch.empty_like(x), torch.empty_like(x[0]), i_T) + _fake_saved(x, save, cfg)
+    v_seq = torch.empty_like(x) if record else x.new_empty(0)
+    return (torch.empty_like(x), torch.empty_like(x[0]), i_T, v_seq) + _fake_saved(x, save, cfg)
 
 
 @torch.library.custom_op(f"{LIB}::neuron_scan_sparse_backward", mutates_args=())
-def neuron_scan_sparse_backward(g_out: Tensor, g_v: Tensor, g_i: Tensor, idx: Tensor, sg: Tensor, gates: Tensor,
-                                beta: Tensor | None, alpha: Tensor | None, cfg: list[float], shape: list[int],
-                                needs: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
-    grads = ref_sparse.neuron_sparse_backward(g_out, g_v, _opt(g_i), idx, sg, gates, beta, alpha, Config(cfg), shape,
-                                              needs)
+def neuron_scan_sparse_backward(g_out: Tensor, g_v: Tensor, g_i: Tensor, g_vseq: Tensor, idx: Tensor, sg: Tensor,
+                                gates: Tensor, beta: Tensor | None, alpha: Tensor | None, cfg: list[float],
+                                shape: list[int], needs: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    grads = ref_sparse.neuron_sparse_backward(g_out, g_v, _opt(g_i), _opt(g_vseq), idx, sg, gates, beta, alpha,
+                                              Config(cfg), shape, needs)
     return tuple(g_out.new_empty(0) if g is None else g.contiguous() for g in grads)
 
 
 @neuron_scan_sparse_backward.register_fake
-def _(g_out, g_v, g_i, idx, sg, gates, beta, alpha, cfg, shape, needs):
+def _(g_out, g_v, g_i, g_vseq, idx, sg, gates, beta, alpha, cfg, shape, needs):
     return (g_out.new_empty(shape) if needs[0] else g_out.new_empty(0),
             g_out.new_empty(shape[1:]) if needs[1] else g_out.new_empty(0),
             g_out.new_empty(shape[1:]) if needs[2] else g_out.new_empty(0))
 
 
 def _sparse_setup(ctx, inputs, output):
-    x, v0, i0, beta, alpha, threshold, cfg, band, save = inputs
+    x, v0, i0, beta, alpha, threshold, cfg, band, save, record = inputs
     ctx.cfg, ctx.shape = cfg, list(x.shape)
-    ctx.save_for_backward(output[3], output[4], output[5], beta, alpha)
+    ctx.save_for_backward(output[4], output[5], output[6], beta, alpha)
 
 
-def _sparse_backward(ctx, g_out, g_v, g_i, _gidx, _gsg, _ggates):
+def _sparse_backward(ctx, g_out, g_v, g_i, g_vseq, _gidx, _gsg, _ggates):
     idx, sg, gates, beta, alpha = ctx.saved_tensors
     needs = [bool(ctx.needs_input_grad[i]) for i in range(3)]
     g_out = sg.new_zeros(ctx.shape) if g_out is None else g_out
     g_v = sg.new_zeros(ctx.shape[1:]) if g_v is None else g_v
     g_i = sg.new_empty(0) if g_i is None or not Config(ctx.cfg).has_current else g_i
-    grads = torch.ops.snnopt.neuron_scan_sparse_backward(g_out, g_v, g_i, idx, sg, gates, beta, alpha, ctx.cfg,
-                                                         ctx.shape, needs)
-    return tuple(g if n else None for g, n in zip(grads, needs)) + (None,) * 6
+    g_vseq = sg.new_empty(0) if g_vseq is None or g_vseq.numel() == 0 else g_vseq
+    grads = torch.ops.snnopt.neuron_scan_sparse_backward(g_out, g_v, g_i, g_vseq, idx, sg, gates, beta, alpha,
+                                                         ctx.cfg, ctx.shape, needs)
+    return tuple(g if n else None for g, n in zip(grads, needs)) + (None,) * 7
 
 
 neuron_scan_sparse.register_autograd(_sparse_backward, setup_context=_sparse_setup)
@@ -174,8 +177,8 @@ def spiking_synapse_sparse(x: Tensor, weight: Tensor, bias: Tensor | None, v0: T
                            dilation: list[int], groups: int, cfg: list[float], band: float,
                            save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     current = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
-    out, v_T, _, idx, sg, gates = ref_sparse.scan_forward_sparse(current, v0, None, beta, None, threshold, Config(cfg),
-                                                                 band, save)
+    out, v_T, _, _, idx, sg, gates = ref_sparse.scan_forward_sparse(current, v0, None, beta, None, threshold,
+                                                                    Config(cfg), band, save)
     return out, v_T, idx, sg, gates, (_pack_input(x) if save else x.new_empty(0, dtype=torch.uint8))
 
 
@@ -199,7 +202,7 @@ def spiking_synapse_sparse_backward(g_out: Tensor, g_v: Tensor, idx: Tensor, sg:
     need_x, need_w, need_b, need_v0 = needs
     c = Config(cfg)
     delta, gv0 = ref_sparse.delta_scan(g_out, g_v, idx, sg, gates, beta, c, list(g_out.shape))
-    g_current, _ = ref_sparse.current_backward(delta, None, None, c, False)
+    g_current, _ = ref_sparse.current_backward(ref_sparse.input_gate(delta, gates, c), None, None, c, False)
     x = _unpack_input(x_packed, x_shape, g_out.dtype)
     dX, dW, db = ref_sparse.synapse_backward(g_current, x, weight, syn, stride, padding, dilation, groups,
                                              (need_x, need_w, need_b))
@@ -301,15 +304,20 @@ def _unpack_input(packed: Tensor, shape: list[int], dtype) -> Tensor:
 
 @torch.library.custom_op(f"{LIB}::neuron_rate_stats", mutates_args=())
 def neuron_rate_stats(x: Tensor, v0: Tensor | None, i0: Tensor | None, beta: Tensor | None, alpha: Tensor | None,
-                      threshold: Tensor | None, cfg: list[float]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return ref_dense.rate_stats(x, v0, i0, beta, alpha, threshold, Config(cfg))
+                      threshold: Tensor | None, cfg: list[float],
+                      record: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return ref_dense.rate_stats(x, v0, i0, beta, alpha, threshold, Config(cfg), record)
 
 
 @neuron_rate_stats.register_fake
-def _(x, v0, i0, beta, alpha, threshold, cfg):
+def _(x, v0, i0, beta, alpha, threshold, cfg, record):
     cuba = Config(cfg).has_current
-    return (torch.empty_like(x), torch.empty_like(x[0]), torch.empty_like(x[0]) if cuba else x.new_empty(0),
-            torch.empty_like(x[0]), torch.empty_like(x[0]))
+    step = torch.empty_like(x[0])
+
+    def maybe(flag, t):
+        return torch.empty_like(t) if flag else x.new_empty(0)
+    return (torch.empty_like(x), step, maybe(cuba, step), maybe(record, x), torch.empty_like(step),
+            torch.empty_like(step), maybe(record, step), maybe(record, step))
 
 
 @torch.library.custom_op(f"{LIB}::rate_batch_norm", mutates_args=())

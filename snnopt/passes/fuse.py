@@ -4,8 +4,8 @@
     neuron_scan(unflatten(conv2d(flatten(S, 0, 1))))    -> spiking_synapse(S, W, b, ..., syn=1)
 
 Only where the region can later run sparse: a ``lif``/``if`` neuron (no synaptic current)
-with closed-form dynamics, no learnable neuron parameter, no recorded membrane, and a
-synapse whose output feeds nothing else.  Regions let the sparse backward keep the input spikes bit-packed
+with closed-form dynamics, no learnable neuron parameter and no recorded membrane, and
+a synapse whose output feeds nothing else.  Regions let the sparse backward keep the input spikes bit-packed
 and visit only the active set for ``dW``.
 
 A synapse left unfused whose input ``S`` is the spike output of a neuron becomes
@@ -30,14 +30,15 @@ def sparse_ineligibility(spec, node: fx.Node) -> str | None:
     """Why a scan node cannot use the sparse op (None when it can)."""
     if not spec.spiking:
         return f"{spec.kind} neurons do not spike (a readout's gradient is dense)"
-    if spec.config.generic:
-        return f"reset timing {spec.reset_timing!r}" + (" with an input-discarding reset" if spec.reset_discards_input
-                                                         else "") + " has no closed-form sparse backward"
+    if spec.reset_timing == "same_pending":
+        return "reset timing 'same_pending' has no closed-form sparse backward"
     if spec.learnable:
         return "learnable " + "/".join(sorted(spec.learnable)) + " need the full membrane trace"
-    if node.target is kernels.neuron_scan and len(node.args) > 7 and node.args[7]:
-        return "its membrane sequence is recorded"
     return None
+
+
+def records_membrane(node: fx.Node) -> bool:
+    return node.target is kernels.neuron_scan and len(node.args) > 7 and bool(node.args[7])
 
 
 def _single_user(node: fx.Node, user: fx.Node) -> bool:
@@ -85,7 +86,7 @@ def fuse_synapses(gm: fx.GraphModule) -> PassResult:
         if not (scan.op == "call_function" and scan.target is kernels.neuron_scan):
             continue
         spec = scan.meta["snn"]
-        if sparse_ineligibility(spec, scan) is not None or spec.has_current:
+        if sparse_ineligibility(spec, scan) is not None or spec.has_current or records_membrane(scan):
             continue
         match = _synapse_of(gm, scan.args[0])
         if match is None or not _single_user(scan.args[0], scan):

@@ -7,11 +7,13 @@
             (active set and spikes tagged ``snn_aux = "active:<key>"``, ``"spikes:<key>"``;
             ineligible neurons stay dense)
     rate    neuron_scan -> neuron_rate_stats (rate and eligibility tagged as aux
-            ``rate:<key>``, ``elig:<key>``); each BatchNorm in training mode gets its
+            ``rate:<key>``, ``elig:<key>``, and for a recorded membrane its time average
+            and eligibility ``vbar:<key>``, ``eligv:<key>``); each BatchNorm in training mode gets its
             input's batch ``(var, mean)`` tagged ``bn:<key>``
 
-``lower_rate_pass`` rewrites the graph traced at T = 1 into the rate pass: each scan
-becomes ``rate_neuron(x, r, e)`` and each training BatchNorm ``rate_batch_norm`` with the
+``lower_rate_pass`` rewrites the graph traced at T = 1 into the rate pass: state writes
+and resets go (the spike pass did them), each scan becomes ``rate_neuron(x, r, e)``
+(and its recorded membrane ``rate_neuron(x, v_bar, e_v)``) and each training BatchNorm ``rate_batch_norm`` with the
 spike-pass statistics, all fed through new placeholders; sums over the time axis are
 scaled by the true T.  ``expose_aux`` makes the graph return ``(output, {aux})``.
 
@@ -116,9 +118,10 @@ def _lower_sparse(gm, b: Builder, band: float):
                     kind = "info" if not n.meta["snn"].spiking else "warning"  # a readout is dense by nature
                     notes.append(Note(kind, n.name, f"`{n.meta['snn_module']}` kept dense in sparse mode: {reason}"))
                 continue
+            record = len(n.args) > 7 and bool(n.args[7])
             with gm.graph.inserting_before(n):
-                new = b.call(kernels.neuron_scan_sparse, (*n.args[:7], band), from_=[n])
-            active = 3
+                new = b.call(kernels.neuron_scan_sparse, (*n.args[:7], band, record), from_=[n])
+            active = 4
         else:
             continue
         _swap(b, n, new, {active: f"active:{keys[n]}", 0: f"spikes:{keys[n]}"})
@@ -154,9 +157,13 @@ def _lower_rate_stats(gm, b: Builder):
         if spec.learnable:
             notes.append(Note("warning", n.name, f"`{n.meta['snn_module']}`: learnable "
                                                  f"{'/'.join(sorted(spec.learnable))} get no gradient in rate mode"))
+        record = len(n.args) > 7 and bool(n.args[7])
         with gm.graph.inserting_before(n):
-            new = b.call(kernels.neuron_rate_stats, tuple(n.args[:7]), from_=[n])
-        _swap(b, n, new, {4: f"elig:{key}", 3: f"rate:{key}"})
+            new = b.call(kernels.neuron_rate_stats, (*n.args[:7], record), from_=[n])
+        aux = {4: f"rate:{key}", 5: f"elig:{key}"}
+        if record:
+            aux.update({6: f"vbar:{key}", 7: f"eligv:{key}"})
+        _swap(b, n, new, aux)
         notes.append(Note("rewritten", new.name, f"`{new.meta['snn_module']}` -> rate spike pass (r, e)"))
         modified = True
     for n, m, key in list(_bn_nodes(gm)):
@@ -186,13 +193,19 @@ def expose_aux(gm: fx.GraphModule) -> PassResult:
     return PassResult(gm, True)
 
 
-def lower_rate_pass(keys_T: set[str]):
-    """The pass for the T = 1 graph (see the module docstring)."""
+def lower_rate_pass(keys_T: set[str], recorded_T: frozenset = frozenset()):
+    """The pass for the T = 1 graph (see the module docstring).  ``keys_T``: the neuron keys
+    of the full graph; ``recorded_T``: those whose membrane sequence it records.  At T = 1
+    a recorded membrane is often the final state itself (a one-step loop does not reroll),
+    so for those neurons a use of the final state stands for the membrane sequence."""
 
     def lower_rate(gm: fx.GraphModule) -> PassResult:
         b = Builder(gm, "lower_rate_pass")
         if any(n.target is kernels.rate_neuron for n in gm.graph.nodes):
             return PassResult(gm, False)
+        for n in list(gm.graph.nodes):  # the spike pass has kept and reset the modules' state already
+            if n.meta.get("snn_side_effect"):
+                gm.graph.erase_node(n)
         gm.graph.eliminate_dead_code()
         keys = neuron_keys(gm.graph)
         if set(keys.values()) != keys_T:
@@ -210,18 +223,24 @@ def lower_rate_pass(keys_T: set[str]):
 
         for n, key in keys.items():
             users = {u.args[1]: u for u in n.users if u.target is operator.getitem}
-            if set(users) - {0} or len(users) != len(n.users):
-                raise RateUnsupported(f"`{n.meta['snn_module']}`'s final state or membrane sequence is used")
+            membrane = {3, 1} if key in recorded_T else {3}
+            if set(users) - {0} - membrane or len(users) != len(n.users):
+                raise RateUnsupported(f"`{n.meta['snn_module']}`'s final state is used")
             safe = key.replace(".", "_").replace("#", "_")
             state = torch.zeros(n.args[0].meta["val"].shape[1:])
-            r = placeholder(f"rate_{safe}", f"rate:{key}", state)
-            e = placeholder(f"elig_{safe}", f"elig:{key}", state)
-            with gm.graph.inserting_before(n):
-                rn = b.call(kernels.rate_neuron, (n.args[0], r, e), from_=[n])
-            rn.meta.update({k: v for k, v in n.meta.items() if k.startswith("snn")})
-            if 0 in users:
-                users[0].replace_all_uses_with(rn)
-                gm.graph.erase_node(users[0])
+            stats = {}
+            for index, (value, elig) in ((0, ("rate", "elig")), (3, ("vbar", "eligv")), (1, ("vbar", "eligv"))):
+                if index not in users:
+                    continue
+                if value not in stats:
+                    stats[value] = (placeholder(f"{value}_{safe}", f"{value}:{key}", state),
+                                    placeholder(f"{elig}_{safe}", f"{elig}:{key}", state))
+                with gm.graph.inserting_before(n):
+                    x = n.args[0] if index != 1 else b.call(operator.getitem, (n.args[0], 0), from_=[n])
+                    rn = b.call(kernels.rate_neuron, (x, *stats[value]), from_=[n])
+                rn.meta.update({k: v for k, v in n.meta.items() if k.startswith("snn")})
+                users[index].replace_all_uses_with(rn)
+                gm.graph.erase_node(users[index])
             gm.graph.erase_node(n)
         for n, m, key in list(_bn_nodes(gm)):
             safe = key.replace(".", "_").replace("#", "_")

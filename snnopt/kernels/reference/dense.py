@@ -77,17 +77,25 @@ def next_charge(v, b, c, inp, theta, cfg: Config):
     return b * (v * (1 - s_prev) + cfg.v_reset * s_prev) + c + inp
 
 
+def state_derivative(h, theta, cfg: Config):
+    """``dv_t/dh_t``: the carried state's derivative w.r.t. the membrane (the surrogate
+    stands in for dH); 1 unless the state is reset in the same step."""
+    if not cfg.spiking or cfg.reset == "none" or cfg.timing != "same":
+        return torch.ones_like(h)
+    u = h - theta
+    sp = surrogate_grad(u, cfg.sg_code, cfg.sg_param) if not cfg.detach else 0.0
+    if cfg.reset == "subtract":
+        return 1 - theta * sp
+    return (1 - heaviside(u, cfg.fire_ge)) + (cfg.v_reset - h) * sp
+
+
 def state_jacobian(h, b, theta, cfg: Config):
     """``J = dh_{t+1}/dh_t`` along the state path (the surrogate stands in for dH)."""
-    if not cfg.spiking or cfg.reset == "none":
-        return b * torch.ones_like(h)
+    if not cfg.spiking or cfg.reset == "none" or cfg.timing == "same":
+        return b * state_derivative(h, theta, cfg)
     u = h - theta
     s = heaviside(u, cfg.fire_ge)
     sp = surrogate_grad(u, cfg.sg_code, cfg.sg_param) if not cfg.detach else 0.0
-    if cfg.timing == "same":
-        if cfg.reset == "subtract":
-            return b * (1 - theta * sp)
-        return b * ((1 - s) + (cfg.v_reset - h) * sp)
     if cfg.reset == "subtract":
         return b - theta * sp
     return b * (1 - s) - b * (h - cfg.v_reset) * sp
@@ -234,20 +242,23 @@ def scan_backward(g_out, g_v, g_i, g_vseq, h, iseq, v0, i0, beta, alpha, theta, 
             reduce(gth, theta) if need_th else None)
 
 
-def rate_stats(x, v0, i0, beta, alpha, theta, cfg: Config):
-    """Spike pass of rate-based backprop: ``(out, v_T, i_T, r, e)`` with
+def rate_stats(x, v0, i0, beta, alpha, theta, cfg: Config, record: bool = False):
+    """Spike pass of rate-based backprop: ``(out, v_T, i_T, v_seq, r, e, v_bar, e_v)`` with
     ``r = mean_t out_t`` and eligibility ``e = mean_t kappa_t f'_t`` (``mean_t kappa_t``
-    for ``li``), where ``kappa_t = sum_k dh_t/dx_k`` obeys
+    for non-spiking kinds), where ``kappa_t = sum_k dh_t/dx_k`` obeys
     ``kappa_t = scale * c_t + J_{t-1} kappa_{t-1}`` (``c_t = 1 + alpha c_{t-1}`` for
-    current kinds, else 1).  So ``e = sum_k dr/dx_k`` under surrogate BPTT."""
+    current kinds, else 1).  So ``e = sum_k dr/dx_k`` under surrogate BPTT.  With
+    ``record`` the membrane sequence ``v_seq`` is returned with its time average
+    ``v_bar`` and ``e_v = mean_t (dv_t/dh_t) kappa_t = sum_k dv_bar/dx_k`` (else empty)."""
     if cfg.generic:
-        return generic.rate_stats(x, v0, i0, beta, alpha, theta, cfg)
-    out, v_T, i_T, _, h, _ = scan_forward(x, v0, i0, beta, alpha, theta, cfg, save=True)
+        return generic.rate_stats(x, v0, i0, beta, alpha, theta, cfg, record)
+    out, v_T, i_T, v_seq, h, _ = scan_forward(x, v0, i0, beta, alpha, theta, cfg, save=True, record=record)
     T = x.shape[0]
     b = _beta(beta, cfg)
     kappa = torch.zeros_like(x[0])
     cur_k = torch.zeros_like(x[0])
     e = torch.zeros_like(x[0])
+    e_v = torch.zeros_like(x[0]) if record else x.new_empty(0)
     for t in range(T):
         cur_k = (1 + alpha * cur_k) if cfg.has_current else torch.ones_like(cur_k)
         if t == 0:
@@ -258,5 +269,7 @@ def rate_stats(x, v0, i0, beta, alpha, theta, cfg: Config):
             e += kappa * surrogate_grad(h[t] - theta, cfg.sg_code, cfg.sg_param)
         else:
             e += kappa
-    return out, v_T, i_T, out.mean(0), e / T
-
+        if record:
+            e_v += state_derivative(h[t], theta, cfg) * kappa
+    v_bar = v_seq.mean(0) if record else x.new_empty(0)
+    return out, v_T, i_T, v_seq, out.mean(0), e / T, v_bar, (e_v / T if record else e_v)

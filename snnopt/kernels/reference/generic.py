@@ -84,13 +84,21 @@ def scan_backward(g_out, g_v, g_i, g_vseq, x, v0, i0, beta, alpha, theta, cfg: C
     return tuple(result)
 
 
-def rate_stats(x, v0, i0, beta, alpha, theta, cfg: Config):
-    """``(out, v_T, i_T, r, e)`` as in :func:`snnopt.kernels.reference.dense.rate_stats`."""
+def rate_stats(x, v0, i0, beta, alpha, theta, cfg: Config, record: bool = False):
+    """``(out, v_T, i_T, v_seq, r, e, v_bar, e_v)`` as in
+    :func:`snnopt.kernels.reference.dense.rate_stats`."""
     xl = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        out, v, i, _ = _run(xl, v0, i0, beta, alpha, theta, cfg, record=False)
+        out, v, i, vseq = _run(xl, v0, i0, beta, alpha, theta, cfg, record=record)
         r = out.mean(0)
         _recorded(r)
-        (gx,) = torch.autograd.grad(r.sum(), xl, allow_unused=True)
+        (gx,) = torch.autograd.grad(r.sum(), xl, allow_unused=True, retain_graph=record)
+        if record:
+            v_bar = vseq.mean(0)
+            (gv,) = torch.autograd.grad(v_bar.sum(), xl, allow_unused=True)
     e = torch.zeros_like(x[0]) if gx is None else gx.sum(0)
-    return out.detach(), v.detach(), x.new_empty(0) if i is None else i.detach(), r.detach(), e
+    empty = x.new_empty(0)
+    extra = (vseq.detach(), v_bar.detach(), torch.zeros_like(x[0]) if gv is None else gv.sum(0)) if record \
+        else (empty, empty, empty)
+    return (out.detach(), v.detach(), empty if i is None else i.detach(), extra[0], r.detach(), e,
+            extra[1], extra[2])

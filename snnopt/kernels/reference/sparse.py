@@ -6,7 +6,8 @@ detached, so the state Jacobian is ``beta * m_t`` with ``m_t = 1`` for subtract 
 reset and ``m_t = 1 - q_t`` for a reset to a fixed value, ``q_t`` the reset gate: the
 spike ``s_t`` (same-step reset) or the pending reset ``r_t = H(h_{t-1} - theta)``
 (next-step reset, ``h_{-1} = v_0``).  With ``C`` the gradient of the carried state
-(``C = dL/dv_T`` before the last step):
+(``C = dL/dv_T`` before the last step, plus ``dL/dv_t`` at each step when the states
+are recorded):
 
     g[t]     = dL/ds[t] * f'(h[t] - theta) * 1[(t, b, j) in A]
     same:    delta[t] = g[t] + m_t C,   C <- beta delta[t]
@@ -14,7 +15,8 @@ spike ``s_t`` (same-step reset) or the pending reset ``r_t = H(h_{t-1} - theta)`
     dL/dv_0  = C after t = 0
 
 so ``delta[t] = dL/dh[t] = sum_{k >= t} beta^(k - t) g[k]`` up to the first reset to a
-fixed value in between.  The input gradient is ``scale * delta`` (lif, if), or, through a
+fixed value in between.  A next-step reset that discards the input (snnTorch Synaptic,
+``h_t = (beta h_{t-1} + in_t)(1 - r_t)``) gates the input gradient by ``1 - r_t`` too.  The input gradient is ``scale * delta`` (lif, if), or, through a
 synaptic current, the reverse current filter of :mod:`.dense`.  For a fused synapse
 ``I = syn(x)`` (Linear or Conv2d) the op also returns ``dW``/``db``/``dX`` from it.
 
@@ -79,19 +81,25 @@ def reset_gates(out, v0, theta, cfg: Config) -> torch.Tensor:
     return pack_bits(torch.cat([first.unsqueeze(0), out[:-1]]))
 
 
-def scan_forward_sparse(x, v0, i0, beta, alpha, theta, cfg: Config, band: float, save: bool):
-    """``(out, v_T, i_T, idx, sg, gates)``; ``idx``/``sg``/``gates`` empty unless ``save``
-    (``gates`` also unless :func:`gated`)."""
-    out, v_T, i_T, _, h, _ = scan_forward(x, v0, i0, beta, alpha, theta, cfg, save=save)
+def scan_forward_sparse(x, v0, i0, beta, alpha, theta, cfg: Config, band: float, save: bool, record: bool = False):
+    """``(out, v_T, i_T, v_seq, idx, sg, gates)``; ``v_seq`` (the state after every step)
+    empty unless ``record``, ``idx``/``sg``/``gates`` empty unless ``save`` (``gates`` also
+    unless :func:`gated`)."""
+    if cfg.generic:  # input-discarding reset: the state sequence is the membrane h
+        out, v_T, i_T, v_seq, _, _ = scan_forward(x, v0, i0, beta, alpha, theta, cfg, False, record or save)
+        h, v_seq = v_seq, (v_seq if record else x.new_empty(0))
+    else:
+        out, v_T, i_T, v_seq, h, _ = scan_forward(x, v0, i0, beta, alpha, theta, cfg, save=save, record=record)
     no_gates = x.new_empty(0, dtype=torch.uint8)
     if not save:
-        return out, v_T, i_T, x.new_empty(0, dtype=torch.int32), x.new_empty(0), no_gates
+        return out, v_T, i_T, v_seq, x.new_empty(0, dtype=torch.int32), x.new_empty(0), no_gates
     idx, sg = active_set(h, theta, cfg, band)
-    return out, v_T, i_T, idx, sg, (reset_gates(out, v0, theta, cfg) if gated(cfg) else no_gates)
+    return out, v_T, i_T, v_seq, idx, sg, (reset_gates(out, v0, theta, cfg) if gated(cfg) else no_gates)
 
 
-def delta_scan(g_out, g_v, idx, sg, gates, beta, cfg: Config, shape):
-    """``(delta, dL/dv_0)`` with ``delta = dL/dh`` by the reverse scan of the module docstring."""
+def delta_scan(g_out, g_v, idx, sg, gates, beta, cfg: Config, shape, g_vseq=None):
+    """``(delta, dL/dv_0)`` with ``delta = dL/dh`` by the reverse scan of the module docstring;
+    ``g_vseq``, the gradient of recorded states (dense), adds to ``C`` at every step."""
     g = torch.zeros(shape, dtype=sg.dtype, device=sg.device).reshape(-1)
     if g_out is not None and idx.numel():
         g[idx.long()] = g_out.reshape(-1)[idx.long()] * sg
@@ -102,9 +110,17 @@ def delta_scan(g_out, g_v, idx, sg, gates, beta, cfg: Config, shape):
     delta = torch.empty_like(g)
     carry = torch.zeros_like(g[0]) if g_v is None else g_v.expand_as(g[0])
     for t in range(shape[0] - 1, -1, -1):
+        if g_vseq is not None:
+            carry = carry + g_vseq[t]
         delta[t] = g[t] + (carry * keep[t] if keep is not None and same else carry)
         carry = b * delta[t] if keep is None or same else b * keep[t] * delta[t]
     return delta, carry
+
+
+def input_gate(delta, gates, cfg: Config):
+    """``dL/d in_t``: ``delta`` itself, or ``(1 - r_t) delta`` for an input-discarding reset
+    (``h_t = (beta h_{t-1} + in_t)(1 - r_t)``)."""
+    return delta * (1 - unpack_bits(gates, delta.shape, delta.dtype)) if cfg.discards_input else delta
 
 
 def current_backward(delta, g_i, alpha, cfg: Config, need_i0: bool):
@@ -127,10 +143,11 @@ def current_backward(delta, g_i, alpha, cfg: Config, need_i0: bool):
     return gx, (carry.clone() if need_i0 else None)
 
 
-def neuron_sparse_backward(g_out, g_v, g_i, idx, sg, gates, beta, alpha, cfg: Config, shape, needs):
+def neuron_sparse_backward(g_out, g_v, g_i, g_vseq, idx, sg, gates, beta, alpha, cfg: Config, shape, needs):
     """``(dL/dx, dL/dv_0, dL/di_0)``, None where ``needs`` (x, v0, i0) is False."""
     need_x, need_v0, need_i0 = needs
-    delta, gv0 = delta_scan(g_out, g_v, idx, sg, gates, beta, cfg, shape)
+    delta, gv0 = delta_scan(g_out, g_v, idx, sg, gates, beta, cfg, shape, g_vseq)
+    delta = input_gate(delta, gates, cfg)
     gx, gi0 = current_backward(delta, g_i, alpha, cfg, need_i0) if (need_x or need_i0) else (None, None)
     return (gx if need_x else None), (gv0 if need_v0 else None), gi0
 
