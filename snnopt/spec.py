@@ -36,9 +36,9 @@ firing the state is
     zero:      v_t = h_t - h_t * (s_t - r_t)
     none:      v_t = h_t
 
-``r_t`` never carries a gradient in ``"next"`` / ``"same_pending"`` when
-``detach_reset``; ``detach_reset`` stops the gradient through the ``s`` used in any
-reset.  The spike output always has the surrogate gradient ``ds/dh = f'(h - threshold)``.
+``r_t`` carries no gradient in ``"next"`` when ``detach_reset`` and never in
+``"same_pending"`` (there it only undoes a reset already applied); ``detach_reset`` stops
+the gradient through the ``s`` used in any reset.  The spike output always has the surrogate gradient ``ds/dh = f'(h - threshold)``.
 ``beta``/``alpha``/``threshold`` are floats when they are constant scalars and ``None``
 when they are tensors computed from the source module (per-neuron, learnable or
 derived, e.g. a clamped or sigmoid-parametrised decay); ``param_attrs`` maps each such

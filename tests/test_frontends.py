@@ -56,15 +56,16 @@ def check(model, x, rtol=1e-4):
 class SnnTorchMLP(nn.Module):
     """snnTorch tutorial 5: explicit membrane, a loop over steps, recorded spikes and membranes."""
 
-    def __init__(self, spike_grad, reset, synaptic=False, learn=True):
+    def __init__(self, spike_grad, reset, synaptic=False, learn=True, reset_delay=True):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(20, 32), nn.Linear(32, 5)
         with torch.no_grad():
             self.fc1.weight.mul_(3)
         self.synaptic = synaptic
-        self.lif1 = snn.Synaptic(alpha=0.7, beta=0.9, spike_grad=spike_grad, reset_mechanism=reset) if synaptic \
-            else snn.Leaky(beta=0.9, spike_grad=spike_grad, reset_mechanism=reset, learn_threshold=learn)
-        self.lif2 = snn.Leaky(beta=0.8, spike_grad=spike_grad, reset_mechanism=reset, learn_beta=learn)
+        kw = dict(spike_grad=spike_grad, reset_mechanism=reset, reset_delay=reset_delay)
+        self.lif1 = snn.Synaptic(alpha=0.7, beta=0.9, **kw) if synaptic \
+            else snn.Leaky(beta=0.9, learn_threshold=learn, **kw)
+        self.lif2 = snn.Leaky(beta=0.8, learn_beta=learn, **kw)
 
     def forward(self, x):
         if self.synaptic:
@@ -114,9 +115,10 @@ SNN_SURROGATES = [snn_sg.atan(), snn_sg.fast_sigmoid(slope=10)]
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
 @pytest.mark.parametrize("sg", range(len(SNN_SURROGATES)))
 @pytest.mark.parametrize("synaptic", [False, True])
-def test_snntorch_mlp(reset, sg, synaptic):
+@pytest.mark.parametrize("reset_delay", [True, False])
+def test_snntorch_mlp(reset, sg, synaptic, reset_delay):
     torch.manual_seed(sg)
-    check(SnnTorchMLP(SNN_SURROGATES[sg], reset, synaptic), spikes((12, 4, 20)))
+    check(SnnTorchMLP(SNN_SURROGATES[sg], reset, synaptic, reset_delay=reset_delay), spikes((12, 4, 20)))
 
 
 @pytest.mark.parametrize("reset", ["subtract", "zero"])

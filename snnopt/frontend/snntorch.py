@@ -13,9 +13,13 @@ from ``mem`` and detached:
     spk = H(mem - threshold)  with H(0) = 0
 
 That is ``reset_timing="next"``, ``detach_reset=True`` (and ``reset_discards_input`` for
-Synaptic's zero reset).  ``reset_delay=False`` (reset in the same call by ``spk - r``)
-has the forward of ``reset_timing="same_pending"``, but its gradient through the state
-differs from that model's autograd, so such neurons stay eager until it is pinned down.
+Synaptic's zero reset).  ``reset_delay=False`` also resets in the same call, by
+``spk - r`` with the spike *not* detached:
+
+    subtract  mem = mem - (spk - r) * threshold
+    zero      mem = mem - (spk - r) * mem
+
+which is ``reset_timing="same_pending"`` with ``detach_reset=False`` (``r`` stays detached).
 The clamps are part of the graph, so learnable beta / alpha get snnTorch's gradient.
 
 A neuron called without ``mem`` continues from the state it keeps (``init_hidden``
@@ -85,9 +89,6 @@ def to_spec(m: SpikingNeuron) -> NeuronSpec:
     g = m.graded_spikes_factor
     if isinstance(g, torch.nn.Parameter) or g.numel() != 1 or float(g) != 1.0:
         raise UnsupportedNeuron("graded_spikes_factor other than a constant 1 scales the spikes")
-    if not m.reset_delay:
-        raise UnsupportedNeuron("reset_delay=False: the forward is reproduced but not yet its gradient through the "
-                                "state, so it runs eagerly (exact, uncompiled)")
     synaptic = isinstance(m, snntorch.Synaptic)
     reset = m.reset_mechanism
     attrs = [("beta", _clamped("beta")), ("threshold", "threshold")]
@@ -98,7 +99,8 @@ def to_spec(m: SpikingNeuron) -> NeuronSpec:
     alpha = _scalar(m, "alpha", True) if synaptic else None
     values = {"beta": beta, "alpha": alpha, "threshold": threshold}
     return NeuronSpec(kind="cuba_lif" if synaptic else "lif", beta=beta, alpha=alpha, threshold=threshold,
-                      reset=reset, reset_timing="next", detach_reset=True, reset_discards_input=synaptic and reset == "zero",
+                      reset=reset, reset_timing="next" if m.reset_delay else "same_pending",
+                      detach_reset=bool(m.reset_delay), reset_discards_input=synaptic and reset == "zero",
                       fire=">", surrogate=surrogate_of(m.spike_grad), learnable=frozenset(learnable),
                       param_attrs=tuple((n, a) for n, a in attrs if values[n] is None))
 

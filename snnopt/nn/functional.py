@@ -59,7 +59,7 @@ def neuron_step(x: torch.Tensor, v: torch.Tensor | None, i: torch.Tensor | None,
         h = leak(v) + inp
         return spike(h - threshold), h, i
     r = spike(v - threshold)
-    if cfg.detach:
+    if cfg.detach or cfg.timing == "same_pending":
         r = r.detach()
     if cfg.reset == "subtract":
         h = leak(v) + inp - threshold * r
