@@ -200,6 +200,27 @@ class SJConv(nn.Module):
         return torch.stack([self.net(x[t]) for t in range(x.shape[0])])
 
 
+class SJConvMultiStep(nn.Module):
+    """SpikingJelly's multi-step conv tutorial: ``layer.*`` wrappers (or ``SeqToANNContainer``)
+    with BatchNorm, max-pool and dropout, switched to ``step_mode="m"`` by ``set_step_mode``."""
+
+    def __init__(self, sg, v_reset, container=False):
+        super().__init__()
+        conv = [sj_layer.SeqToANNContainer(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))] if container else \
+            [sj_layer.Conv2d(1, 4, 3), sj_layer.BatchNorm2d(4)]
+        self.net = nn.Sequential(*conv, sj_neuron.LIFNode(tau=2.0, v_reset=v_reset, surrogate_function=sg),
+                                 sj_layer.MaxPool2d(2), sj_layer.Flatten(), sj_layer.Dropout(0.3),
+                                 sj_layer.Linear(4 * 6 * 6, 5),
+                                 sj_neuron.LIFNode(tau=2.0, v_reset=v_reset, surrogate_function=sg))
+        sj_functional.set_step_mode(self.net, "m")
+        with torch.no_grad():
+            self.net[-2].weight.mul_(6)
+
+    def forward(self, x):
+        sj_functional.reset_net(self.net)
+        return self.net(x)
+
+
 SJ_SURROGATES = [sj_sg.Sigmoid(alpha=4.0), sj_sg.ATan(alpha=2.0)]
 
 
@@ -219,6 +240,34 @@ def test_spikingjelly_conv(v_reset, sg):
     torch.manual_seed(20 + sg)
     compiled = check(SJConv(SJ_SURROGATES[sg], v_reset).double(), spikes((8, 3, 1, 14, 14), dtype=torch.float64))
     assert sum(n.detail.endswith("one multi-step scan") for n in compiled.report.rewritten) == 2
+
+
+@pytest.mark.parametrize("v_reset", [None, 0.0])
+@pytest.mark.parametrize("container", [False, True])
+def test_spikingjelly_multistep_conv_in_training_mode(v_reset, container):
+    """Training mode: dropout draws the same mask (same seed), BatchNorm normalises with the
+    same batch statistics and updates its running statistics identically."""
+    torch.manual_seed(30)
+    model = SJConvMultiStep(SJ_SURROGATES[1], v_reset, container).double()
+    twin = SJConvMultiStep(SJ_SURROGATES[1], v_reset, container).double()
+    twin.load_state_dict(model.state_dict())
+    x = spikes((8, 3, 1, 14, 14), dtype=torch.float64)
+    compiled = snnopt.compile(twin, example_inputs=(x,))
+    assert not compiled.report.eager, str(compiled.report)
+    torch.manual_seed(7)
+    ref = model(x)
+    torch.manual_seed(7)
+    got = compiled(x)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+    assert 0 < float(ref.detach().mean()) < 1
+    w = torch.randn(ref.shape, dtype=ref.dtype)
+    gr = torch.autograd.grad((ref * w).sum(), list(model.parameters()))
+    gc = torch.autograd.grad((got * w).sum(), list(twin.parameters()))
+    for (name, p), a, b in zip(model.named_parameters(), gc, gr):
+        scale = float(b.abs().max()) if "0.bias" not in name and "0.0.bias" not in name else 1.0  # bias before BN: 0
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * scale + 1e-12)
+    for a, b in zip(twin.buffers(), model.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- Norse

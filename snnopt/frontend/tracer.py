@@ -86,16 +86,32 @@ class ShapedProxy(fx.Proxy):
 
 
 @contextlib.contextmanager
+def preserved_buffers(root: nn.Module):
+    """Undo in-place updates of ``root``'s buffers (BatchNorm's running statistics and
+    batch count change even when a module only runs to propagate shapes)."""
+    with unset_fake_temporarily():
+        values = [(b, b.detach().clone()) for b in root.buffers() if b.numel()]
+    try:
+        yield
+    finally:
+        with unset_fake_temporarily(), torch.no_grad():
+            for b, value in values:
+                b.copy_(value)
+
+
+@contextlib.contextmanager
 def preserved_state(root: nn.Module):
-    """Undo what running ``root`` writes into its modules (snnTorch and SpikingJelly
-    neurons keep their membrane on the module)."""
+    """Undo what running ``root`` writes into its modules: attributes and buffers it
+    replaces (snnTorch and SpikingJelly neurons keep their membrane on the module) and
+    buffers it updates in place."""
     saved = []
     for m in root.modules():
         dicts = [m.__dict__] + [d for d in (m.__dict__.get("_buffers"), m.__dict__.get("_memories"))
                                 if isinstance(d, dict)]
         saved.append([(d, dict(d)) for d in dicts])
     try:
-        yield
+        with preserved_buffers(root):
+            yield
     finally:
         for entries in saved:
             for d, copy in entries:
@@ -233,7 +249,7 @@ def trace(model: nn.Module, example_inputs) -> tuple[fx.GraphModule, bool]:
     load_adapters(model)  # before tracing: their state resets must be recorded
     tracer = SNNTracer(example_inputs)
     try:
-        with _recording_state_resets(tracer):
+        with _recording_state_resets(tracer), preserved_buffers(model):
             graph = tracer.trace(model)
     except ValueError:
         raise
