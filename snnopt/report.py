@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -77,9 +78,10 @@ class CompileReport:
             step = f"  [per-step x{e.per_step}]" if e.per_step else ""
             lines.append(f"    {name:<18} {e.op:<32} {str(list(e.shape)):<16} {e.spec}{extra}{step}")
         for title, items in (("stayed eager", self.eager), ("warnings", self.warnings)):
-            if items:
-                lines.append(f"  {title} ({len(items)}):")
-                lines += [f"    - {n.detail}" for n in items]
+            counts = Counter(n.detail for n in items)  # a module called once per step: one line
+            if counts:
+                lines.append(f"  {title} ({len(counts)}):")
+                lines += [f"    - {detail}" + (f" (x{k})" if k > 1 else "") for detail, k in counts.items()]
         if self.passes:
             lines.append("  passes: " + " -> ".join(f"{p['pass']}({p['nodes_before']}->{p['nodes_after']})"
                                                     for p in self.passes))

@@ -427,3 +427,30 @@ def test_unsupported_foreign_neuron_is_reported_and_runs():
     text = str(compiled.report)
     assert "Lapicque" in text and "register_neuron" in text
     torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_recurrent_snntorch_neuron_stays_eager_with_one_report_entry():
+    """RLeaky (recurrent weight inside the step) is never rewritten: one report line names it
+    however many steps call it, and the compiled model returns the original's values."""
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(20, 8)
+            self.rlif = snn.RLeaky(beta=0.9, linear_features=8)
+
+        def forward(self, x):
+            spk, mem = self.rlif.init_rleaky()
+            out = []
+            for t in range(x.shape[0]):
+                spk, mem = self.rlif(self.fc(x[t]), spk, mem)
+                out.append(spk)
+            return torch.stack(out)
+
+    torch.manual_seed(8)
+    model = Recurrent()
+    x = spikes((6, 3, 20))
+    compiled = snnopt.compile(model, example_inputs=(x,))
+    text = str(compiled.report)
+    assert "RLeaky `rlif` stays eager" in text and text.count("stays eager") == 1 and "(x6)" in text
+    assert torch.equal(compiled(x), model(x))
+
