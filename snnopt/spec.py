@@ -60,8 +60,22 @@ CURRENT_DECAYS = ("before", "after")
 FIRES = (">", ">=")
 
 
+class _Kind:
+    """What a neuron kind implies (for classes with a ``kind`` attribute)."""
+
+    __slots__ = ()
+
+    @property
+    def spiking(self) -> bool:
+        return self.kind not in ("li", "cuba_li")
+
+    @property
+    def has_current(self) -> bool:
+        return self.kind in ("cuba_lif", "cuba_li")
+
+
 @dataclass(frozen=True)
-class NeuronSpec:
+class NeuronSpec(_Kind):
     kind: str = "lif"
     beta: float | None = 0.9
     alpha: float | None = None
@@ -92,14 +106,6 @@ class NeuronSpec:
         unknown = set(self.learnable) - {"beta", "alpha", "threshold"}
         if unknown:
             raise ValueError(f"NeuronSpec.learnable may hold beta, alpha, threshold; got {sorted(unknown)}")
-
-    @property
-    def spiking(self) -> bool:
-        return self.kind not in ("li", "cuba_li")
-
-    @property
-    def has_current(self) -> bool:
-        return self.kind in ("cuba_lif", "cuba_li")
 
     @property
     def config(self) -> "Config":
@@ -139,7 +145,7 @@ class NeuronSpec:
         return " ".join(parts)
 
 
-class Config:
+class Config(_Kind):
     """The decoded ``cfg`` argument of the neuron ops (inverse of :meth:`NeuronSpec.op_config`)."""
 
     __slots__ = ("kind", "reset", "timing", "fire_ge", "detach", "sg_code", "sg_param", "scale", "v_reset", "v_rest",
@@ -152,14 +158,6 @@ class Config:
         self.fire_ge, self.detach, self.sg_code, self.sg_param = bool(fire_ge), bool(detach), int(sg_code), sg_param
         self.scale, self.v_reset, self.v_rest = scale, v_reset, v_rest
         self.discards_input, self.current_decay = bool(discards), CURRENT_DECAYS[int(current_decay)]
-
-    @property
-    def spiking(self) -> bool:
-        return self.kind not in ("li", "cuba_li")
-
-    @property
-    def has_current(self) -> bool:
-        return self.kind in ("cuba_lif", "cuba_li")
 
     @property
     def generic(self) -> bool:
