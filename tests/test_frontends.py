@@ -242,6 +242,42 @@ def test_spikingjelly_conv(v_reset, sg):
     assert sum(n.detail.endswith("one multi-step scan") for n in compiled.report.rewritten) == 2
 
 
+@pytest.mark.parametrize("step_mode", ["s", "m"])
+def test_spikingjelly_state_is_reset_between_batches_as_in_the_original(step_mode):
+    """Without ``reset_net`` the membranes carry over between calls, with it they restart:
+    the compiled model does both exactly like SpikingJelly and leaves the same ``v`` behind."""
+    torch.manual_seed(9)
+
+    def make():
+        net = nn.Sequential(sj_layer.Linear(20, 16), sj_neuron.LIFNode(tau=2.0), sj_layer.Linear(16, 4),
+                            sj_neuron.IFNode(v_reset=None))
+        sj_functional.set_step_mode(net, step_mode)
+        return net.double()
+
+    class Carry(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = make()
+
+        def forward(self, x):
+            return self.net(x) if step_mode == "m" else torch.stack([self.net(x[t]) for t in range(x.shape[0])])
+
+    model, twin = Carry(), Carry()
+    with torch.no_grad():
+        model.net[0].weight.mul_(4)
+    twin.load_state_dict(model.state_dict())
+    compiled = snnopt.compile(twin, example_inputs=(spikes((6, 2, 20), dtype=torch.float64),))
+    for seed, reset in ((1, True), (2, False), (3, False), (4, True)):
+        x = spikes((6, 2, 20), seed=seed, dtype=torch.float64)
+        if reset:
+            sj_functional.reset_net(model.net)
+            sj_functional.reset_net(twin.net)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-10, atol=1e-12)
+        for i in (1, 3):
+            torch.testing.assert_close(twin.net[i].v, model.net[i].v, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("v_reset", [None, 0.0])
 @pytest.mark.parametrize("container", [False, True])
 def test_spikingjelly_multistep_conv_in_training_mode(v_reset, container):
