@@ -1,0 +1,156 @@
+// Neuron dynamics shared by the CPU (C++) and CUDA kernels of snnopt.
+//
+// Every function here is the scalar form of the plain-torch reference in
+// snnopt/kernels/reference/dense.py, written with the same order of floating-point
+// operations so that the forward is bit-identical to it (build with -ffp-contract=off /
+// --fmad=false: a fused multiply-add would round differently).
+//
+// Notation: b = beta (1 for `if`), c = (1 - b) * v_rest (precomputed by the caller in the
+// reference's dtype and cast, as the reference does), theta = threshold.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#if defined(__CUDACC__)
+#define SNN_HD __host__ __device__ __forceinline__
+#else
+#define SNN_HD inline
+#endif
+
+namespace snnopt {
+
+enum Kind : int { LIF = 0, CUBA_LIF = 1, IF = 2, LI = 3, CUBA_LI = 4 };
+enum Reset : int { SUBTRACT = 0, ZERO = 1, NONE = 2 };
+enum Timing : int { SAME = 0, NEXT = 1, SAME_PENDING = 2 };
+enum Surrogate : int { ATAN = 0, FAST_SIGMOID = 1, SIGMOID = 2, TRIANGLE = 3, RECTANGLE = 4,
+                       STRAIGHT_THROUGH = 5, SNNTORCH_TRIANGULAR = 6 };
+
+// The decoded `float[] cfg` of the ops (snnopt.spec.NeuronSpec.op_config).
+struct Cfg {
+  int kind, reset, timing;
+  bool fire_ge, detach;
+  int sg;
+  double sg_param, scale, v_reset, v_rest;
+  bool discards_input, decay_after;
+
+  SNN_HD bool spiking() const { return kind != LI && kind != CUBA_LI; }
+  SNN_HD bool has_current() const { return kind == CUBA_LIF || kind == CUBA_LI; }
+  // Next-step reset with an actual reset (the reference's `next_timing`).
+  SNN_HD bool next() const { return timing == NEXT && spiking() && reset != NONE; }
+  // Dynamics the kernels do not cover (the reference differentiates them with autograd).
+  SNN_HD bool generic() const { return timing == SAME_PENDING || discards_input; }
+
+  static Cfg from(const std::vector<double>& v) {
+    Cfg c;
+    c.kind = static_cast<int>(v[0]);
+    c.reset = static_cast<int>(v[1]);
+    c.timing = static_cast<int>(v[2]);
+    c.fire_ge = v[3] != 0.0;
+    c.detach = v[4] != 0.0;
+    c.sg = static_cast<int>(v[5]);
+    c.sg_param = v[6];
+    c.scale = v[7];
+    c.v_reset = v[8];
+    c.v_rest = v[9];
+    c.discards_input = v[10] != 0.0;
+    c.decay_after = v[11] != 0.0;
+    return c;
+  }
+};
+
+template <typename T>
+SNN_HD T heaviside(T u, bool ge) {
+  return (ge ? u >= T(0) : u > T(0)) ? T(1) : T(0);
+}
+
+// f'(u) of surrogate `code` with parameter p (snnopt.surrogate.surrogate_grad).
+template <typename T>
+SNN_HD T surrogate_grad(T u, int code, T p) {
+  switch (code) {
+    case ATAN: {
+      const T a = T(1.5707963267948966) * p * u;
+      return (p / T(2)) / (T(1) + a * a);
+    }
+    case FAST_SIGMOID: {
+      const T d = p * (u < T(0) ? -u : u) + T(1);
+      return T(1) / (d * d);
+    }
+    case SIGMOID: {
+      const T s = T(1) / (T(1) + exp(-p * u));
+      return p * s * (T(1) - s);
+    }
+    case TRIANGLE: {
+      const T r = T(1) - (u < T(0) ? -u : u) / p;
+      return (r > T(0) ? r : T(0)) / p;
+    }
+    case RECTANGLE:
+      return ((u < T(0) ? -u : u) < p / T(2)) ? T(1) / p : T(0);
+    case STRAIGHT_THROUGH:
+      return T(1);
+    case SNNTORCH_TRIANGULAR:
+      return u >= T(0) ? -p : p;
+    default:
+      return T(0);
+  }
+}
+
+// f'(u) of the neuron's configured surrogate.
+template <typename T>
+SNN_HD T sg_at(const Cfg& c, T u) {
+  return surrogate_grad(u, c.sg, T(c.sg_param));
+}
+
+// Synaptic current filter: returns I_t (the total input) and updates the carried current i.
+template <typename T>
+SNN_HD T current_step(const Cfg& c, T& i, T x, T alpha) {
+  if (c.decay_after) {
+    const T total = i + x;
+    i = alpha * total;
+    return total;
+  }
+  const T total = alpha * i + x;
+  i = total;
+  return total;
+}
+
+// Same-step post-reset state p = R(h, s).
+template <typename T>
+SNN_HD T post_reset(const Cfg& c, T h, T s, T theta) {
+  if (!c.spiking() || c.reset == NONE) return h;
+  if (c.reset == SUBTRACT) return h - theta * s;
+  return h * (T(1) - s) + T(c.v_reset) * s;
+}
+
+// Membrane h_t from the carried state v (h_{t-1} for next-step reset, p_{t-1} otherwise).
+template <typename T>
+SNN_HD T charge(const Cfg& c, T v, T b, T cc, T inp, T theta) {
+  if (!c.next()) return b * v + cc + inp;
+  const T s_prev = heaviside(v - theta, c.fire_ge);
+  if (c.reset == SUBTRACT) return b * v + cc + inp - theta * s_prev;
+  return b * (v * (T(1) - s_prev) + T(c.v_reset) * s_prev) + cc + inp;
+}
+
+// dv_t/dh_t: the carried state's derivative w.r.t. the membrane (1 unless reset this step).
+template <typename T>
+SNN_HD T state_derivative(const Cfg& c, T h, T theta) {
+  if (!c.spiking() || c.reset == NONE || c.timing != SAME) return T(1);
+  const T u = h - theta;
+  const T sp = c.detach ? T(0) : sg_at(c, u);
+  if (c.reset == SUBTRACT) return T(1) - theta * sp;
+  return (T(1) - heaviside(u, c.fire_ge)) + (T(c.v_reset) - h) * sp;
+}
+
+// J = dh_{t+1}/dh_t along the state path.
+template <typename T>
+SNN_HD T state_jacobian(const Cfg& c, T h, T b, T theta) {
+  if (!c.spiking() || c.reset == NONE || c.timing == SAME) return b * state_derivative(c, h, theta);
+  const T u = h - theta;
+  const T s = heaviside(u, c.fire_ge);
+  const T sp = c.detach ? T(0) : sg_at(c, u);
+  if (c.reset == SUBTRACT) return b - theta * sp;
+  return b * (T(1) - s) - b * (h - T(c.v_reset)) * sp;
+}
+
+}  // namespace snnopt

@@ -1,0 +1,26 @@
+// Host entry points of the fused neuron kernels: snnopt::cpu (cpu/scan.cpp) and
+// snnopt::cuda (cuda/scan.cu, built when SNNOPT_WITH_CUDA) have the same signatures and
+// give the same results.
+//
+// Layout: x and every sequence are [T, M] contiguous (M = batch x features), states [M];
+// parameter arrays (b = beta or 1, cc = (1 - b) v_rest, alpha, theta) hold F values,
+// one per feature, already in x's dtype; element m uses index m % F.  An absent tensor is
+// an empty one.  Parameter gradients come back per element ([M]) for the caller to reduce.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+namespace snnopt {
+namespace cpu {
+#include "ops_decl.inc"
+}  // namespace cpu
+
+#if defined(SNNOPT_WITH_CUDA)
+namespace cuda {
+#include "ops_decl.inc"
+}  // namespace cuda
+#endif
+
+}  // namespace snnopt
