@@ -149,9 +149,10 @@ class Config(_Kind):
     """The decoded ``cfg`` argument of the neuron ops (inverse of :meth:`NeuronSpec.op_config`)."""
 
     __slots__ = ("kind", "reset", "timing", "fire_ge", "detach", "sg_code", "sg_param", "scale", "v_reset", "v_rest",
-                 "discards_input", "current_decay")
+                 "discards_input", "current_decay", "values")
 
     def __init__(self, cfg):
+        self.values = [float(v) for v in cfg]
         (kind, reset, timing, fire_ge, detach, sg_code, sg_param, scale, v_reset, v_rest, discards,
          current_decay) = cfg
         self.kind, self.reset, self.timing = KINDS[int(kind)], RESETS[int(reset)], TIMINGS[int(timing)]

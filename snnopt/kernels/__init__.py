@@ -80,6 +80,13 @@ def rate_batch_norm(x, mean, var, weight, bias, eps):
     return torch.ops.snnopt.rate_batch_norm(x, mean, var, weight, bias, eps)
 
 
+NATIVE_OPS = ("neuron_scan", "neuron_scan_backward", "neuron_scan_sparse", "neuron_scan_sparse_backward",
+              "spiking_synapse_sparse", "spiking_synapse_sparse_backward", "neuron_rate_stats")
+"""Ops with a fused kernel (the others are compositions of ATen ops: matmul, convolution, batch norm)."""
+
+
 def status() -> dict:
-    """The backend serving each op on each device type."""
-    return {name: {"cpu": "reference", "cuda": "reference"} for name in OPS}
+    """The backend serving each op on each device type: ``"native"`` (fused kernel) or
+    ``"reference"`` (plain torch; also the native ops' fallback for generic dynamics)."""
+    backends = {dev: ops.native.backend(dev) for dev in ("cpu", "cuda")}
+    return {name: {dev: (b if name in NATIVE_OPS else "reference") for dev, b in backends.items()} for name in OPS}

@@ -1,7 +1,8 @@
 """The ``torch.ops.snnopt.*`` custom ops: schema, fake (meta) kernels and autograd.
 
-Every op is implemented here by the plain-torch reference in :mod:`.reference`; fused
-kernels register themselves for the same ops.  ``cfg`` is
+Each op body runs the fused kernel (:mod:`.native`) where it serves the call (built,
+float32/float64, closed-form dynamics) and the plain-torch reference
+(:mod:`.reference`) otherwise: same results either way.  ``cfg`` is
 :meth:`snnopt.spec.NeuronSpec.op_config`.
 
 ==============================  ==============================================================
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ..spec import Config
+from . import native
 from .reference import dense as ref_dense
 from .reference import generic as ref_generic
 from .reference import rate as ref_rate
@@ -50,7 +52,9 @@ def _opt(t: Tensor) -> Tensor | None:
 def neuron_scan(x: Tensor, v0: Tensor | None, i0: Tensor | None, beta: Tensor | None, alpha: Tensor | None,
                 threshold: Tensor | None, cfg: list[float], save: bool,
                 record: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return ref_dense.scan_forward(x, v0, i0, beta, alpha, threshold, Config(cfg), save, record)
+    c = Config(cfg)
+    impl = native if native.serves(x, c) else ref_dense
+    return impl.scan_forward(x, v0, i0, beta, alpha, threshold, c, save, record)
 
 
 @neuron_scan.register_fake
@@ -69,8 +73,10 @@ def neuron_scan_backward(g_out: Tensor, g_v: Tensor, g_i: Tensor, g_vseq: Tensor
                          v0: Tensor | None, i0: Tensor | None, beta: Tensor | None, alpha: Tensor | None,
                          threshold: Tensor | None, cfg: list[float],
                          needs: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    grads = ref_dense.scan_backward(g_out, g_v, _opt(g_i), _opt(g_vseq), h, i_seq, v0, i0, beta, alpha, threshold,
-                                    Config(cfg), needs)
+    c = Config(cfg)
+    impl = native if native.serves(h, c) else ref_dense
+    grads = impl.scan_backward(g_out, g_v, _opt(g_i), _opt(g_vseq), h, i_seq, v0, i0, beta, alpha, threshold, c,
+                               needs)
     return tuple(h.new_empty(0) if g is None else g.contiguous() for g in grads)
 
 
@@ -115,7 +121,9 @@ neuron_scan.register_autograd(_scan_backward, setup_context=_scan_setup)
 def neuron_scan_sparse(x: Tensor, v0: Tensor | None, i0: Tensor | None, beta: Tensor | None, alpha: Tensor | None,
                        threshold: Tensor | None, cfg: list[float], band: float, save: bool,
                        record: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return ref_sparse.scan_forward_sparse(x, v0, i0, beta, alpha, threshold, Config(cfg), band, save, record)
+    c = Config(cfg)
+    impl = native if native.serves(x, c, sparse=True) else ref_sparse
+    return impl.scan_forward_sparse(x, v0, i0, beta, alpha, threshold, c, band, save, record)
 
 
 def _fake_saved(x, save, cfg):
@@ -138,8 +146,10 @@ def _(x, v0, i0, beta, alpha, threshold, cfg, band, save, record):
 def neuron_scan_sparse_backward(g_out: Tensor, g_v: Tensor, g_i: Tensor, g_vseq: Tensor, idx: Tensor, sg: Tensor,
                                 gates: Tensor, beta: Tensor | None, alpha: Tensor | None, cfg: list[float],
                                 shape: list[int], needs: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
-    grads = ref_sparse.neuron_sparse_backward(g_out, g_v, _opt(g_i), _opt(g_vseq), idx, sg, gates, beta, alpha,
-                                              Config(cfg), shape, needs)
+    c = Config(cfg)
+    impl = native if native.serves(g_out, c, sparse=True) else ref_sparse
+    grads = impl.neuron_sparse_backward(g_out, g_v, _opt(g_i), _opt(g_vseq), idx, sg, gates, beta, alpha, c, shape,
+                                        needs)
     return tuple(g_out.new_empty(0) if g is None else g.contiguous() for g in grads)
 
 
@@ -177,8 +187,9 @@ def spiking_synapse_sparse(x: Tensor, weight: Tensor, bias: Tensor | None, v0: T
                            dilation: list[int], groups: int, cfg: list[float], band: float,
                            save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     current = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
-    out, v_T, _, _, idx, sg, gates = ref_sparse.scan_forward_sparse(current, v0, None, beta, None, threshold,
-                                                                    Config(cfg), band, save)
+    c = Config(cfg)
+    impl = native if native.serves(current, c, sparse=True) else ref_sparse
+    out, v_T, _, _, idx, sg, gates = impl.scan_forward_sparse(current, v0, None, beta, None, threshold, c, band, save)
     return out, v_T, idx, sg, gates, (_pack_input(x) if save else x.new_empty(0, dtype=torch.uint8))
 
 
@@ -201,8 +212,9 @@ def spiking_synapse_sparse_backward(g_out: Tensor, g_v: Tensor, idx: Tensor, sg:
                                     needs: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     need_x, need_w, need_b, need_v0 = needs
     c = Config(cfg)
-    delta, gv0 = ref_sparse.delta_scan(g_out, g_v, idx, sg, gates, beta, c, list(g_out.shape))
-    g_current, _ = ref_sparse.current_backward(ref_sparse.input_gate(delta, gates, c), None, None, c, False)
+    impl = native if native.serves(g_out, c, sparse=True) else ref_sparse
+    g_current, gv0, _ = impl.neuron_sparse_backward(g_out, g_v, None, None, idx, sg, gates, beta, None, c,
+                                                    list(g_out.shape), [True, need_v0, False])
     x = _unpack_input(x_packed, x_shape, g_out.dtype)
     dX, dW, db = ref_sparse.synapse_backward(g_current, x, weight, syn, stride, padding, dilation, groups,
                                              (need_x, need_w, need_b))
@@ -306,7 +318,9 @@ def _unpack_input(packed: Tensor, shape: list[int], dtype) -> Tensor:
 def neuron_rate_stats(x: Tensor, v0: Tensor | None, i0: Tensor | None, beta: Tensor | None, alpha: Tensor | None,
                       threshold: Tensor | None, cfg: list[float],
                       record: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return ref_dense.rate_stats(x, v0, i0, beta, alpha, threshold, Config(cfg), record)
+    c = Config(cfg)
+    impl = native if native.serves(x, c) else ref_dense
+    return impl.rate_stats(x, v0, i0, beta, alpha, threshold, c, record)
 
 
 @neuron_rate_stats.register_fake

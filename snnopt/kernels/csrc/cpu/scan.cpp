@@ -1,0 +1,426 @@
+// CPU kernels of the neuron ops: a sequential scan over T for each element, parallel
+// (at::parallel_for, OpenMP) over blocks of elements; within a block the step loop runs
+// over contiguous elements so that it vectorises.  The math is neuron.h's, in the order
+// of operations of the plain-torch reference (built with -ffp-contract=off).
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "../neuron.h"
+#include "../ops.h"
+
+namespace snnopt {
+namespace cpu {
+namespace {
+
+constexpr int64_t kBlock = 64;     // elements scanned together by one thread
+constexpr int64_t kGrain = 256;    // parallel_for grain: elements per task at least
+
+at::Tensor empty_like0(const at::Tensor& x) { return x.new_empty({0}); }
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) {
+  return t.numel() ? t.data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+T* mut_or_null(at::Tensor& t) {
+  return t.numel() ? t.data_ptr<T>() : nullptr;
+}
+
+// Parameters of one element (read from F-periodic arrays).
+template <typename T>
+struct Params {
+  const T *b, *cc, *alpha, *theta;
+  int64_t F;
+  T beta(int64_t m) const { return b[m % F]; }
+  T leak(int64_t m) const { return cc[m % F]; }
+  T alp(int64_t m) const { return alpha ? alpha[m % F] : T(0); }
+  T th(int64_t m) const { return theta ? theta[m % F] : T(0); }
+};
+
+template <typename T>
+Params<T> params_of(const at::Tensor& b, const at::Tensor& cc, const at::Tensor& alpha, const at::Tensor& theta) {
+  return {b.data_ptr<T>(), cc.data_ptr<T>(), ptr_or_null<T>(alpha), ptr_or_null<T>(theta), b.numel()};
+}
+
+// One forward step of element m: consumes x, updates (v, i), returns the output and
+// writes the membrane h and total input I.
+template <typename T>
+inline T forward_step(const Cfg& c, const Params<T>& p, int64_t m, T x, T& v, T& i, T& h, T& total) {
+  T inp = x;
+  if (c.has_current()) {
+    total = current_step(c, i, x, p.alp(m));
+    inp = total;
+  }
+  if (c.scale != 1.0) inp = T(c.scale) * inp;
+  const T theta = p.th(m);
+  if (!c.spiking()) {
+    v = p.beta(m) * v + p.leak(m) + inp;
+    h = v;
+    return v;
+  }
+  h = charge(c, v, p.beta(m), p.leak(m), inp, theta);
+  const T s = heaviside(h - theta, c.fire_ge);
+  v = c.next() ? h : post_reset(c, h, s, theta);
+  return s;
+}
+
+// The membrane of an input-discarding next-step zero reset (snnTorch Synaptic):
+// h = b v + cc + in; h = h - h r.
+template <typename T>
+inline T discarding_step(const Cfg& c, const Params<T>& p, int64_t m, T x, T& v, T& i, T& h) {
+  T inp = x;
+  if (c.has_current()) inp = current_step(c, i, x, p.alp(m));
+  if (c.scale != 1.0) inp = T(c.scale) * inp;
+  const T theta = p.th(m);
+  const T r = heaviside(v - theta, c.fire_ge);
+  h = p.beta(m) * v + p.leak(m) + inp;
+  h = h - h * r;
+  v = h;
+  return heaviside(h - theta, c.fire_ge);
+}
+
+template <typename T>
+void init_state(T* dst, const T* src, int64_t m0, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) dst[k] = src ? src[m0 + k] : T(0);
+}
+
+}  // namespace
+
+std::vector<at::Tensor> dense_forward(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& i0,
+                                      const at::Tensor& b, const at::Tensor& cc, const at::Tensor& alpha,
+                                      const at::Tensor& theta, const std::vector<double>& cfg, bool save,
+                                      bool record) {
+  const Cfg c = Cfg::from(cfg);
+  const int64_t T_ = x.size(0), M = x.numel() / std::max<int64_t>(T_, 1);
+  auto out = at::empty_like(x);
+  auto vT = x.new_empty({M});
+  auto iT = c.has_current() ? x.new_empty({M}) : empty_like0(x);
+  auto vseq = record ? at::empty_like(x) : empty_like0(x);
+  auto hs = save ? at::empty_like(x) : empty_like0(x);
+  auto iseq = save && c.has_current() ? at::empty_like(x) : empty_like0(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "snnopt_dense_forward", [&] {
+    using T = scalar_t;
+    const auto p = params_of<T>(b, cc, alpha, theta);
+    const T *xp = x.data_ptr<T>(), *v0p = ptr_or_null<T>(v0), *i0p = ptr_or_null<T>(i0);
+    T *op = out.data_ptr<T>(), *vTp = vT.data_ptr<T>(), *iTp = mut_or_null<T>(iT);
+    T *vsp = mut_or_null<T>(vseq), *hp = mut_or_null<T>(hs), *isp = mut_or_null<T>(iseq);
+    at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
+      T v[kBlock], i[kBlock];
+      for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
+        const int64_t n = std::min(kBlock, end - m0);
+        init_state(v, v0p, m0, n);
+        init_state(i, i0p, m0, n);
+        for (int64_t t = 0; t < T_; ++t) {
+          const int64_t row = t * M + m0;
+          for (int64_t k = 0; k < n; ++k) {
+            T h, total;
+            op[row + k] = forward_step(c, p, m0 + k, xp[row + k], v[k], i[k], h, total);
+            if (hp) hp[row + k] = h;
+            if (isp) isp[row + k] = total;
+            if (vsp) vsp[row + k] = v[k];
+          }
+        }
+        for (int64_t k = 0; k < n; ++k) {
+          vTp[m0 + k] = v[k];
+          if (iTp) iTp[m0 + k] = i[k];
+        }
+      }
+    });
+  });
+  return {out, vT, iT, vseq, hs, iseq};
+}
+
+std::vector<at::Tensor> dense_backward(const at::Tensor& g_out, const at::Tensor& g_v, const at::Tensor& g_i,
+                                       const at::Tensor& g_vseq, const at::Tensor& h, const at::Tensor& i_seq,
+                                       const at::Tensor& v0, const at::Tensor& i0, const at::Tensor& b,
+                                       const at::Tensor& alpha, const at::Tensor& theta,
+                                       const std::vector<double>& cfg, const std::vector<bool>& needs) {
+  const Cfg c = Cfg::from(cfg);
+  const int64_t T_ = h.size(0), M = h.numel() / std::max<int64_t>(T_, 1);
+  auto opt = [&](bool need, std::initializer_list<int64_t> shape) {
+    return need ? h.new_empty(shape) : empty_like0(h);
+  };
+  auto gx = opt(needs[0], {T_, M});
+  auto gv0 = opt(needs[1], {M});
+  auto gi0 = opt(needs[2] && c.has_current(), {M});
+  auto gb = opt(needs[3], {M});
+  auto ga = opt(needs[4], {M});
+  auto gth = opt(needs[5], {M});
+  const bool nd = !c.detach, next = c.next(), cuba = c.has_current();
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "snnopt_dense_backward", [&] {
+    using T = scalar_t;
+    const auto p = params_of<T>(b, b, alpha, theta);  // the leak constant plays no part here
+    const T *go = g_out.data_ptr<T>(), *gvp = ptr_or_null<T>(g_v), *gip = ptr_or_null<T>(g_i);
+    const T *gsp = ptr_or_null<T>(g_vseq), *hp = h.data_ptr<T>(), *isp = ptr_or_null<T>(i_seq);
+    const T *v0p = ptr_or_null<T>(v0), *i0p = ptr_or_null<T>(i0);
+    T *gxp = mut_or_null<T>(gx), *gv0p = mut_or_null<T>(gv0), *gi0p = mut_or_null<T>(gi0);
+    T *gbp = mut_or_null<T>(gb), *gap = mut_or_null<T>(ga), *gthp = mut_or_null<T>(gth);
+    const T vr = T(c.v_reset), vrest = T(c.v_rest), scale = T(c.scale);
+    at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t m = begin; m < end; ++m) {
+        const T beta = p.beta(m), th = p.th(m), alp = p.alp(m);
+        T carry = gvp ? gvp[m] : T(0), gi_acc = gip ? gip[m] : T(0);
+        T sb = 0, sa = 0, sth = 0;
+        for (int64_t t = T_ - 1; t >= 0; --t) {
+          const int64_t k = t * M + m;
+          if (gsp) carry += gsp[k];
+          const T ht = hp[k];
+          const T h_prev = t > 0 ? hp[k - M] : (v0p ? v0p[m] : T(0));
+          T gh;
+          if (!c.spiking()) {
+            gh = go[k] + carry;
+          } else {
+            const T u = ht - th;
+            const T sp = sg_at(c, u);
+            if (next) {
+              gh = go[k] * sp + carry;
+              sth -= go[k] * sp;
+            } else {
+              const T s = heaviside(u, c.fire_ge);
+              T dpdh = 1, dpds = 0;
+              if (c.reset == SUBTRACT) dpds = -th;
+              if (c.reset == ZERO) dpdh = T(1) - s, dpds = vr - ht;
+              T gu = go[k];
+              if (nd && c.reset != NONE) gu += carry * dpds;
+              gh = gu * sp + carry * dpdh;
+              sth -= gu * sp;
+              if (c.reset == SUBTRACT) sth -= carry * s;
+            }
+          }
+          if (next) {
+            const T u_p = h_prev - th;
+            const T s_p = heaviside(u_p, c.fire_ge);
+            if (c.reset == SUBTRACT) sth -= gh * s_p;
+            if (nd) {
+              const T drho_ds = c.reset == SUBTRACT ? th : beta * (h_prev - vr);
+              sth += gh * drho_ds * sg_at(c, u_p);
+            }
+            T dbeta = h_prev - vrest;
+            if (c.reset == ZERO) dbeta -= s_p * (h_prev - vr);
+            sb += gh * dbeta;
+          } else {
+            const T p_prev = (t == 0 || !c.spiking()) ? h_prev
+                                                       : post_reset(c, h_prev, heaviside(h_prev - th, c.fire_ge), th);
+            sb += gh * (p_prev - vrest);
+          }
+          T gin = c.scale != 1.0 ? gh * scale : gh;
+          if (cuba) {
+            if (c.decay_after) {
+              sa += gi_acc * isp[k];
+              gin = gin + alp * gi_acc;
+              gi_acc = gin;
+            } else {
+              gin = gin + gi_acc;
+              sa += gin * (t > 0 ? isp[k - M] : (i0p ? i0p[m] : T(0)));
+              gi_acc = alp * gin;
+            }
+          }
+          if (gxp) gxp[k] = gin;
+          carry = next ? gh * state_jacobian(c, h_prev, beta, th) : beta * gh;
+        }
+        if (gv0p) gv0p[m] = carry;
+        if (gi0p) gi0p[m] = gi_acc;
+        if (gbp) gbp[m] = sb;
+        if (gap) gap[m] = sa;
+        if (gthp) gthp[m] = sth;
+      }
+    });
+  });
+  return {gx, gv0, gi0, gb, ga, gth};
+}
+
+std::vector<at::Tensor> rate_stats(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& i0,
+                                   const at::Tensor& b, const at::Tensor& cc, const at::Tensor& alpha,
+                                   const at::Tensor& theta, const std::vector<double>& cfg, bool record) {
+  const Cfg c = Cfg::from(cfg);
+  const int64_t T_ = x.size(0), M = x.numel() / std::max<int64_t>(T_, 1);
+  auto out = at::empty_like(x);
+  auto vT = x.new_empty({M});
+  auto iT = c.has_current() ? x.new_empty({M}) : empty_like0(x);
+  auto vseq = record ? at::empty_like(x) : empty_like0(x);
+  auto rate = x.new_empty({M}), elig = x.new_empty({M});
+  auto vbar = record ? x.new_empty({M}) : empty_like0(x);
+  auto eligv = record ? x.new_empty({M}) : empty_like0(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "snnopt_rate_stats", [&] {
+    using T = scalar_t;
+    const auto p = params_of<T>(b, cc, alpha, theta);
+    const T *xp = x.data_ptr<T>(), *v0p = ptr_or_null<T>(v0), *i0p = ptr_or_null<T>(i0);
+    T *op = out.data_ptr<T>(), *vTp = vT.data_ptr<T>(), *iTp = mut_or_null<T>(iT), *vsp = mut_or_null<T>(vseq);
+    T *rp = rate.data_ptr<T>(), *ep = elig.data_ptr<T>(), *vbp = mut_or_null<T>(vbar), *evp = mut_or_null<T>(eligv);
+    const T scale = T(c.scale), inv_T = T(1) / T(std::max<int64_t>(T_, 1));
+    at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t m = begin; m < end; ++m) {
+        const T beta = p.beta(m), th = p.th(m), alp = p.alp(m);
+        T v = v0p ? v0p[m] : T(0), i = i0p ? i0p[m] : T(0);
+        T kappa = 0, cur_k = 0, e = 0, ev = 0, rsum = 0, vsum = 0, h_prev = 0;
+        for (int64_t t = 0; t < T_; ++t) {
+          const int64_t k = t * M + m;
+          T h, total;
+          const T o = forward_step(c, p, m, xp[k], v, i, h, total);
+          op[k] = o;
+          if (vsp) vsp[k] = v;
+          cur_k = c.has_current() ? T(1) + alp * cur_k : T(1);
+          kappa = t == 0 ? scale * cur_k : scale * cur_k + state_jacobian(c, h_prev, beta, th) * kappa;
+          e += c.spiking() ? kappa * sg_at(c, h - th) : kappa;
+          if (record) {
+            ev += state_derivative(c, h, th) * kappa;
+            vsum += v;
+          }
+          rsum += o;
+          h_prev = h;
+        }
+        vTp[m] = v;
+        if (iTp) iTp[m] = i;
+        rp[m] = rsum * inv_T;
+        ep[m] = e * inv_T;
+        if (vbp) vbp[m] = vsum * inv_T;
+        if (evp) evp[m] = ev * inv_T;
+      }
+    });
+  });
+  return {out, vT, iT, vseq, rate, elig, vbar, eligv};
+}
+
+std::vector<at::Tensor> sparse_forward(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& i0,
+                                       const at::Tensor& b, const at::Tensor& cc, const at::Tensor& alpha,
+                                       const at::Tensor& theta, const std::vector<double>& cfg, double band,
+                                       bool save, bool record) {
+  const Cfg c = Cfg::from(cfg);
+  const int64_t T_ = x.size(0), M = x.numel() / std::max<int64_t>(T_, 1);
+  auto out = at::empty_like(x);
+  auto vT = x.new_empty({M});
+  auto iT = c.has_current() ? x.new_empty({M}) : empty_like0(x);
+  auto vseq = record ? at::empty_like(x) : empty_like0(x);
+  TORCH_CHECK(T_ * M < std::numeric_limits<int32_t>::max(), "snnopt sparse scan: ", T_, " x ", M,
+              " states exceed the int32 indices of the active set; split the sequence in time");
+  const bool gated = save && c.spiking() && c.reset == ZERO;
+  auto gates = at::zeros({gated ? (T_ * M + 7) / 8 : 0}, x.options().dtype(at::kByte));
+  at::Tensor idx, sg;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "snnopt_sparse_forward", [&] {
+    using T = scalar_t;
+    const auto p = params_of<T>(b, cc, alpha, theta);
+    const T *xp = x.data_ptr<T>(), *v0p = ptr_or_null<T>(v0), *i0p = ptr_or_null<T>(i0);
+    T *op = out.data_ptr<T>(), *vTp = vT.data_ptr<T>(), *iTp = mut_or_null<T>(iT), *vsp = mut_or_null<T>(vseq);
+    uint8_t* gp = gated ? gates.data_ptr<uint8_t>() : nullptr;
+    // Each task appends its active entries to its own list; the lists are then
+    // concatenated (count + compaction, no index sort).
+    const int64_t tasks = std::max<int64_t>(1, (M + kGrain - 1) / kGrain);
+    std::vector<std::vector<int32_t>> found_idx(tasks);
+    std::vector<std::vector<T>> found_sg(tasks);
+    const T bd = T(band);
+    auto set_bit = [gp](int64_t k) {
+      __atomic_fetch_or(gp + (k >> 3), static_cast<uint8_t>(1u << (k & 7)), __ATOMIC_RELAXED);
+    };
+    at::parallel_for(0, tasks, 1, [&](int64_t tb, int64_t te) {
+      for (int64_t task = tb; task < te; ++task) {
+        const int64_t begin = task * kGrain, end = std::min(M, begin + kGrain);
+        auto& fi = found_idx[task];
+        auto& fs = found_sg[task];
+        for (int64_t m = begin; m < end; ++m) {
+          const T th = p.th(m);
+          T v = v0p ? v0p[m] : T(0), i = i0p ? i0p[m] : T(0);
+          if (gp && c.timing != SAME && heaviside(v - th, c.fire_ge) != T(0)) set_bit(m);
+          for (int64_t t = 0; t < T_; ++t) {
+            const int64_t k = t * M + m;
+            T h, total;
+            const T s = c.discards_input ? discarding_step(c, p, m, xp[k], v, i, h)
+                                         : forward_step(c, p, m, xp[k], v, i, h, total);
+            op[k] = s;
+            if (vsp) vsp[k] = v;
+            if (!save) continue;
+            const T u = h - th;
+            if ((u < T(0) ? -u : u) < bd) {
+              fi.push_back(static_cast<int32_t>(k));
+              fs.push_back(sg_at(c, u));
+            }
+            if (gp && s != T(0)) {
+              if (c.timing == SAME) set_bit(k);
+              else if (t + 1 < T_) set_bit(k + M);
+            }
+          }
+          vTp[m] = v;
+          if (iTp) iTp[m] = i;
+        }
+      }
+    });
+    int64_t total = 0;
+    std::vector<int64_t> offset(tasks);
+    for (int64_t task = 0; task < tasks; ++task) offset[task] = total, total += found_idx[task].size();
+    idx = at::empty({total}, x.options().dtype(at::kInt));
+    sg = x.new_empty({total});
+    int32_t* ip = idx.data_ptr<int32_t>();
+    T* sp = sg.data_ptr<T>();
+    at::parallel_for(0, tasks, 1, [&](int64_t tb, int64_t te) {
+      for (int64_t task = tb; task < te; ++task) {
+        std::copy(found_idx[task].begin(), found_idx[task].end(), ip + offset[task]);
+        std::copy(found_sg[task].begin(), found_sg[task].end(), sp + offset[task]);
+      }
+    });
+  });
+  return {out, vT, iT, vseq, idx, sg, gates};
+}
+
+std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tensor& g_v, const at::Tensor& g_i,
+                                        const at::Tensor& g_vseq, const at::Tensor& idx, const at::Tensor& sg,
+                                        const at::Tensor& gates, const at::Tensor& b, const at::Tensor& alpha,
+                                        const std::vector<double>& cfg, const std::vector<bool>& needs) {
+  const Cfg c = Cfg::from(cfg);
+  const int64_t T_ = g_out.size(0), M = g_out.numel() / std::max<int64_t>(T_, 1);
+  auto g = at::zeros({T_, M}, g_out.options());
+  auto gx = needs[0] ? g_out.new_empty({T_, M}) : empty_like0(g_out);
+  auto gv0 = needs[1] ? g_out.new_empty({M}) : empty_like0(g_out);
+  auto gi0 = needs[2] && c.has_current() ? g_out.new_empty({M}) : empty_like0(g_out);
+  const bool gated = c.spiking() && c.reset == ZERO && gates.numel() > 0, same = c.timing == SAME;
+  AT_DISPATCH_FLOATING_TYPES(g_out.scalar_type(), "snnopt_sparse_backward", [&] {
+    using T = scalar_t;
+    const int64_t n = idx.numel();
+    const int32_t* ip = idx.data_ptr<int32_t>();
+    const T *sgp = sg.data_ptr<T>(), *go = g_out.data_ptr<T>();
+    T* gp = g.data_ptr<T>();
+    at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {  // indices are distinct
+      for (int64_t a = begin; a < end; ++a) gp[ip[a]] = go[ip[a]] * sgp[a];
+    });
+    const T *gvp = ptr_or_null<T>(g_v), *gip = ptr_or_null<T>(g_i), *gsp = ptr_or_null<T>(g_vseq);
+    const T *bp = b.data_ptr<T>(), *ap = ptr_or_null<T>(alpha);
+    const uint8_t* bits = gated ? gates.data_ptr<uint8_t>() : nullptr;
+    T *gxp = mut_or_null<T>(gx), *gv0p = mut_or_null<T>(gv0), *gi0p = mut_or_null<T>(gi0);
+    const int64_t F = b.numel();
+    const T scale = T(c.scale);
+    const bool want_x = gxp || gi0p;
+    at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t m = begin; m < end; ++m) {
+        const T beta = bp[m % F], alp = ap ? ap[m % F] : T(0);
+        T carry = gvp ? gvp[m] : T(0), cur = gip ? gip[m] : T(0);
+        for (int64_t t = T_ - 1; t >= 0; --t) {
+          const int64_t k = t * M + m;
+          if (gsp) carry += gsp[k];
+          const T keep = bits ? T(1) - T((bits[k >> 3] >> (k & 7)) & 1) : T(1);
+          const T delta = gp[k] + (same ? carry * keep : carry);
+          carry = same ? beta * delta : beta * keep * delta;
+          if (!want_x) continue;
+          T gin = c.discards_input ? delta * keep : delta;
+          if (c.scale != 1.0) gin = gin * scale;
+          if (c.has_current()) {
+            if (c.decay_after) {
+              gin = gin + alp * cur;
+              cur = gin;
+            } else {
+              gin = gin + cur;
+              cur = alp * gin;
+            }
+          }
+          if (gxp) gxp[k] = gin;
+        }
+        if (gv0p) gv0p[m] = carry;
+        if (gi0p) gi0p[m] = cur;
+      }
+    });
+  });
+  return {gx, gv0, gi0};
+}
+
+}  // namespace cpu
+}  // namespace snnopt

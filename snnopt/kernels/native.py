@@ -1,0 +1,165 @@
+"""The fused C++ / CUDA kernels: just-in-time build, and calls in the reference's layout.
+
+The sources in ``csrc/`` (``cpu/scan.cpp``, ``cuda/scan.cu`` when CUDA is available,
+``bindings.cpp``) are compiled on first use by :func:`torch.utils.cpp_extension.load`
+with ninja and cached by PyTorch (``TORCH_EXTENSIONS_DIR``; a changed source rebuilds).
+Floating-point contraction is off (``-ffp-contract=off``, ``--fmad=false``) so that the
+forward is bit-identical to the plain-torch reference.  A failed build logs one warning
+and leaves every op on the reference; ``SNNOPT_KERNELS=reference`` skips the build.
+
+Each function here mirrors the reference function of the same name
+(:mod:`.reference.dense`, :mod:`.reference.sparse`): same arguments, same results.  The
+kernels see ``[T, M]`` sequences and ``[M]`` states and parameters (``M`` = batch x
+features); parameters are broadcast here, in the reference's dtype arithmetic first
+(``b``, ``(1 - b) v_rest``), then cast to the input's dtype as the reference's
+arithmetic does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..spec import Config
+from .reference.dense import _beta, _leak_const
+
+log = logging.getLogger(__name__)
+
+ENV = "SNNOPT_KERNELS"
+_CSRC = Path(__file__).parent / "csrc"
+_DTYPES = (torch.float32, torch.float64)
+_state: dict = {}
+
+
+def _build():
+    from torch.utils import cpp_extension
+
+    with_cuda = torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
+    sources = [_CSRC / "bindings.cpp", _CSRC / "cpu" / "scan.cpp"]
+    flags = ["-O3", "-ffp-contract=off", "-fopenmp"]
+    if with_cuda:
+        sources.append(_CSRC / "cuda" / "scan.cu")
+        flags.append("-DSNNOPT_WITH_CUDA")
+    return cpp_extension.load(
+        name="snnopt_kernels", sources=[str(s) for s in sources], extra_cflags=flags,
+        extra_cuda_cflags=["-O3", "--fmad=false", "-DSNNOPT_WITH_CUDA"], extra_ldflags=["-fopenmp"],
+        extra_include_paths=[str(_CSRC)], with_cuda=with_cuda, verbose=False), with_cuda
+
+
+def module():
+    """The loaded extension, or None (forced reference, or a failed build)."""
+    if os.environ.get(ENV, "").strip().lower() == "reference":
+        return None
+    if "module" not in _state:
+        try:
+            _state["module"], _state["cuda"] = _build()
+            log.info("snnopt fused kernels loaded (CUDA: %s)", _state["cuda"])
+        except Exception as exc:  # any build or load failure: stay on the reference
+            _state["module"], _state["cuda"] = None, False
+            _state["error"] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"snnopt: building the fused kernels failed, every op uses the plain-torch reference "
+                          f"({_state['error'][:500]}). Set {ENV}=reference to skip the build.", stacklevel=2)
+    return _state["module"]
+
+
+def backend(device_type: str) -> str:
+    """``"native"`` when the fused kernels serve tensors on ``device_type``, else ``"reference"``."""
+    mod = module()
+    if mod is None or device_type not in ("cpu", "cuda"):
+        return "reference"
+    return "native" if device_type == "cpu" or _state["cuda"] else "reference"
+
+
+def serves(x: torch.Tensor, cfg: Config, sparse: bool = False) -> bool:
+    """Whether the fused kernels run this call (dtype, device, and closed-form dynamics;
+    the sparse kernels also take an input-discarding reset)."""
+    generic = cfg.timing == "same_pending" if sparse else cfg.generic
+    return not generic and x.dtype in _DTYPES and x.numel() > 0 and backend(x.device.type) == "native"
+
+
+def _flat(t, like: torch.Tensor) -> torch.Tensor:
+    """``t`` broadcast to ``like`` ([B, ...]), in its dtype, contiguous and flat; empty if None."""
+    if t is None:
+        return like.new_empty(0)
+    return t.to(like.dtype).expand_as(like).contiguous().reshape(-1)
+
+
+def _params(x, beta, alpha, theta, cfg: Config):
+    step = x[0]
+    b = _beta(beta, cfg)
+    b_t = torch.as_tensor(b, dtype=step.dtype, device=step.device) if not isinstance(b, torch.Tensor) else b
+    c = _leak_const(b, cfg)
+    c_t = torch.as_tensor(c, dtype=step.dtype, device=step.device) if not isinstance(c, torch.Tensor) else c
+    return (_flat(b_t, step), _flat(c_t, step), _flat(alpha if cfg.has_current else None, step),
+            _flat(theta if cfg.spiking else None, step))
+
+
+def _seq(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous().reshape(x.shape[0], -1)
+
+
+def _shaped(results, x: torch.Tensor):
+    """Results of a kernel back to ``x``'s shape: ``[T, M]`` -> ``x.shape``, ``[M]`` -> ``x[0].shape``."""
+    def one(r):
+        if r.numel() == 0:
+            return r
+        return r.reshape(x.shape) if r.dim() == 2 else r.reshape(x.shape[1:])
+    return [one(r) for r in results]
+
+
+def scan_forward(x, v0, i0, beta, alpha, theta, cfg: Config, save: bool, record: bool = False):
+    """:func:`.reference.dense.scan_forward`."""
+    step = x[0]
+    results = module().dense_forward(_seq(x), _flat(v0, step), _flat(i0 if cfg.has_current else None, step),
+                                     *_params(x, beta, alpha, theta, cfg), cfg.values, save, record)
+    return tuple(_shaped(results, x))
+
+
+def scan_backward(g_out, g_v, g_i, g_vseq, h, iseq, v0, i0, beta, alpha, theta, cfg: Config, needs):
+    """:func:`.reference.dense.scan_backward` (parameter gradients reduced to their shapes)."""
+    step = h[0]
+    b, _, a, th = _params(h, beta, alpha, theta, cfg)
+    empty = h.new_empty(0)
+    results = module().dense_backward(
+        _seq(g_out), _flat(g_v, step), empty if g_i is None else _flat(g_i, step),
+        empty if g_vseq is None else _seq(g_vseq), _seq(h), _seq(iseq) if iseq.numel() else empty,
+        _flat(v0, step), _flat(i0 if cfg.has_current else None, step), b, a, th, cfg.values, list(needs))
+    gx, gv0, gi0, gb, ga, gth = _shaped(results, h)
+
+    def reduce(g, p, need):
+        return g.sum_to_size(p.shape) if need and p is not None else None
+    return ((gx if needs[0] else None), (gv0 if needs[1] else None), (gi0 if needs[2] and cfg.has_current else None),
+            reduce(gb, beta, needs[3]), reduce(ga, alpha, needs[4]), reduce(gth, theta, needs[5]))
+
+
+def rate_stats(x, v0, i0, beta, alpha, theta, cfg: Config, record: bool = False):
+    """:func:`.reference.dense.rate_stats`."""
+    step = x[0]
+    results = module().rate_stats(_seq(x), _flat(v0, step), _flat(i0 if cfg.has_current else None, step),
+                                  *_params(x, beta, alpha, theta, cfg), cfg.values, record)
+    return tuple(_shaped(results, x))
+
+
+def scan_forward_sparse(x, v0, i0, beta, alpha, theta, cfg: Config, band: float, save: bool, record: bool = False):
+    """:func:`.reference.sparse.scan_forward_sparse`."""
+    step = x[0]
+    results = module().sparse_forward(_seq(x), _flat(v0, step), _flat(i0 if cfg.has_current else None, step),
+                                      *_params(x, beta, alpha, theta, cfg), cfg.values, float(band), save, record)
+    return tuple(_shaped(results[:4], x)) + tuple(results[4:])
+
+
+def neuron_sparse_backward(g_out, g_v, g_i, g_vseq, idx, sg, gates, beta, alpha, cfg: Config, shape, needs):
+    """:func:`.reference.sparse.neuron_sparse_backward`."""
+    like = g_out.new_empty(shape)
+    step = like[0]
+    b, _, a, _ = _params(like, beta, alpha, None, cfg)
+    empty = g_out.new_empty(0)
+    results = module().sparse_backward(
+        _seq(g_out), _flat(g_v, step), empty if g_i is None else _flat(g_i, step),
+        empty if g_vseq is None else _seq(g_vseq), idx, sg, gates, b, a, cfg.values, list(needs))
+    gx, gv0, gi0 = _shaped(results, like)
+    return (gx if needs[0] else None), (gv0 if needs[1] else None), (gi0 if needs[2] and cfg.has_current else None)
