@@ -1,0 +1,153 @@
+"""The fused C++ kernels against the plain-torch reference, on fresh random inputs:
+forward values bit for bit, gradients to rtol 1e-5 (float64) / 1e-4 (float32), for every
+closed-form configuration, odd sizes, T = 1, per-neuron and scalar parameters, NaN
+inputs, empty and full active sets; and a torch.compile(fullgraph=True) training step."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import snnopt
+from snnopt import kernels
+from snnopt.kernels import native
+from snnopt.kernels.reference import dense as ref_dense
+from snnopt.kernels.reference import sparse as ref_sparse
+from snnopt.spec import Config
+
+from .models import MLP, spikes
+from .test_ops import CASES, make
+
+pytestmark = pytest.mark.skipif(native.backend("cpu") != "native",
+                                reason=f"the fused CPU kernels did not build: {native._state.get('error')}")
+
+
+def inputs(kind, reset, timing, detach, decay, T=7, B=3, N=5, dtype=torch.float32, scalar=False, seed=0):
+    spec, x, v0, i0, beta, alpha, th = make(kind, reset, timing, detach, T=T, B=B, N=N, seed=seed, decay=decay)
+    ts = [None if t is None else t.detach().to(dtype) for t in (x, v0, i0, beta, alpha, th)]
+    if scalar:  # constant parameters arrive as 0-d float64 tensors
+        ts[3:] = [None if t is None else torch.tensor(float(t.reshape(-1)[0]), dtype=torch.float64) for t in ts[3:]]
+    return Config(spec.op_config()), ts
+
+
+def same(a, b):
+    return (a is None and b is None) or (a.numel() == 0 and b.numel() == 0) or torch.equal(a, b)
+
+
+def close(a, b, rtol):
+    if a is None or b is None:
+        assert a is None and b is None
+        return
+    torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * float(b.abs().max() if b.numel() else 0) + 1e-12)
+
+
+@pytest.mark.parametrize("kind,reset,timing,detach,decay", CASES)
+@pytest.mark.parametrize("dtype,scalar", [(torch.float32, False), (torch.float64, True)])
+def test_dense_scan_matches_reference(kind, reset, timing, detach, decay, dtype, scalar):
+    cfg, (x, v0, i0, beta, alpha, th) = inputs(kind, reset, timing, detach, decay, T=9, B=3, N=7, dtype=dtype,
+                                               scalar=scalar)
+    ref = ref_dense.scan_forward(x, v0, i0, beta, alpha, th, cfg, save=True, record=True)
+    got = native.scan_forward(x, v0, i0, beta, alpha, th, cfg, save=True, record=True)
+    assert all(same(a, b) for a, b in zip(got, ref))
+    g = torch.Generator().manual_seed(3)
+    g_out, g_v, g_vseq = (torch.randn(s, generator=g, dtype=dtype) for s in (x.shape, x.shape[1:], x.shape))
+    g_i = torch.randn(x.shape[1:], generator=g, dtype=dtype) if cfg.has_current else None
+    needs = [True, True, cfg.has_current, beta is not None, alpha is not None, th is not None]
+    args = (g_out, g_v, g_i, g_vseq, ref[4], ref[5], v0, i0, beta, alpha, th, cfg, needs)
+    for a, b in zip(native.scan_backward(*args), ref_dense.scan_backward(*args)):
+        close(a, b, 1e-4 if dtype == torch.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("kind,reset,timing,detach,decay", CASES)
+def test_rate_stats_match_reference(kind, reset, timing, detach, decay):
+    cfg, (x, v0, i0, beta, alpha, th) = inputs(kind, reset, timing, detach, decay, T=11, dtype=torch.float64)
+    ref = ref_dense.rate_stats(x, v0, i0, beta, alpha, th, cfg, record=True)
+    got = native.rate_stats(x, v0, i0, beta, alpha, th, cfg, record=True)
+    for k, (a, b) in enumerate(zip(got, ref)):
+        assert same(a, b) if k < 4 else torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+SPARSE = [c for c in CASES if c[0] in ("lif", "cuba_lif", "if")]
+
+
+@pytest.mark.parametrize("kind,reset,timing,detach,decay", SPARSE)
+@pytest.mark.parametrize("band", [0.0, 0.3, math.inf])
+def test_sparse_scan_matches_reference(kind, reset, timing, detach, decay, band):
+    """band 0: empty active set; inf: every state active."""
+    cfg, (x, v0, i0, beta, alpha, th) = inputs(kind, reset, timing, detach, decay, T=8, B=3, N=9)
+    ref = ref_sparse.scan_forward_sparse(x, v0, i0, beta, alpha, th, cfg, band, True, True)
+    got = native.scan_forward_sparse(x, v0, i0, beta, alpha, th, cfg, band, True, True)
+    assert all(same(a, b) for a, b in zip(got[:4], ref[:4])) and torch.equal(got[6], ref[6])
+    order = torch.argsort(got[4])  # the kernel's active set is not sorted
+    assert torch.equal(got[4][order], ref[4]) and torch.equal(got[5][order], ref[5])
+    assert got[4].numel() == (0 if band == 0 else x.numel() if band == math.inf else got[4].numel())
+    g = torch.Generator().manual_seed(4)
+    g_out, g_v, g_vseq = (torch.randn(s, generator=g) for s in (x.shape, x.shape[1:], x.shape))
+    g_i = torch.randn(x.shape[1:], generator=g) if cfg.has_current else None
+    needs = [True, True, cfg.has_current]
+    a = native.neuron_sparse_backward(g_out, g_v, g_i, g_vseq, *got[4:], beta, alpha, cfg, list(x.shape), needs)
+    b = ref_sparse.neuron_sparse_backward(g_out, g_v, g_i, g_vseq, *ref[4:], beta, alpha, cfg, list(x.shape), needs)
+    for u, w in zip(a, b):
+        close(u, w, 1e-5)
+
+
+def test_input_discarding_reset_runs_sparse_natively():
+    cfg, (x, v0, i0, beta, alpha, th) = inputs("cuba_lif", "zero", "next", True, "before", T=10)
+    values = cfg.values
+    values[10] = 1.0  # reset_discards_input
+    cfg = Config(values)
+    assert cfg.generic and native.serves(x, cfg, sparse=True) and not native.serves(x, cfg)
+    ref = ref_sparse.scan_forward_sparse(x, v0, i0, beta, alpha, th, cfg, 0.4, True, True)
+    got = native.scan_forward_sparse(x, v0, i0, beta, alpha, th, cfg, 0.4, True, True)
+    assert all(same(a, b) for a, b in zip(got[:4], ref[:4])) and torch.equal(got[6], ref[6])
+
+
+@pytest.mark.parametrize("T,B,N", [(1, 1, 1), (1, 5, 3), (13, 1, 257), (3, 7, 1000)])
+def test_odd_sizes(T, B, N):
+    cfg, (x, v0, i0, beta, alpha, th) = inputs("lif", "zero", "same", False, "before", T=T, B=B, N=N, seed=T + N)
+    ref = ref_dense.scan_forward(x, v0, i0, beta, alpha, th, cfg, save=True)
+    got = native.scan_forward(x, v0, i0, beta, alpha, th, cfg, save=True)
+    assert all(same(a, b) for a, b in zip(got, ref))
+
+
+def test_nan_input_stays_local_and_is_never_active():
+    cfg, (x, v0, i0, beta, alpha, th) = inputs("lif", "subtract", "same", True, "before", T=6, B=2, N=4)
+    x[2, 1, 3] = float("nan")
+    out, v_T, _, _, idx, sg, _ = native.scan_forward_sparse(x, v0, i0, beta, alpha, th, cfg, math.inf, True)
+    ref = ref_sparse.scan_forward_sparse(x, v0, i0, beta, alpha, th, cfg, math.inf, True)
+    assert torch.equal(out, ref[0]) and torch.isfinite(out).all()
+    nan_states = torch.isnan(ref_dense.scan_forward(x, v0, i0, beta, alpha, th, cfg, save=True)[4]).sum()
+    assert idx.numel() == x.numel() - nan_states and torch.isfinite(sg).all()
+
+
+def test_reference_is_forced_by_environment(monkeypatch):
+    monkeypatch.setenv(native.ENV, "reference")
+    assert all(v == {"cpu": "reference", "cuda": "reference"} for v in kernels.status().values())
+    monkeypatch.delenv(native.ENV)
+    assert kernels.status()["neuron_scan"]["cpu"] == "native"
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_torch_compile_fullgraph_training_step(mode):
+    """A compiled model's training step under torch.compile(fullgraph=True) gives the
+    eager step's loss and gradients."""
+    torch.manual_seed(6)
+    model = MLP(**{"detach_reset": True})
+    x = spikes((10, 4, 12))
+    fast = snnopt.compile(model, mode=mode, example_inputs=(x,))
+    gm = fast._program((x,)).gm
+
+    def step(inp):
+        out, _ = gm(inp)
+        return out.sum()
+
+    eager_loss = step(x)
+    eager = torch.autograd.grad(eager_loss, list(model.parameters()))
+    compiled_step = torch.compile(step, fullgraph=True, backend="aot_eager")
+    loss = compiled_step(x)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    assert torch.equal(loss, eager_loss)
+    for a, b in zip(grads, eager):
+        torch.testing.assert_close(a, b)
