@@ -14,8 +14,8 @@ namespace snnopt {
 namespace cpu {
 namespace {
 
-constexpr int64_t kBlock = 64;     // elements scanned together by one thread
-constexpr int64_t kGrain = 256;    // parallel_for grain: elements per task at least
+constexpr int64_t kBlock = 64;   // elements scanned together by one thread
+constexpr int64_t kGrain = 256;  // parallel_for grain: elements per task at least
 
 at::Tensor empty_like0(const at::Tensor& x) { return x.new_empty({0}); }
 
@@ -91,8 +91,7 @@ void init_state(T* dst, const T* src, int64_t m0, int64_t n) {
 
 std::vector<at::Tensor> dense_forward(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& i0,
                                       const at::Tensor& b, const at::Tensor& cc, const at::Tensor& alpha,
-                                      const at::Tensor& theta, const std::vector<double>& cfg, bool save,
-                                      bool record) {
+                                      const at::Tensor& theta, const std::vector<double>& cfg, bool save, bool record) {
   const Cfg c = Cfg::from(cfg);
   const int64_t T_ = x.size(0), M = x.numel() / std::max<int64_t>(T_, 1);
   auto out = at::empty_like(x);
@@ -136,8 +135,8 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& x, const at::Tensor& v0,
 std::vector<at::Tensor> dense_backward(const at::Tensor& g_out, const at::Tensor& g_v, const at::Tensor& g_i,
                                        const at::Tensor& g_vseq, const at::Tensor& h, const at::Tensor& i_seq,
                                        const at::Tensor& v0, const at::Tensor& i0, const at::Tensor& b,
-                                       const at::Tensor& alpha, const at::Tensor& theta,
-                                       const std::vector<double>& cfg, const std::vector<bool>& needs) {
+                                       const at::Tensor& alpha, const at::Tensor& theta, const std::vector<double>& cfg,
+                                       const std::vector<bool>& needs) {
   const Cfg c = Cfg::from(cfg);
   const int64_t T_ = h.size(0), M = h.numel() / std::max<int64_t>(T_, 1);
   auto opt = [&](bool need, std::initializer_list<int64_t> shape) {
@@ -160,81 +159,92 @@ std::vector<at::Tensor> dense_backward(const at::Tensor& g_out, const at::Tensor
     T *gbp = mut_or_null<T>(gb), *gap = mut_or_null<T>(ga), *gthp = mut_or_null<T>(gth);
     const T vr = T(c.v_reset), vrest = T(c.v_rest), scale = T(c.scale);
     at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t m = begin; m < end; ++m) {
-        const T beta = p.beta(m), th = p.th(m), alp = p.alp(m);
-        T carry = gvp ? gvp[m] : T(0), gi_acc = gip ? gip[m] : T(0);
-        T sb = 0, sa = 0, sth = 0;
+      T carry_[kBlock], gi_acc_[kBlock], sb_[kBlock], sa_[kBlock], sth_[kBlock];
+      for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
+        const int64_t n = std::min(kBlock, end - m0);
+        init_state(carry_, gvp, m0, n);
+        init_state(gi_acc_, gip, m0, n);
+        std::fill(sb_, sb_ + n, T(0));
+        std::fill(sa_, sa_ + n, T(0));
+        std::fill(sth_, sth_ + n, T(0));
         for (int64_t t = T_ - 1; t >= 0; --t) {
-          const int64_t k = t * M + m;
-          if (gsp) carry += gsp[k];
-          const T ht = hp[k];
-          const T h_prev = t > 0 ? hp[k - M] : (v0p ? v0p[m] : T(0));
-          T gh;
-          if (!c.spiking()) {
-            gh = go[k] + carry;
-          } else {
-            const T u = ht - th;
-            const T sp = sg_at(c, u);
+          for (int64_t j = 0; j < n; ++j) {
+            const int64_t m = m0 + j, k = t * M + m;
+            const T beta = p.beta(m), th = p.th(m), alp = p.alp(m);
+            T &carry = carry_[j], &gi_acc = gi_acc_[j], &sb = sb_[j], &sa = sa_[j], &sth = sth_[j];
+            if (gsp) carry += gsp[k];
+            const T ht = hp[k];
+            const T h_prev = t > 0 ? hp[k - M] : (v0p ? v0p[m] : T(0));
+            T gh;
+            if (!c.spiking()) {
+              gh = go[k] + carry;
+            } else {
+              const T u = ht - th;
+              const T sp = sg_at(c, u);
+              if (next) {
+                gh = go[k] * sp + carry;
+                sth -= go[k] * sp;
+              } else {
+                const T s = heaviside(u, c.fire_ge);
+                T dpdh = 1, dpds = 0;
+                if (c.reset == SUBTRACT) dpds = -th;
+                if (c.reset == ZERO) dpdh = T(1) - s, dpds = vr - ht;
+                T gu = go[k];
+                if (nd && c.reset != NONE) gu += carry * dpds;
+                gh = gu * sp + carry * dpdh;
+                sth -= gu * sp;
+                if (c.reset == SUBTRACT) sth -= carry * s;
+              }
+            }
             if (next) {
-              gh = go[k] * sp + carry;
-              sth -= go[k] * sp;
+              const T u_p = h_prev - th;
+              const T s_p = heaviside(u_p, c.fire_ge);
+              if (c.reset == SUBTRACT) sth -= gh * s_p;
+              if (nd) {
+                const T drho_ds = c.reset == SUBTRACT ? th : beta * (h_prev - vr);
+                sth += gh * drho_ds * sg_at(c, u_p);
+              }
+              T dbeta = h_prev - vrest;
+              if (c.reset == ZERO) dbeta -= s_p * (h_prev - vr);
+              sb += gh * dbeta;
             } else {
-              const T s = heaviside(u, c.fire_ge);
-              T dpdh = 1, dpds = 0;
-              if (c.reset == SUBTRACT) dpds = -th;
-              if (c.reset == ZERO) dpdh = T(1) - s, dpds = vr - ht;
-              T gu = go[k];
-              if (nd && c.reset != NONE) gu += carry * dpds;
-              gh = gu * sp + carry * dpdh;
-              sth -= gu * sp;
-              if (c.reset == SUBTRACT) sth -= carry * s;
+              const T p_prev =
+                  (t == 0 || !c.spiking()) ? h_prev : post_reset(c, h_prev, heaviside(h_prev - th, c.fire_ge), th);
+              sb += gh * (p_prev - vrest);
             }
-          }
-          if (next) {
-            const T u_p = h_prev - th;
-            const T s_p = heaviside(u_p, c.fire_ge);
-            if (c.reset == SUBTRACT) sth -= gh * s_p;
-            if (nd) {
-              const T drho_ds = c.reset == SUBTRACT ? th : beta * (h_prev - vr);
-              sth += gh * drho_ds * sg_at(c, u_p);
+            T gin = c.scale != 1.0 ? gh * scale : gh;
+            if (cuba) {
+              if (c.decay_after) {
+                sa += gi_acc * isp[k];
+                gin = gin + alp * gi_acc;
+                gi_acc = gin;
+              } else {
+                gin = gin + gi_acc;
+                sa += gin * (t > 0 ? isp[k - M] : (i0p ? i0p[m] : T(0)));
+                gi_acc = alp * gin;
+              }
             }
-            T dbeta = h_prev - vrest;
-            if (c.reset == ZERO) dbeta -= s_p * (h_prev - vr);
-            sb += gh * dbeta;
-          } else {
-            const T p_prev = (t == 0 || !c.spiking()) ? h_prev
-                                                       : post_reset(c, h_prev, heaviside(h_prev - th, c.fire_ge), th);
-            sb += gh * (p_prev - vrest);
+            if (gxp) gxp[k] = gin;
+            carry = next ? gh * state_jacobian(c, h_prev, beta, th) : beta * gh;
           }
-          T gin = c.scale != 1.0 ? gh * scale : gh;
-          if (cuba) {
-            if (c.decay_after) {
-              sa += gi_acc * isp[k];
-              gin = gin + alp * gi_acc;
-              gi_acc = gin;
-            } else {
-              gin = gin + gi_acc;
-              sa += gin * (t > 0 ? isp[k - M] : (i0p ? i0p[m] : T(0)));
-              gi_acc = alp * gin;
-            }
-          }
-          if (gxp) gxp[k] = gin;
-          carry = next ? gh * state_jacobian(c, h_prev, beta, th) : beta * gh;
         }
-        if (gv0p) gv0p[m] = carry;
-        if (gi0p) gi0p[m] = gi_acc;
-        if (gbp) gbp[m] = sb;
-        if (gap) gap[m] = sa;
-        if (gthp) gthp[m] = sth;
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t m = m0 + j;
+          if (gv0p) gv0p[m] = carry_[j];
+          if (gi0p) gi0p[m] = gi_acc_[j];
+          if (gbp) gbp[m] = sb_[j];
+          if (gap) gap[m] = sa_[j];
+          if (gthp) gthp[m] = sth_[j];
+        }
       }
     });
   });
   return {gx, gv0, gi0, gb, ga, gth};
 }
 
-std::vector<at::Tensor> rate_stats(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& i0,
-                                   const at::Tensor& b, const at::Tensor& cc, const at::Tensor& alpha,
-                                   const at::Tensor& theta, const std::vector<double>& cfg, bool record) {
+std::vector<at::Tensor> rate_stats(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& i0, const at::Tensor& b,
+                                   const at::Tensor& cc, const at::Tensor& alpha, const at::Tensor& theta,
+                                   const std::vector<double>& cfg, bool record) {
   const Cfg c = Cfg::from(cfg);
   const int64_t T_ = x.size(0), M = x.numel() / std::max<int64_t>(T_, 1);
   auto out = at::empty_like(x);
@@ -252,32 +262,41 @@ std::vector<at::Tensor> rate_stats(const at::Tensor& x, const at::Tensor& v0, co
     T *rp = rate.data_ptr<T>(), *ep = elig.data_ptr<T>(), *vbp = mut_or_null<T>(vbar), *evp = mut_or_null<T>(eligv);
     const T scale = T(c.scale), inv_T = T(1) / T(std::max<int64_t>(T_, 1));
     at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t m = begin; m < end; ++m) {
-        const T beta = p.beta(m), th = p.th(m), alp = p.alp(m);
-        T v = v0p ? v0p[m] : T(0), i = i0p ? i0p[m] : T(0);
-        T kappa = 0, cur_k = 0, e = 0, ev = 0, rsum = 0, vsum = 0, h_prev = 0;
+      T v_[kBlock], i_[kBlock], kappa_[kBlock], cur_[kBlock], e_[kBlock], ev_[kBlock], rs_[kBlock], vs_[kBlock],
+          hp_[kBlock];
+      for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
+        const int64_t n = std::min(kBlock, end - m0);
+        init_state(v_, v0p, m0, n);
+        init_state(i_, i0p, m0, n);
+        for (T* a : {kappa_, cur_, e_, ev_, rs_, vs_, hp_}) std::fill(a, a + n, T(0));
         for (int64_t t = 0; t < T_; ++t) {
-          const int64_t k = t * M + m;
-          T h, total;
-          const T o = forward_step(c, p, m, xp[k], v, i, h, total);
-          op[k] = o;
-          if (vsp) vsp[k] = v;
-          cur_k = c.has_current() ? T(1) + alp * cur_k : T(1);
-          kappa = t == 0 ? scale * cur_k : scale * cur_k + state_jacobian(c, h_prev, beta, th) * kappa;
-          e += c.spiking() ? kappa * sg_at(c, h - th) : kappa;
-          if (record) {
-            ev += state_derivative(c, h, th) * kappa;
-            vsum += v;
+          for (int64_t j = 0; j < n; ++j) {
+            const int64_t m = m0 + j, k = t * M + m;
+            const T beta = p.beta(m), th = p.th(m);
+            T h, total;
+            const T o = forward_step(c, p, m, xp[k], v_[j], i_[j], h, total);
+            op[k] = o;
+            if (vsp) vsp[k] = v_[j];
+            cur_[j] = c.has_current() ? T(1) + p.alp(m) * cur_[j] : T(1);
+            kappa_[j] = t == 0 ? scale * cur_[j] : scale * cur_[j] + state_jacobian(c, hp_[j], beta, th) * kappa_[j];
+            e_[j] += c.spiking() ? kappa_[j] * sg_at(c, h - th) : kappa_[j];
+            if (record) {
+              ev_[j] += state_derivative(c, h, th) * kappa_[j];
+              vs_[j] += v_[j];
+            }
+            rs_[j] += o;
+            hp_[j] = h;
           }
-          rsum += o;
-          h_prev = h;
         }
-        vTp[m] = v;
-        if (iTp) iTp[m] = i;
-        rp[m] = rsum * inv_T;
-        ep[m] = e * inv_T;
-        if (vbp) vbp[m] = vsum * inv_T;
-        if (evp) evp[m] = ev * inv_T;
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t m = m0 + j;
+          vTp[m] = v_[j];
+          if (iTp) iTp[m] = i_[j];
+          rp[m] = rs_[j] * inv_T;
+          ep[m] = e_[j] * inv_T;
+          if (vbp) vbp[m] = vs_[j] * inv_T;
+          if (evp) evp[m] = ev_[j] * inv_T;
+        }
       }
     });
   });
@@ -286,8 +305,8 @@ std::vector<at::Tensor> rate_stats(const at::Tensor& x, const at::Tensor& v0, co
 
 std::vector<at::Tensor> sparse_forward(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& i0,
                                        const at::Tensor& b, const at::Tensor& cc, const at::Tensor& alpha,
-                                       const at::Tensor& theta, const std::vector<double>& cfg, double band,
-                                       bool save, bool record) {
+                                       const at::Tensor& theta, const std::vector<double>& cfg, double band, bool save,
+                                       bool record) {
   const Cfg c = Cfg::from(cfg);
   const int64_t T_ = x.size(0), M = x.numel() / std::max<int64_t>(T_, 1);
   auto out = at::empty_like(x);
@@ -319,30 +338,40 @@ std::vector<at::Tensor> sparse_forward(const at::Tensor& x, const at::Tensor& v0
         const int64_t begin = task * kGrain, end = std::min(M, begin + kGrain);
         auto& fi = found_idx[task];
         auto& fs = found_sg[task];
-        for (int64_t m = begin; m < end; ++m) {
-          const T th = p.th(m);
-          T v = v0p ? v0p[m] : T(0), i = i0p ? i0p[m] : T(0);
-          if (gp && c.timing != SAME && heaviside(v - th, c.fire_ge) != T(0)) set_bit(m);
+        T v_[kBlock], i_[kBlock];
+        for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
+          const int64_t n = std::min(kBlock, end - m0);
+          init_state(v_, v0p, m0, n);
+          init_state(i_, i0p, m0, n);
+          if (gp && c.timing != SAME)
+            for (int64_t j = 0; j < n; ++j)
+              if (heaviside(v_[j] - p.th(m0 + j), c.fire_ge) != T(0)) set_bit(m0 + j);
           for (int64_t t = 0; t < T_; ++t) {
-            const int64_t k = t * M + m;
-            T h, total;
-            const T s = c.discards_input ? discarding_step(c, p, m, xp[k], v, i, h)
-                                         : forward_step(c, p, m, xp[k], v, i, h, total);
-            op[k] = s;
-            if (vsp) vsp[k] = v;
-            if (!save) continue;
-            const T u = h - th;
-            if ((u < T(0) ? -u : u) < bd) {
-              fi.push_back(static_cast<int32_t>(k));
-              fs.push_back(sg_at(c, u));
-            }
-            if (gp && s != T(0)) {
-              if (c.timing == SAME) set_bit(k);
-              else if (t + 1 < T_) set_bit(k + M);
+            for (int64_t j = 0; j < n; ++j) {
+              const int64_t m = m0 + j, k = t * M + m;
+              T h, total;
+              const T s = c.discards_input ? discarding_step(c, p, m, xp[k], v_[j], i_[j], h)
+                                           : forward_step(c, p, m, xp[k], v_[j], i_[j], h, total);
+              op[k] = s;
+              if (vsp) vsp[k] = v_[j];
+              if (!save) continue;
+              const T u = h - p.th(m);
+              if ((u < T(0) ? -u : u) < bd) {
+                fi.push_back(static_cast<int32_t>(k));
+                fs.push_back(sg_at(c, u));
+              }
+              if (gp && s != T(0)) {
+                if (c.timing == SAME)
+                  set_bit(k);
+                else if (t + 1 < T_)
+                  set_bit(k + M);
+              }
             }
           }
-          vTp[m] = v;
-          if (iTp) iTp[m] = i;
+          for (int64_t j = 0; j < n; ++j) {
+            vTp[m0 + j] = v_[j];
+            if (iTp) iTp[m0 + j] = i_[j];
+          }
         }
       }
     });
@@ -391,31 +420,40 @@ std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tenso
     const T scale = T(c.scale);
     const bool want_x = gxp || gi0p;
     at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t m = begin; m < end; ++m) {
-        const T beta = bp[m % F], alp = ap ? ap[m % F] : T(0);
-        T carry = gvp ? gvp[m] : T(0), cur = gip ? gip[m] : T(0);
+      T carry_[kBlock], cur_[kBlock];
+      for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
+        const int64_t n = std::min(kBlock, end - m0);
+        init_state(carry_, gvp, m0, n);
+        init_state(cur_, gip, m0, n);
         for (int64_t t = T_ - 1; t >= 0; --t) {
-          const int64_t k = t * M + m;
-          if (gsp) carry += gsp[k];
-          const T keep = bits ? T(1) - T((bits[k >> 3] >> (k & 7)) & 1) : T(1);
-          const T delta = gp[k] + (same ? carry * keep : carry);
-          carry = same ? beta * delta : beta * keep * delta;
-          if (!want_x) continue;
-          T gin = c.discards_input ? delta * keep : delta;
-          if (c.scale != 1.0) gin = gin * scale;
-          if (c.has_current()) {
-            if (c.decay_after) {
-              gin = gin + alp * cur;
-              cur = gin;
-            } else {
-              gin = gin + cur;
-              cur = alp * gin;
+          for (int64_t j = 0; j < n; ++j) {
+            const int64_t m = m0 + j, k = t * M + m;
+            const T beta = bp[m % F];
+            T &carry = carry_[j], &cur = cur_[j];
+            if (gsp) carry += gsp[k];
+            const T keep = bits ? T(1) - T((bits[k >> 3] >> (k & 7)) & 1) : T(1);
+            const T delta = gp[k] + (same ? carry * keep : carry);
+            carry = same ? beta * delta : beta * keep * delta;
+            if (!want_x) continue;
+            T gin = c.discards_input ? delta * keep : delta;
+            if (c.scale != 1.0) gin = gin * scale;
+            if (c.has_current()) {
+              const T alp = ap[m % F];
+              if (c.decay_after) {
+                gin = gin + alp * cur;
+                cur = gin;
+              } else {
+                gin = gin + cur;
+                cur = alp * gin;
+              }
             }
+            if (gxp) gxp[k] = gin;
           }
-          if (gxp) gxp[k] = gin;
         }
-        if (gv0p) gv0p[m] = carry;
-        if (gi0p) gi0p[m] = cur;
+        for (int64_t j = 0; j < n; ++j) {
+          if (gv0p) gv0p[m0 + j] = carry_[j];
+          if (gi0p) gi0p[m0 + j] = cur_[j];
+        }
       }
     });
   });
