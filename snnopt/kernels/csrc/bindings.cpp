@@ -8,8 +8,7 @@ namespace snnopt {
 namespace {
 
 #if defined(SNNOPT_WITH_CUDA)
-#define SNNOPT_DISPATCH(name, first, ...) \
-  ((first).is_cuda() ? cuda::name(__VA_ARGS__) : cpu::name(__VA_ARGS__))
+#define SNNOPT_DISPATCH(name, first, ...) ((first).is_cuda() ? cuda::name(__VA_ARGS__) : cpu::name(__VA_ARGS__))
 #else
 inline void require_cpu(const at::Tensor& t) {
   TORCH_CHECK(!t.is_cuda(), "the snnopt kernels were built without CUDA; rebuild on a machine with the CUDA toolkit");
@@ -19,29 +18,28 @@ inline void require_cpu(const at::Tensor& t) {
 
 std::vector<at::Tensor> dense_forward(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& i0,
                                       const at::Tensor& b, const at::Tensor& cc, const at::Tensor& alpha,
-                                      const at::Tensor& theta, const std::vector<double>& cfg, bool save,
-                                      bool record) {
+                                      const at::Tensor& theta, const std::vector<double>& cfg, bool save, bool record) {
   return SNNOPT_DISPATCH(dense_forward, x, x, v0, i0, b, cc, alpha, theta, cfg, save, record);
 }
 
 std::vector<at::Tensor> dense_backward(const at::Tensor& g_out, const at::Tensor& g_v, const at::Tensor& g_i,
                                        const at::Tensor& g_vseq, const at::Tensor& h, const at::Tensor& i_seq,
                                        const at::Tensor& v0, const at::Tensor& i0, const at::Tensor& b,
-                                       const at::Tensor& alpha, const at::Tensor& theta,
-                                       const std::vector<double>& cfg, const std::vector<bool>& needs) {
+                                       const at::Tensor& alpha, const at::Tensor& theta, const std::vector<double>& cfg,
+                                       const std::vector<bool>& needs) {
   return SNNOPT_DISPATCH(dense_backward, h, g_out, g_v, g_i, g_vseq, h, i_seq, v0, i0, b, alpha, theta, cfg, needs);
 }
 
-std::vector<at::Tensor> rate_stats(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& i0,
-                                   const at::Tensor& b, const at::Tensor& cc, const at::Tensor& alpha,
-                                   const at::Tensor& theta, const std::vector<double>& cfg, bool record) {
+std::vector<at::Tensor> rate_stats(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& i0, const at::Tensor& b,
+                                   const at::Tensor& cc, const at::Tensor& alpha, const at::Tensor& theta,
+                                   const std::vector<double>& cfg, bool record) {
   return SNNOPT_DISPATCH(rate_stats, x, x, v0, i0, b, cc, alpha, theta, cfg, record);
 }
 
 std::vector<at::Tensor> sparse_forward(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& i0,
                                        const at::Tensor& b, const at::Tensor& cc, const at::Tensor& alpha,
-                                       const at::Tensor& theta, const std::vector<double>& cfg, double band,
-                                       bool save, bool record) {
+                                       const at::Tensor& theta, const std::vector<double>& cfg, double band, bool save,
+                                       bool record) {
   return SNNOPT_DISPATCH(sparse_forward, x, x, v0, i0, b, cc, alpha, theta, cfg, band, save, record);
 }
 

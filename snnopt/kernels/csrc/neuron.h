@@ -24,8 +24,15 @@ namespace snnopt {
 enum Kind : int { LIF = 0, CUBA_LIF = 1, IF = 2, LI = 3, CUBA_LI = 4 };
 enum Reset : int { SUBTRACT = 0, ZERO = 1, NONE = 2 };
 enum Timing : int { SAME = 0, NEXT = 1, SAME_PENDING = 2 };
-enum Surrogate : int { ATAN = 0, FAST_SIGMOID = 1, SIGMOID = 2, TRIANGLE = 3, RECTANGLE = 4,
-                       STRAIGHT_THROUGH = 5, SNNTORCH_TRIANGULAR = 6 };
+enum Surrogate : int {
+  ATAN = 0,
+  FAST_SIGMOID = 1,
+  SIGMOID = 2,
+  TRIANGLE = 3,
+  RECTANGLE = 4,
+  STRAIGHT_THROUGH = 5,
+  SNNTORCH_TRIANGULAR = 6
+};
 
 // The decoded `float[] cfg` of the ops (snnopt.spec.NeuronSpec.op_config).
 struct Cfg {

@@ -9,10 +9,10 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <cub/device/device_scan.cuh>
 
 #include <algorithm>
 #include <cstdint>
+#include <cub/device/device_scan.cuh>
 #include <limits>
 #include <optional>
 #include <vector>
@@ -93,8 +93,8 @@ struct ScanIn {
   int64_t steps, M;
 
   __device__ Neuron<T> neuron(int64_t m) const {
-    return Neuron<T>{c, b.at(m, T(1)), cc.at(m, T(0)), alpha.at(m, T(0)), theta.at(m, T(0)),
-                     v0 ? v0[m] : T(0), i0 ? i0[m] : T(0)};
+    return Neuron<T>{
+        c, b.at(m, T(1)), cc.at(m, T(0)), alpha.at(m, T(0)), theta.at(m, T(0)), v0 ? v0[m] : T(0), i0 ? i0[m] : T(0)};
   }
 };
 
@@ -286,9 +286,7 @@ __global__ void dense_backward_kernel(DenseBackIn<T> in, T* gx, T* gv0, T* gi0, 
         acc_b = acc_b + gh * dbeta;
       }
     } else if (gb) {
-      const T p_prev = (t == 0 || !c.spiking())
-                           ? h_prev
-                           : post_reset(c, h_prev, heaviside(h_prev - th, c.fire_ge), th);
+      const T p_prev = (t == 0 || !c.spiking()) ? h_prev : post_reset(c, h_prev, heaviside(h_prev - th, c.fire_ge), th);
       acc_b = acc_b + gh * (p_prev - v_rest);
     }
     T gin = c.scale != 1.0 ? gh * T(c.scale) : gh;
@@ -329,9 +327,9 @@ __global__ void scatter_active_kernel(const int32_t* idx, const T* sg, int64_t n
 template <typename T>
 struct SparseBackIn {
   Cfg c;
-  const T* g;                 // [steps, M]: g_out * f' on the active set, else 0
+  const T* g;                   // [steps, M]: g_out * f' on the active set, else 0
   const T *g_v, *g_i, *g_vseq;  // null: zero gradient
-  const uint8_t* gates;       // bit-packed q_t, null unless gated
+  const uint8_t* gates;         // bit-packed q_t, null unless gated
   Param<T> b, alpha;
   int64_t steps, M;
 };
@@ -421,8 +419,8 @@ struct Shape {
   explicit Shape(const at::Tensor& seq, const char* name) {
     TORCH_CHECK(seq.defined() && seq.dim() >= 1, "snnopt: ", name, " must be a [T, M] sequence");
     TORCH_CHECK(seq.is_cuda(), "snnopt.cuda: ", name, " must be a CUDA tensor");
-    TORCH_CHECK(seq.scalar_type() == at::kFloat || seq.scalar_type() == at::kDouble,
-                "snnopt.cuda: ", name, " must be float32 or float64, got ", seq.scalar_type());
+    TORCH_CHECK(seq.scalar_type() == at::kFloat || seq.scalar_type() == at::kDouble, "snnopt.cuda: ", name,
+                " must be float32 or float64, got ", seq.scalar_type());
     steps = seq.size(0);
     M = 1;
     for (int64_t d = 1; d < seq.dim(); ++d) M *= seq.size(d);
@@ -436,8 +434,8 @@ struct Scan {
   Shape shape;
   at::Tensor x, v0, i0, b, cc, alpha, theta;
 
-  Scan(const at::Tensor& x_, const at::Tensor& v0_, const at::Tensor& i0_, const at::Tensor& b_,
-       const at::Tensor& cc_, const at::Tensor& alpha_, const at::Tensor& theta_, const Cfg& cfg, bool need_theta)
+  Scan(const at::Tensor& x_, const at::Tensor& v0_, const at::Tensor& i0_, const at::Tensor& b_, const at::Tensor& cc_,
+       const at::Tensor& alpha_, const at::Tensor& theta_, const Cfg& cfg, bool need_theta)
       : c(cfg), shape(x_, "x") {
     const int64_t M = shape.M;
     x = x_.contiguous();
@@ -451,8 +449,9 @@ struct Scan {
 
   template <typename T>
   ScanIn<T> args() const {
-    return ScanIn<T>{c, cptr<T>(x), cptr<T>(v0), cptr<T>(i0), param<T>(b), param<T>(cc), param<T>(alpha),
-                     param<T>(theta), shape.steps, shape.M};
+    return ScanIn<T>{c,           cptr<T>(x),   cptr<T>(v0),     cptr<T>(i0),
+                     param<T>(b), param<T>(cc), param<T>(alpha), param<T>(theta),
+                     shape.steps, shape.M};
   }
   at::Tensor sequence() const { return at::empty(x.sizes(), x.options()); }
   at::Tensor state() const { return at::empty({shape.M}, x.options()); }
@@ -465,10 +464,10 @@ cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
 
 std::vector<at::Tensor> dense_forward(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& i0,
                                       const at::Tensor& b, const at::Tensor& cc, const at::Tensor& alpha,
-                                      const at::Tensor& theta, const std::vector<double>& cfg, bool save,
-                                      bool record) {
+                                      const at::Tensor& theta, const std::vector<double>& cfg, bool save, bool record) {
   const Cfg c = config(cfg);
-  TORCH_CHECK(!c.generic(), "snnopt.cuda.dense_forward: same_pending timing and input-discarding resets are not "
+  TORCH_CHECK(!c.generic(),
+              "snnopt.cuda.dense_forward: same_pending timing and input-discarding resets are not "
               "covered by the dense kernels");
   const c10::cuda::CUDAGuard guard(x.device());
   const Scan s(x, v0, i0, b, cc, alpha, theta, c, c.spiking());
@@ -480,8 +479,8 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& x, const at::Tensor& v0,
   if (s.shape.M > 0) {
     AT_DISPATCH_FLOATING_TYPES(s.x.scalar_type(), "snnopt_cuda_dense_forward", [&] {
       dense_forward_kernel<scalar_t><<<blocks(s.shape.M), kThreads, 0, stream()>>>(
-          s.args<scalar_t>(), mptr<scalar_t>(out), mptr<scalar_t>(v_T), mptr<scalar_t>(i_T),
-          mptr<scalar_t>(v_seq), mptr<scalar_t>(h), mptr<scalar_t>(i_seq));
+          s.args<scalar_t>(), mptr<scalar_t>(out), mptr<scalar_t>(v_T), mptr<scalar_t>(i_T), mptr<scalar_t>(v_seq),
+          mptr<scalar_t>(h), mptr<scalar_t>(i_seq));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
@@ -491,10 +490,11 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& x, const at::Tensor& v0,
 std::vector<at::Tensor> dense_backward(const at::Tensor& g_out, const at::Tensor& g_v, const at::Tensor& g_i,
                                        const at::Tensor& g_vseq, const at::Tensor& h, const at::Tensor& i_seq,
                                        const at::Tensor& v0, const at::Tensor& i0, const at::Tensor& b,
-                                       const at::Tensor& alpha, const at::Tensor& theta,
-                                       const std::vector<double>& cfg, const std::vector<bool>& needs) {
+                                       const at::Tensor& alpha, const at::Tensor& theta, const std::vector<double>& cfg,
+                                       const std::vector<bool>& needs) {
   const Cfg c = config(cfg);
-  TORCH_CHECK(!c.generic(), "snnopt.cuda.dense_backward: same_pending timing and input-discarding resets are not "
+  TORCH_CHECK(!c.generic(),
+              "snnopt.cuda.dense_backward: same_pending timing and input-discarding resets are not "
               "covered by the dense kernels");
   TORCH_CHECK(needs.size() == 6, "snnopt: needs must hold 6 flags (x, v0, i0, beta, alpha, threshold)");
   const c10::cuda::CUDAGuard guard(h.device());
@@ -517,9 +517,20 @@ std::vector<at::Tensor> dense_backward(const at::Tensor& g_out, const at::Tensor
   if (M > 0) {
     AT_DISPATCH_FLOATING_TYPES(hc.scalar_type(), "snnopt_cuda_dense_backward", [&] {
       using T = scalar_t;
-      const DenseBackIn<T> in{c,           cptr<T>(go),  cptr<T>(gv),  cptr<T>(gi),  cptr<T>(gvs),
-                              cptr<T>(hc), cptr<T>(is),  cptr<T>(v0c), cptr<T>(i0c), param<T>(bc),
-                              param<T>(ac), param<T>(thc), shape.steps, M};
+      const DenseBackIn<T> in{c,
+                              cptr<T>(go),
+                              cptr<T>(gv),
+                              cptr<T>(gi),
+                              cptr<T>(gvs),
+                              cptr<T>(hc),
+                              cptr<T>(is),
+                              cptr<T>(v0c),
+                              cptr<T>(i0c),
+                              param<T>(bc),
+                              param<T>(ac),
+                              param<T>(thc),
+                              shape.steps,
+                              M};
       dense_backward_kernel<T><<<blocks(M), kThreads, 0, stream()>>>(in, mptr<T>(gx), mptr<T>(gv0), mptr<T>(gi0),
                                                                      mptr<T>(gb), mptr<T>(ga), mptr<T>(gth));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -528,11 +539,12 @@ std::vector<at::Tensor> dense_backward(const at::Tensor& g_out, const at::Tensor
   return {gx, gv0, gi0, gb, ga, gth};
 }
 
-std::vector<at::Tensor> rate_stats(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& i0,
-                                   const at::Tensor& b, const at::Tensor& cc, const at::Tensor& alpha,
-                                   const at::Tensor& theta, const std::vector<double>& cfg, bool record) {
+std::vector<at::Tensor> rate_stats(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& i0, const at::Tensor& b,
+                                   const at::Tensor& cc, const at::Tensor& alpha, const at::Tensor& theta,
+                                   const std::vector<double>& cfg, bool record) {
   const Cfg c = config(cfg);
-  TORCH_CHECK(!c.generic(), "snnopt.cuda.rate_stats: same_pending timing and input-discarding resets are not "
+  TORCH_CHECK(!c.generic(),
+              "snnopt.cuda.rate_stats: same_pending timing and input-discarding resets are not "
               "covered by the rate kernel");
   const c10::cuda::CUDAGuard guard(x.device());
   const Scan s(x, v0, i0, b, cc, alpha, theta, c, c.spiking());
@@ -554,8 +566,8 @@ std::vector<at::Tensor> rate_stats(const at::Tensor& x, const at::Tensor& v0, co
 
 std::vector<at::Tensor> sparse_forward(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& i0,
                                        const at::Tensor& b, const at::Tensor& cc, const at::Tensor& alpha,
-                                       const at::Tensor& theta, const std::vector<double>& cfg, double band,
-                                       bool save, bool record) {
+                                       const at::Tensor& theta, const std::vector<double>& cfg, double band, bool save,
+                                       bool record) {
   const Cfg c = config(cfg);
   TORCH_CHECK(c.timing != SAME_PENDING, "snnopt.cuda.sparse_forward: same_pending timing is not covered");
   const c10::cuda::CUDAGuard guard(x.device());
@@ -588,8 +600,8 @@ std::vector<at::Tensor> sparse_forward(const at::Tensor& x, const at::Tensor& v0
     at::Tensor ends = at::empty({M}, counts.options());
     const int num = static_cast<int>(M);  // M <= n fits int32 (checked above)
     size_t temp_bytes = 0;
-    C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, temp_bytes, mptr<int32_t>(counts),
-                                                 mptr<int32_t>(ends), num, stream()));
+    C10_CUDA_CHECK(
+        cub::DeviceScan::InclusiveSum(nullptr, temp_bytes, mptr<int32_t>(counts), mptr<int32_t>(ends), num, stream()));
     // (never a null buffer: that would make the second call a size query again)
     at::Tensor temp = at::empty({static_cast<int64_t>(std::max<size_t>(temp_bytes, 1))}, opts.dtype(at::kByte));
     C10_CUDA_CHECK(cub::DeviceScan::InclusiveSum(temp.mutable_data_ptr(), temp_bytes, mptr<int32_t>(counts),
@@ -599,8 +611,8 @@ std::vector<at::Tensor> sparse_forward(const at::Tensor& x, const at::Tensor& v0
     idx = at::empty({total}, opts.dtype(at::kInt));
     sg = at::empty({total}, opts);
     if (total == 0) return;
-    active_set_kernel<T><<<blocks(M), kThreads, 0, stream()>>>(in, T(band), mptr<int32_t>(ends),
-                                                               mptr<int32_t>(idx), mptr<T>(sg));
+    active_set_kernel<T>
+        <<<blocks(M), kThreads, 0, stream()>>>(in, T(band), mptr<int32_t>(ends), mptr<int32_t>(idx), mptr<T>(sg));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, v_T, i_T, v_seq, idx, sg, gates};
@@ -619,8 +631,7 @@ std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tenso
   const bool cuba = c.has_current();
   const at::Tensor go = g_out.contiguous();
   const at::Tensor gv = input(g_v, go, "g_v", M, false), gi = input(g_i, go, "g_i", M, false),
-                   gvs = input(g_vseq, go, "g_vseq", n, false),
-                   ic = input(idx, go, "idx", -1, false, at::kInt),
+                   gvs = input(g_vseq, go, "g_vseq", n, false), ic = input(idx, go, "idx", -1, false, at::kInt),
                    sgc = input(sg, go, "sg", ic.numel(), ic.numel() > 0),
                    gc = gated(c) ? input(gates, go, "gates", (n + 7) / 8, n > 0, at::kByte)
                                  : at::empty({0}, go.options().dtype(at::kByte)),
@@ -635,12 +646,13 @@ std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tenso
   AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "snnopt_cuda_sparse_backward", [&] {
     using T = scalar_t;
     if (nnz > 0) {
-      scatter_active_kernel<T><<<blocks(nnz), kThreads, 0, stream()>>>(cptr<int32_t>(ic), cptr<T>(sgc), nnz,
-                                                                       cptr<T>(go), n, mptr<T>(g));
+      scatter_active_kernel<T>
+          <<<blocks(nnz), kThreads, 0, stream()>>>(cptr<int32_t>(ic), cptr<T>(sgc), nnz, cptr<T>(go), n, mptr<T>(g));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    const SparseBackIn<T> in{c,         cptr<T>(g),        cptr<T>(gv),  cptr<T>(gi),  cptr<T>(gvs),
-                             cptr<uint8_t>(gc), param<T>(bc), param<T>(ac), shape.steps, M};
+    const SparseBackIn<T> in{
+        c,           cptr<T>(g), cptr<T>(gv), cptr<T>(gi), cptr<T>(gvs), cptr<uint8_t>(gc), param<T>(bc), param<T>(ac),
+        shape.steps, M};
     sparse_backward_kernel<T><<<blocks(M), kThreads, 0, stream()>>>(in, mptr<T>(gx), mptr<T>(gv0), mptr<T>(gi0));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
