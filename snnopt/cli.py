@@ -1,4 +1,5 @@
-"""Command line: ``snnopt demo`` trains the demo network in each mode and prints the comparison."""
+"""Command line: ``snnopt demo`` trains the demo network in each mode and prints the comparison;
+``snnopt bench`` times training steps of snnopt's modes against snnTorch and SpikingJelly."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import logging
 
 from . import __version__
+from . import bench as benchmarks
 from .demo import MODES, format_table, run_demo
 
 
@@ -45,13 +47,63 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--band", type=_positive_float, default=0.05,
                       help="sparse mode: surrogate gradient only where |v - threshold| < band (default: 0.05)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_bench(sub)
     return parser
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
+    return value
+
+
+def _add_bench(sub) -> None:
+    bench = sub.add_parser("bench", help="time training steps of snnopt's modes against snnTorch and SpikingJelly "
+                                         "(step and backward time, saved-for-backward memory, ratios)")
+    bench.add_argument("--workload", choices=benchmarks.WORKLOADS + ("all",), default="shd",
+                       help="shd: SHD-like MLP 700-N-N-20; linear: one Linear+LIF layer (the Open Neuromorphic "
+                            "benchmark); all: both (default: shd)")
+    bench.add_argument("--device", default=None,
+                       help="torch device, e.g. cpu or cuda (default: cuda when available, else cpu)")
+    bench.add_argument("--repeats", type=_positive_int, default=5,
+                       help="timed training steps per implementation; the median is reported (default: 5)")
+    bench.add_argument("--warmup", type=_non_negative_int, default=2,
+                       help="untimed steps per implementation before timing (default: 2)")
+    bench.add_argument("--quick", action="store_true", help="tiny sizes, for tests and smoke runs")
+    bench.add_argument("--neurons", type=_positive_int, default=None,
+                       help="neurons per hidden layer (default: 256 for shd, 4096 for linear)")
+    bench.add_argument("--steps", type=_positive_int, default=None, help="time steps T (default: the workload's)")
+    bench.add_argument("--batch-size", type=_positive_int, default=None, help="batch size (default: the workload's)")
+    bench.add_argument("--threads", type=_positive_int, default=None,
+                       help="torch.set_num_threads for the run (default: torch's)")
+    bench.add_argument("--results", default=None,
+                       help="Markdown file the results are appended to (default: bench/RESULTS.md)")
+    bench.add_argument("--no-append", action="store_true", help="print the table only; append nothing")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _bench(args) -> int:
+    names = benchmarks.WORKLOADS if args.workload == "all" else (args.workload,)
+    for k, name in enumerate(names):
+        result = benchmarks.run_bench(name, device=args.device, repeats=args.repeats, warmup=args.warmup,
+                                      quick=args.quick, threads=args.threads, neurons=args.neurons, steps=args.steps,
+                                      batch_size=args.batch_size, progress=not args.no_progress)
+        if k:
+            print()
+        print(benchmarks.describe_run(result))
+        print(benchmarks.format_table(result), flush=True)
+        if not args.no_append:
+            print(f"appended to {benchmarks.append_results(result, args.results)}")
+    return 0
 
 
 def main(argv=None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "bench":
+        return _bench(args)
     rows = run_demo(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, modes=args.modes, band=args.band,
                     progress=not args.no_progress, on_compile=lambda mode, report: print(report, flush=True))
     print()
