@@ -1,0 +1,13 @@
+"""``python -m bench.run [options]``: the same as ``snnopt bench [options]``.
+
+Times training steps of snnopt's dense, sparse and rate modes against snnTorch and
+SpikingJelly on one workload, prints the ratio table and appends it to
+``bench/RESULTS.md`` (see :mod:`snnopt.bench`; ``--help`` lists the options).
+"""
+
+import sys
+
+from snnopt.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", *sys.argv[1:]]))
