@@ -122,6 +122,21 @@ SNN_HD T current_step(const Cfg& c, T& i, T x, T alpha) {
   return total;
 }
 
+// One reverse step of the current filter: g = dL/dI_t from the membrane, d = the gradient
+// of the carried current (updated to the previous step's); returns dL/dx_t.
+//   before: dL/dx_t = g + d, d <- alpha dL/dx_t;   after: dL/dx_t = g + alpha d, d <- dL/dx_t.
+template <typename T>
+SNN_HD T current_backward_step(const Cfg& c, T g, T& d, T alpha) {
+  if (c.decay_after) {
+    g = g + alpha * d;
+    d = g;
+  } else {
+    g = g + d;
+    d = alpha * g;
+  }
+  return g;
+}
+
 // Same-step post-reset state p = R(h, s).
 template <typename T>
 SNN_HD T post_reset(const Cfg& c, T h, T s, T theta) {

@@ -82,6 +82,12 @@ inline T discarding_step(const Cfg& c, const Params<T>& p, int64_t m, T x, T& v,
   return heaviside(h - theta, c.fire_ge);
 }
 
+// The outputs every forward scan returns: {out, v_T, i_T (current kinds), v_seq (if record)}.
+std::vector<at::Tensor> scan_outputs(const at::Tensor& x, const Cfg& c, int64_t M, bool record) {
+  return {at::empty_like(x), x.new_empty({M}), c.has_current() ? x.new_empty({M}) : empty_like0(x),
+          record ? at::empty_like(x) : empty_like0(x)};
+}
+
 template <typename T>
 void init_state(T* dst, const T* src, int64_t m0, int64_t n) {
   for (int64_t k = 0; k < n; ++k) dst[k] = src ? src[m0 + k] : T(0);
@@ -94,10 +100,8 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& x, const at::Tensor& v0,
                                       const at::Tensor& theta, const std::vector<double>& cfg, bool save, bool record) {
   const Cfg c = Cfg::from(cfg);
   const int64_t T_ = x.size(0), M = x.numel() / std::max<int64_t>(T_, 1);
-  auto out = at::empty_like(x);
-  auto vT = x.new_empty({M});
-  auto iT = c.has_current() ? x.new_empty({M}) : empty_like0(x);
-  auto vseq = record ? at::empty_like(x) : empty_like0(x);
+  auto outs = scan_outputs(x, c, M, record);
+  auto &out = outs[0], &vT = outs[1], &iT = outs[2], &vseq = outs[3];
   auto hs = save ? at::empty_like(x) : empty_like0(x);
   auto iseq = save && c.has_current() ? at::empty_like(x) : empty_like0(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "snnopt_dense_forward", [&] {
@@ -247,10 +251,8 @@ std::vector<at::Tensor> rate_stats(const at::Tensor& x, const at::Tensor& v0, co
                                    const std::vector<double>& cfg, bool record) {
   const Cfg c = Cfg::from(cfg);
   const int64_t T_ = x.size(0), M = x.numel() / std::max<int64_t>(T_, 1);
-  auto out = at::empty_like(x);
-  auto vT = x.new_empty({M});
-  auto iT = c.has_current() ? x.new_empty({M}) : empty_like0(x);
-  auto vseq = record ? at::empty_like(x) : empty_like0(x);
+  auto outs = scan_outputs(x, c, M, record);
+  auto &out = outs[0], &vT = outs[1], &iT = outs[2], &vseq = outs[3];
   auto rate = x.new_empty({M}), elig = x.new_empty({M});
   auto vbar = record ? x.new_empty({M}) : empty_like0(x);
   auto eligv = record ? x.new_empty({M}) : empty_like0(x);
@@ -309,10 +311,8 @@ std::vector<at::Tensor> sparse_forward(const at::Tensor& x, const at::Tensor& v0
                                        bool record) {
   const Cfg c = Cfg::from(cfg);
   const int64_t T_ = x.size(0), M = x.numel() / std::max<int64_t>(T_, 1);
-  auto out = at::empty_like(x);
-  auto vT = x.new_empty({M});
-  auto iT = c.has_current() ? x.new_empty({M}) : empty_like0(x);
-  auto vseq = record ? at::empty_like(x) : empty_like0(x);
+  auto outs = scan_outputs(x, c, M, record);
+  auto &out = outs[0], &vT = outs[1], &iT = outs[2], &vseq = outs[3];
   TORCH_CHECK(T_ * M < std::numeric_limits<int32_t>::max(), "snnopt sparse scan: ", T_, " x ", M,
               " states exceed the int32 indices of the active set; split the sequence in time");
   const bool gated = save && c.spiking() && c.reset == ZERO;
@@ -437,16 +437,7 @@ std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tenso
             if (!want_x) continue;
             T gin = c.discards_input ? delta * keep : delta;
             if (c.scale != 1.0) gin = gin * scale;
-            if (c.has_current()) {
-              const T alp = ap[m % F];
-              if (c.decay_after) {
-                gin = gin + alp * cur;
-                cur = gin;
-              } else {
-                gin = gin + cur;
-                cur = alp * gin;
-              }
-            }
+            if (c.has_current()) gin = current_backward_step(c, gin, cur, ap[m % F]);
             if (gxp) gxp[k] = gin;
           }
         }

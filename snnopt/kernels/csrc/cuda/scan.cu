@@ -357,15 +357,7 @@ __global__ void sparse_backward_kernel(SparseBackIn<T> in, T* gx, T* gv0, T* gi0
     if (!filter) continue;
     T gin = gate_input ? delta * keep : delta;
     if (c.scale != 1.0) gin = gin * T(c.scale);
-    if (c.has_current()) {
-      if (c.decay_after) {
-        gin = gin + alpha * d;
-        d = gin;
-      } else {
-        gin = gin + d;
-        d = alpha * gin;
-      }
-    }
+    if (c.has_current()) gin = current_backward_step(c, gin, d, alpha);
     if (gx) gx[k] = gin;
   }
   if (gv0) gv0[m] = carry;
