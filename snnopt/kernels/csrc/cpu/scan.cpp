@@ -402,7 +402,9 @@ std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tenso
   auto gx = needs[0] ? g_out.new_empty({T_, M}) : empty_like0(g_out);
   auto gv0 = needs[1] ? g_out.new_empty({M}) : empty_like0(g_out);
   auto gi0 = needs[2] && c.has_current() ? g_out.new_empty({M}) : empty_like0(g_out);
-  const bool gated = c.spiking() && c.reset == ZERO && gates.numel() > 0, same = c.timing == SAME;
+  const bool gated = c.spiking() && c.reset == ZERO, same = c.timing == SAME;
+  TORCH_CHECK(!gated || gates.numel() * 8 >= T_ * M, "snnopt sparse backward: a reset to a fixed value needs the ",
+              "reset gates its forward saved (got ", gates.numel(), " bytes for ", T_ * M, " states)");
   AT_DISPATCH_FLOATING_TYPES(g_out.scalar_type(), "snnopt_sparse_backward", [&] {
     using T = scalar_t;
     const int64_t n = idx.numel();
