@@ -3,17 +3,21 @@
 For one workload, five implementations of the same network train in the same process:
 
 ``snntorch``          ``snntorch.Leaky`` cells in a per-step Python loop, tutorial style (eager)
-``spikingjelly``      multi-step (``step_mode="m"``) ``layer.Linear`` + ``neuron.LIFNode`` on the best
-                      backend SpikingJelly has for the device (the ``backend`` column says which ran)
+``spikingjelly``      multi-step (``step_mode="m"``) ``layer.Linear`` / ``layer.Conv2d`` /
+                      ``layer.AvgPool2d`` + ``neuron.LIFNode`` on the best backend SpikingJelly has
+                      for the device (the ``backend`` column says which ran)
 ``snnopt dense``      ``snnopt.compile(model, mode="dense", ...)`` of a plain model with ``snnopt.nn.LIF``
+                      (a time-distributed ``Conv2d`` written
+                      ``torch.unflatten(conv(torch.flatten(x, 0, 1)), 0, (T, B))``, the pattern
+                      snnopt fuses with the neuron it drives)
 ``snnopt sparse``     the same with ``mode="sparse"`` (band 0.05)
 ``snnopt rate``       the same with ``mode="rate"``
 
-All start from the same initial weights (the ``Linear`` weights are copied), see the same
-input and labels, use the same loss and Adam.  Every neuron has the same dynamics up to
-each library's conventions: ``beta`` (SpikingJelly ``tau = 1 / (1 - beta)``, no input
-decay), threshold 1, subtract reset, detached reset (snnTorch's only choice and what
-sparse mode assumes), atan surrogate (alpha 2).  snnTorch applies the reset one step
+All start from the same initial weights (the ``Conv2d`` and ``Linear`` weights are copied),
+see the same input and labels, use the same loss and Adam.  Every neuron has the same
+dynamics up to each library's conventions: ``beta`` (SpikingJelly ``tau = 1 / (1 - beta)``,
+no input decay), threshold 1, subtract reset, detached reset (snnTorch's only choice and
+what sparse mode assumes), atan surrogate (alpha 2).  snnTorch applies the reset one step
 later than the others (its ``reset_delay``), which shifts some spikes but not the cost.
 
 What is measured, per implementation (:func:`run_bench`):
@@ -21,8 +25,9 @@ What is measured, per implementation (:func:`run_bench`):
 ``step_s``       wall time of one training step (``zero_grad``, forward, loss, ``backward``,
                  ``optimizer.step``), median over the repeats
 ``backward_s``   wall time of ``loss.backward()`` alone, median over the same steps
-``saved_bytes``  bytes autograd saved for backward in one training forward
-                 (:class:`~snnopt.profiling.SavedTensorMeter`; parameters not counted)
+``saved_bytes``  bytes autograd holds for backward at the end of one training forward
+                 (``kept_bytes`` of :class:`~snnopt.profiling.SavedTensorMeter`: distinct
+                 storages, parameters not counted)
 ``cuda_peak_bytes``  on CUDA: peak of ``torch.cuda.max_memory_allocated`` during one step,
                  above what was allocated before it (weights, optimizer state and input
                  are in that baseline; gradients and everything kept for backward are not)
@@ -33,6 +38,10 @@ machine hit all of them alike.  Every step starts from the initial weights (rest
 outside the timed region), so each repeat times the same step.  On CUDA the timed
 regions are bracketed by ``torch.cuda.synchronize``.  On a CPU only the ratios between
 rows are meaningful, not the absolute times.
+
+:func:`run_sweep` measures rate mode's target (at T = 32 a training step at least 3x
+faster than dense BPTT, saved memory flat in T): ``snnopt dense`` and ``snnopt rate`` alone,
+at several T, with the same measurements.
 """
 
 from __future__ import annotations
@@ -63,24 +72,29 @@ from .profiling import SavedTensorMeter
 log = logging.getLogger(__name__)
 
 IMPLS = ("snntorch", "spikingjelly", "snnopt dense", "snnopt sparse", "snnopt rate")
-WORKLOADS = ("shd", "linear")
+WORKLOADS = ("shd", "conv", "linear")
+SWEEP_IMPLS = ("snnopt dense", "snnopt rate")
 BETA = 0.9
 THRESHOLD = 1.0
 BAND = 0.05
 LR = 1e-3
+POOL = 2
 
 
 @dataclass(frozen=True)
 class Workload:
     """One benchmark network and its input.
 
-    ``sizes`` are the layer widths, input first.  With ``readout`` the last ``Linear`` is a
-    non-spiking readout whose output, summed over time, gives the logits for a
-    cross-entropy loss against random labels; without it every ``Linear`` feeds a LIF
-    layer and the loss is the sum of the output spikes.  ``input_activity`` > 0: Bernoulli
-    spikes with that probability; 0: standard normal currents.  ``gains`` multiply the
-    default initial weights of the first ``Linear`` layers (so that the hidden layers
-    fire at a realistic rate).
+    ``sizes`` are the widths of the ``Linear`` layers, input first.  With ``conv`` (the
+    channels of the ``Conv2d`` layers, input channels first) the network starts with
+    ``Conv2d(kernel) -> LIF -> AvgPool2d(2)`` blocks on ``[T, B, conv[0], image, image]``
+    input, flattened into the ``Linear`` layers (``sizes[0]`` is then the flattened size).
+    With ``readout`` the last ``Linear`` is a non-spiking readout whose output, summed over
+    time, gives the logits for a cross-entropy loss against random labels; without it
+    every ``Linear`` feeds a LIF layer and the loss is the sum of the output spikes.
+    ``input_activity`` > 0: Bernoulli spikes with that probability; 0: standard normal
+    currents.  ``gains`` multiply the default initial weights of the first layers (convs
+    first), so that the hidden layers fire at a realistic rate.
     """
 
     name: str
@@ -91,10 +105,31 @@ class Workload:
     readout: bool
     input_activity: float = 0.0
     gains: tuple[float, ...] = ()
+    conv: tuple[int, ...] = ()
+    image: int = 0
+    kernel: int = 5
 
-    def describe(self) -> str:
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one time step of one sample."""
+        return (self.conv[0], self.image, self.image) if self.conv else (self.sizes[0],)
+
+    def describe(self, steps: str | None = None) -> str:
+        """Title, layer sizes, T (or ``steps``, e.g. the T of a sweep), B and the input."""
+        if self.conv:
+            blocks = "".join(f"-{c}c{self.kernel}-ap{POOL}" for c in self.conv[1:])
+            net = f"{self.conv[0]}x{self.image}x{self.image}{blocks}-" + "-".join(map(str, self.sizes[1:]))
+        else:
+            net = "-".join(map(str, self.sizes))
         inp = f"input spikes p={self.input_activity:g}" if self.input_activity > 0 else "input N(0, 1)"
-        return f"{self.title} {'-'.join(map(str, self.sizes))}, T={self.steps}, B={self.batch}, {inp}"
+        return f"{self.title} {net}, T={steps or self.steps}, B={self.batch}, {inp}"
+
+
+def _conv_features(channels: Sequence[int], image: int, kernel: int) -> int:
+    """Flattened size after the ``Conv2d(kernel)`` (no padding) + ``AvgPool2d(2)`` blocks."""
+    for _ in channels[1:]:
+        image = (image - kernel + 1) // POOL
+    return channels[-1] * image * image
 
 
 def workload(name: str, device: str | torch.device = "cpu", quick: bool = False, neurons: int | None = None,
@@ -104,11 +139,16 @@ def workload(name: str, device: str | torch.device = "cpu", quick: bool = False,
     ``"shd"``     SHD-like MLP 700-N-N-20 (N = 256), input 2% Bernoulli spikes, T = 100 and
                   B = 64 on CPU, T = 500 and B = 256 on GPU; cross-entropy on the readout;
                   weight gains 6 and 3 on the hidden layers, which then fire at about 5%
+    ``"conv"``    conv net on N-MNIST-sized input [T, B, 2, 34, 34], 5% Bernoulli spikes:
+                  Conv2d(2, 12, 5) -> LIF -> AvgPool2d(2) -> Conv2d(12, 32, 5) -> LIF ->
+                  AvgPool2d(2) -> Flatten -> Linear(800, 10) readout, cross-entropy; T = 32,
+                  B = 16 on CPU and 128 on GPU; weight gain 4 on both convs, whose LIF
+                  layers then fire at about 5%
     ``"linear"``  one ``Linear`` (N -> N) + LIF layer, N = 4096, T = 500, B = 16, normal input,
                   loss = sum of the output spikes (the Open Neuromorphic library benchmark)
 
     ``quick`` gives tiny sizes for tests and smoke runs; ``neurons``, ``steps`` and
-    ``batch_size`` override N, T and B.
+    ``batch_size`` override N (not for ``"conv"``), T and B.
     """
     gpu = torch.device(device).type == "cuda"
     if name == "shd":
@@ -116,6 +156,11 @@ def workload(name: str, device: str | torch.device = "cpu", quick: bool = False,
         wl = Workload("shd", "SHD-like MLP", (40 if quick else 700, n, n, 5 if quick else 20),
                       steps=10 if quick else (500 if gpu else 100), batch=4 if quick else (256 if gpu else 64),
                       readout=True, input_activity=0.02, gains=(6.0, 3.0))
+    elif name == "conv":
+        channels = (2, 4, 8) if quick else (2, 12, 32)
+        wl = Workload("conv", "N-MNIST-sized conv net", (_conv_features(channels, 34, 5), 5 if quick else 10),
+                      steps=5 if quick else 32, batch=2 if quick else (128 if gpu else 16), readout=True,
+                      input_activity=0.05, gains=(4.0, 4.0), conv=channels, image=34, kernel=5)
     elif name == "linear":
         n = 32 if quick else 4096
         wl = Workload("linear", "Linear+LIF", (n, n), steps=10 if quick else 500, batch=4 if quick else 16,
@@ -123,6 +168,8 @@ def workload(name: str, device: str | torch.device = "cpu", quick: bool = False,
     else:
         raise ValueError(f"workload must be one of {WORKLOADS}, got {name!r}")
     if neurons is not None:
+        if wl.conv:
+            raise ValueError("the conv workload has no neurons-per-layer setting")
         hidden = (neurons,) * (len(wl.sizes) - 2)
         wl = replace(wl, sizes=(wl.sizes[0],) + hidden + (wl.sizes[-1],) if wl.readout else (neurons,) * len(wl.sizes))
     if steps is not None:
@@ -140,23 +187,30 @@ def _layer_widths(wl: Workload) -> list[tuple[int, int, bool]]:
     return [(i, o, not (wl.readout and k == len(pairs) - 1)) for k, (i, o) in enumerate(pairs)]
 
 
-def initial_linears(wl: Workload, seed: int) -> list[nn.Linear]:
-    """The ``Linear`` layers every implementation starts from: PyTorch's default
-    initialisation from ``seed``, the first weights multiplied by ``wl.gains``."""
+def _conv_channels(wl: Workload) -> list[tuple[int, int]]:
+    """``(in, out)`` channels per ``Conv2d`` (each feeds a LIF layer)."""
+    return list(zip(wl.conv[:-1], wl.conv[1:]))
+
+
+def initial_layers(wl: Workload, seed: int) -> list[nn.Module]:
+    """The ``Conv2d`` and ``Linear`` layers every implementation starts from, in network
+    order: PyTorch's default initialisation from ``seed``, the first weights multiplied by
+    ``wl.gains``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        linears = [nn.Linear(i, o) for i, o, _ in _layer_widths(wl)]
+        layers = [nn.Conv2d(i, o, wl.kernel) for i, o in _conv_channels(wl)]
+        layers += [nn.Linear(i, o) for i, o, _ in _layer_widths(wl)]
     with torch.no_grad():
-        for fc, gain in zip(linears, wl.gains):
-            fc.weight.mul_(gain)
-    return linears
+        for layer, gain in zip(layers, wl.gains):
+            layer.weight.mul_(gain)
+    return layers
 
 
 def make_batch(wl: Workload, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Time-major input ``[T, B, sizes[0]]`` and random labels ``[B]`` (labels only matter with
-    a readout)."""
+    """Time-major input ``[T, B, *wl.input_shape]`` and random labels ``[B]`` (labels only
+    matter with a readout)."""
     gen = torch.Generator().manual_seed(seed + 1)
-    shape = (wl.steps, wl.batch, wl.sizes[0])
+    shape = (wl.steps, wl.batch) + wl.input_shape
     if wl.input_activity > 0:
         x = (torch.rand(shape, generator=gen) < wl.input_activity).float()
     else:
@@ -170,6 +224,26 @@ def loss_fn(wl: Workload, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out, y) if wl.readout else out.sum()
 
 
+def _snnopt_lif() -> LIF:
+    return LIF(beta=BETA, threshold=THRESHOLD, reset="subtract", detach_reset=True, surrogate="atan")
+
+
+def _snntorch_leaky():
+    import snntorch
+    from snntorch import surrogate
+
+    return snntorch.Leaky(beta=BETA, threshold=THRESHOLD, reset_mechanism="subtract",
+                          spike_grad=surrogate.atan(alpha=2.0))
+
+
+def _spikingjelly_lif(neuron_kwargs: dict | None):
+    from spikingjelly.activation_based import neuron, surrogate
+
+    return neuron.LIFNode(tau=1.0 / (1.0 - BETA), decay_input=False, v_threshold=THRESHOLD, v_reset=None,
+                          surrogate_function=surrogate.ATan(alpha=2.0), detach_reset=True, step_mode="m",
+                          **(neuron_kwargs or {}))
+
+
 class SnnoptNet(nn.Module):
     """The plain multi-step model snnopt compiles: ``Linear -> LIF`` layers (and a readout
     ``Linear`` summed over time)."""
@@ -180,8 +254,7 @@ class SnnoptNet(nn.Module):
         for i, o, spiking in _layer_widths(wl):
             layers.append(nn.Linear(i, o))
             if spiking:
-                layers.append(LIF(beta=BETA, threshold=THRESHOLD, reset="subtract", detach_reset=True,
-                                  surrogate="atan"))
+                layers.append(_snnopt_lif())
         self.net = nn.Sequential(*layers)
         self.readout = wl.readout
 
@@ -190,19 +263,36 @@ class SnnoptNet(nn.Module):
         return out.sum(0) if self.readout else out
 
 
+class SnnoptConvNet(nn.Module):
+    """The plain multi-step conv model snnopt compiles: time-distributed ``Conv2d -> LIF ->
+    AvgPool2d`` blocks (``torch.flatten(x, 0, 1)`` / ``torch.unflatten(y, 0, (T, B))`` around
+    the per-sample layers: the function form is the one snnopt fuses into a Conv2d region),
+    then a readout ``Linear`` summed over time."""
+
+    def __init__(self, wl: Workload):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(i, o, wl.kernel) for i, o in _conv_channels(wl))
+        self.lifs = nn.ModuleList(_snnopt_lif() for _ in self.convs)
+        self.pool = nn.AvgPool2d(POOL)
+        self.fc = nn.Linear(*wl.sizes)
+
+    def forward(self, x):
+        T, B = x.shape[:2]
+        h = x
+        for conv, lif in zip(self.convs, self.lifs):
+            s = lif(torch.unflatten(conv(torch.flatten(h, 0, 1)), 0, (T, B)))
+            h = torch.unflatten(self.pool(torch.flatten(s, 0, 1)), 0, (T, B))
+        return self.fc(h.flatten(2)).sum(0)
+
+
 class SnnTorchNet(nn.Module):
     """The same network with ``snntorch.Leaky`` cells, stepped through time in Python."""
 
     def __init__(self, wl: Workload):
         super().__init__()
-        import snntorch
-        from snntorch import surrogate
-
         widths = _layer_widths(wl)
         self.fcs = nn.ModuleList(nn.Linear(i, o) for i, o, _ in widths)
-        self.lifs = nn.ModuleList(snntorch.Leaky(beta=BETA, threshold=THRESHOLD, reset_mechanism="subtract",
-                                                 spike_grad=surrogate.atan(alpha=2.0))
-                                  for _, _, spiking in widths if spiking)
+        self.lifs = nn.ModuleList(_snntorch_leaky() for _, _, spiking in widths if spiking)
         self.readout = wl.readout
 
     def forward(self, x):
@@ -219,6 +309,29 @@ class SnnTorchNet(nn.Module):
         return out.sum(0) if self.readout else out
 
 
+class SnnTorchConvNet(nn.Module):
+    """The conv network with ``snntorch.Leaky`` cells, stepped through time in Python
+    (snnTorch's N-MNIST tutorial style)."""
+
+    def __init__(self, wl: Workload):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(i, o, wl.kernel) for i, o in _conv_channels(wl))
+        self.lifs = nn.ModuleList(_snntorch_leaky() for _ in self.convs)
+        self.pool = nn.AvgPool2d(POOL)
+        self.fc = nn.Linear(*wl.sizes)
+
+    def forward(self, x):
+        mems = [lif.reset_mem() for lif in self.lifs]
+        outs = []
+        for t in range(x.shape[0]):
+            h = x[t]
+            for k, (conv, lif) in enumerate(zip(self.convs, self.lifs)):
+                s, mems[k] = lif(conv(h), mems[k])
+                h = self.pool(s)
+            outs.append(self.fc(h.flatten(1)))
+        return torch.stack(outs).sum(0)
+
+
 class SpikingJellyNet(nn.Module):
     """The same network with multi-step ``layer.Linear`` and ``neuron.LIFNode``
     (``tau = 1 / (1 - beta)``, ``decay_input=False``, ``v_reset=None``: subtract reset).
@@ -226,15 +339,13 @@ class SpikingJellyNet(nn.Module):
 
     def __init__(self, wl: Workload, neuron_kwargs: dict | None = None):
         super().__init__()
-        from spikingjelly.activation_based import layer, neuron, surrogate
+        from spikingjelly.activation_based import layer
 
         layers = []
         for i, o, spiking in _layer_widths(wl):
             layers.append(layer.Linear(i, o, step_mode="m"))
             if spiking:
-                layers.append(neuron.LIFNode(tau=1.0 / (1.0 - BETA), decay_input=False, v_threshold=THRESHOLD,
-                                             v_reset=None, surrogate_function=surrogate.ATan(alpha=2.0),
-                                             detach_reset=True, step_mode="m", **(neuron_kwargs or {})))
+                layers.append(_spikingjelly_lif(neuron_kwargs))
         self.net = nn.Sequential(*layers)
         self.readout = wl.readout
 
@@ -246,7 +357,38 @@ class SpikingJellyNet(nn.Module):
         return out.sum(0) if self.readout else out
 
 
-def _spikingjelly_backend(wl: Workload, device: torch.device) -> tuple[dict, str]:
+class SpikingJellyConvNet(nn.Module):
+    """The conv network with multi-step ``layer.Conv2d``, ``neuron.LIFNode``,
+    ``layer.AvgPool2d``, ``layer.Flatten`` and ``layer.Linear`` (as :class:`SpikingJellyNet`)."""
+
+    def __init__(self, wl: Workload, neuron_kwargs: dict | None = None):
+        super().__init__()
+        from spikingjelly.activation_based import layer
+
+        layers = []
+        for i, o in _conv_channels(wl):
+            layers += [layer.Conv2d(i, o, wl.kernel, step_mode="m"), _spikingjelly_lif(neuron_kwargs),
+                       layer.AvgPool2d(POOL, step_mode="m")]
+        layers += [layer.Flatten(step_mode="m"), layer.Linear(*wl.sizes, step_mode="m")]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        from spikingjelly.activation_based import functional
+
+        functional.reset_net(self.net)
+        return self.net(x).sum(0)
+
+
+def _network(name: str, wl: Workload, neuron_kwargs: dict | None = None) -> nn.Module:
+    """The model of implementation ``name`` (``"snnopt"`` for the one snnopt compiles)."""
+    if name == "snntorch":
+        return (SnnTorchConvNet if wl.conv else SnnTorchNet)(wl)
+    if name == "spikingjelly":
+        return (SpikingJellyConvNet if wl.conv else SpikingJellyNet)(wl, neuron_kwargs)
+    return (SnnoptConvNet if wl.conv else SnnoptNet)(wl)
+
+
+def _spikingjelly_backend(device: torch.device) -> tuple[dict, str]:
     """``(LIFNode keyword arguments, backend name)`` of SpikingJelly's best LIF backend on
     ``device``.  Versions up to 0.0.0.0.15 take a ``backend`` argument: ``"cupy"`` on CUDA
     when it runs, else ``"torch"``.  2.x picks the implementation itself (on CUDA: its CUDA
@@ -256,7 +398,7 @@ def _spikingjelly_backend(wl: Workload, device: torch.device) -> tuple[dict, str
 
     if "backend" in inspect.signature(neuron.LIFNode.__init__).parameters:
         candidates = ("cupy", "torch") if device.type == "cuda" else ("torch",)
-        tiny = replace(wl, sizes=(2, 2), steps=2, batch=1, readout=False)
+        tiny = Workload("probe", "probe", (2, 2), steps=2, batch=1, readout=False)
         for backend in candidates:
             try:
                 net = SpikingJellyNet(tiny, {"backend": backend}).to(device)
@@ -289,10 +431,13 @@ class _Impl:
     cuda_peak_bytes: int | None = None
 
 
-def _copy_linears(source: Sequence[nn.Linear], model: nn.Module) -> None:
-    targets = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if len(targets) != len(source):
-        raise RuntimeError(f"expected {len(source)} Linear layers, found {len(targets)}")
+def _copy_layers(source: Sequence[nn.Module], model: nn.Module) -> None:
+    """Copy the weights of ``source`` into the ``Conv2d`` and ``Linear`` layers of ``model``,
+    which must be the same kinds of layer in the same order."""
+    targets = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    kinds = [type(m).__name__ for m in source]
+    if len(targets) != len(source) or not all(isinstance(d, type(s)) for s, d in zip(source, targets)):
+        raise RuntimeError(f"expected layers {kinds}, found {[type(m).__name__ for m in targets]}")
     with torch.no_grad():
         for src, dst in zip(source, targets):
             dst.weight.copy_(src.weight)
@@ -306,9 +451,10 @@ def _kernel_backend(op: str, device: torch.device) -> str:
 _SNNOPT_OPS = {"dense": "neuron_scan", "sparse": "neuron_scan_sparse", "rate": "neuron_rate_stats"}
 
 
-def _build(name: str, wl: Workload, linears, x: torch.Tensor, device: torch.device) -> _Impl:
-    """Build implementation ``name`` on ``device`` with the weights of ``linears``; a foreign
-    library that is missing or fails to build gives a row with a note instead."""
+def _build(name: str, wl: Workload, layers, x: torch.Tensor, device: torch.device) -> _Impl:
+    """Build implementation ``name`` on ``device`` with the weights of ``layers``
+    (:func:`initial_layers`); a foreign library that is missing or fails to build gives a
+    row with a note instead."""
     impl = _Impl(name)
     if name in ("snntorch", "spikingjelly"):
         try:
@@ -319,21 +465,21 @@ def _build(name: str, wl: Workload, linears, x: torch.Tensor, device: torch.devi
             return impl
         try:
             if name == "snntorch":
-                model, impl.backend = SnnTorchNet(wl), "eager"
+                model, impl.backend = _network(name, wl), "eager"
             else:
-                kwargs, impl.backend = _spikingjelly_backend(wl, device)
-                model = SpikingJellyNet(wl, kwargs)
+                kwargs, impl.backend = _spikingjelly_backend(device)
+                model = _network(name, wl, kwargs)
         except Exception as exc:  # noqa: BLE001 - another library's failure must not stop the benchmark
             impl.note = f"skipped: {type(exc).__name__}: {exc}"
             log.warning("%s: %s", name, impl.note, exc_info=True)
             return impl
-        _copy_linears(linears, model)
+        _copy_layers(layers, model)
         impl.params = model.to(device)
         impl.forward = model
     else:
         mode = name.split()[-1]
-        model = SnnoptNet(wl)
-        _copy_linears(linears, model)
+        model = _network("snnopt", wl)
+        _copy_layers(layers, model)
         model.to(device)
         compiled = snn_compile(model, mode=mode, example_inputs=(x,), band=BAND)
         impl.params, impl.forward = model, compiled
@@ -372,7 +518,8 @@ def _train_step(impl: _Impl, wl: Workload, x, y, device: torch.device) -> tuple[
 
 
 def _measure_memory(impl: _Impl, wl: Workload, x, y, device: torch.device) -> None:
-    """Saved-for-backward bytes of one training forward and, on CUDA, the step's peak."""
+    """Bytes autograd holds for backward once the training forward is done (the graph of
+    ``loss``) and, on CUDA, the step's peak."""
     _restore(impl)
     impl.optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
@@ -383,7 +530,7 @@ def _measure_memory(impl: _Impl, wl: Workload, x, y, device: torch.device) -> No
         loss = loss_fn(wl, impl.forward(x), y)
     loss.backward()
     impl.optimizer.step()
-    impl.saved_bytes = meter.bytes
+    impl.saved_bytes = meter.kept_bytes
     if device.type == "cuda":
         _sync(device)
         impl.cuda_peak_bytes = torch.cuda.max_memory_allocated(device) - base
@@ -456,11 +603,11 @@ def run_bench(workload_name: str = "shd", device: str | torch.device | None = No
         torch.set_num_threads(threads)
     try:
         x, y = make_batch(wl, seed, device)
-        linears = initial_linears(wl, seed)
+        layers = initial_layers(wl, seed)
         built = []
         for name in impls:
             log.info("building %s for %s", name, wl.describe())
-            built.append(_build(name, wl, linears, x, device))
+            built.append(_build(name, wl, layers, x, device))
         runnable = [impl for impl in built if impl.forward is not None]
         with tqdm(total=len(runnable) * (warmup + 1 + repeats), disable=not progress, unit="step",
                   dynamic_ncols=True, desc=wl.name) as bar:
@@ -495,13 +642,40 @@ def run_bench(workload_name: str = "shd", device: str | torch.device | None = No
     return result
 
 
+def run_sweep(workload_name: str = "shd", steps: Sequence[int] = (4, 32, 100),
+              device: str | torch.device | None = None, repeats: int = 5, warmup: int = 2, quick: bool = False,
+              threads: int | None = None, neurons: int | None = None, batch_size: int | None = None, seed: int = 0,
+              progress: bool = False) -> dict:
+    """Rate mode's target (at T = 32 a training step >= 3x faster than dense BPTT, saved
+    memory flat in T): :func:`run_bench` of :data:`SWEEP_IMPLS` (``snnopt dense`` and
+    ``snnopt rate``) on workload ``workload_name`` once per T in ``steps``, same
+    measurements.
+
+    The result holds ``date``, ``device``, ``device_name``, ``threads``, ``workload`` (at
+    the first T), ``repeats`` and ``versions`` as :func:`run_bench`'s, ``steps`` and
+    ``runs``: the :func:`run_bench` result of each T, in the order of ``steps``.
+    """
+    steps = tuple(steps)
+    if not steps or min(steps) < 1:
+        raise ValueError(f"steps must be a non-empty list of positive T, got {steps}")
+    runs = [run_bench(workload_name, device=device, repeats=repeats, warmup=warmup, quick=quick, threads=threads,
+                      neurons=neurons, steps=t, batch_size=batch_size, seed=seed, impls=SWEEP_IMPLS,
+                      progress=progress) for t in steps]
+    keys = ("date", "device", "device_name", "threads", "workload", "repeats", "versions")
+    return {**{k: runs[0][k] for k in keys}, "steps": steps, "runs": runs}
+
+
 # ---------------------------------------------------------------- tables
 
 def _speedup(base: dict | None, row: dict, key: str) -> str:
     """``base[key] / row[key]``: > 1 when the row is faster than the base."""
-    if base is None or row[key] is None or base[key] is None or not row[key] > 0:
+    if base is None or row is None or row[key] is None or base[key] is None or not row[key] > 0:
         return "-"
     return f"{base[key] / row[key]:.2f}"
+
+
+def _mib(n: int | None, digits: int = 2) -> str:
+    return "-" if n is None else f"{n / 2**20:.{digits}f}"
 
 
 def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
@@ -520,30 +694,75 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
             body.append([r["impl"], r["note"] or r["backend"]] + ["-"] * (len(header) - 2))
             continue
         cells = [r["impl"], r["backend"], f"{r['step_s'] * 1e3:.2f}", f"{r['backward_s'] * 1e3:.2f}",
-                 f"{r['saved_bytes'] / 2**20:.2f}"]
+                 _mib(r["saved_bytes"])]
         if cuda:
-            cells.append("-" if r["cuda_peak_bytes"] is None else f"{r['cuda_peak_bytes'] / 2**20:.1f}")
+            cells.append(_mib(r["cuda_peak_bytes"], 1))
         cells += [_speedup(snntorch, r, "step_s"), _speedup(dense, r, "step_s"), _speedup(dense, r, "backward_s")]
         body.append(cells)
     return header, body
 
 
-def format_table(result: dict) -> str:
-    """The result as a text table (``impl`` and ``backend`` left-aligned, numbers right-aligned)."""
-    header, body = table_rows(result)
+def sweep_table_rows(sweep: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the sweep table, one row per T: step times and saved memory of
+    ``snnopt dense`` and ``snnopt rate``, and rate's speedup (dense time / rate time)."""
+    cuda = any(r["cuda_peak_bytes"] is not None for run in sweep["runs"] for r in run["rows"])
+    header = ["T", "dense step ms", "rate step ms", "rate step x vs dense", "rate backward x vs dense",
+              "dense saved MiB", "rate saved MiB"] + (["dense CUDA peak MiB", "rate CUDA peak MiB"] if cuda else [])
+    body = []
+    for t, run in zip(sweep["steps"], sweep["runs"]):
+        by_impl = {r["impl"]: r for r in run["rows"] if r["step_s"] is not None}
+        dense, rate = by_impl.get("snnopt dense"), by_impl.get("snnopt rate")
+        cells = [str(t)] + ["-" if r is None else f"{r['step_s'] * 1e3:.2f}" for r in (dense, rate)]
+        cells += [_speedup(dense, rate, "step_s"), _speedup(dense, rate, "backward_s")]
+        cells += [_mib(None if r is None else r["saved_bytes"]) for r in (dense, rate)]
+        if cuda:
+            cells += [_mib(None if r is None else r["cuda_peak_bytes"], 1) for r in (dense, rate)]
+        body.append(cells)
+    return header, body
+
+
+def _text_table(header: list[str], body: list[list[str]], left: int) -> str:
+    """A text table: the first ``left`` columns left-aligned, the others right-aligned."""
     widths = [max(len(row[i]) for row in [header] + body) for i in range(len(header))]
 
     def line(cells):
-        return " | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return " | ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     rule = "-+-".join("-" * w for w in widths)
     return "\n".join([line(header), rule] + [line(c) for c in body])
 
 
-def describe_run(result: dict) -> str:
-    """One line naming the date, device, threads, workload and repeats of a result."""
+def _markdown_table(header: list[str], body: list[list[str]], left: int) -> list[str]:
+    aligns = ["---" if i < left else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(aligns) + " |"]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in body]
+
+
+def format_table(result: dict) -> str:
+    """The result as a text table (``impl`` and ``backend`` left-aligned, numbers right-aligned)."""
+    return _text_table(*table_rows(result), left=2)
+
+
+def format_sweep(sweep: dict) -> str:
+    """The sweep as a text table (:func:`sweep_table_rows`)."""
+    return _text_table(*sweep_table_rows(sweep), left=0)
+
+
+def _describe(result: dict, workload: str, measured: str) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items())
     return (f"{result['date']}, {result['device']}: {result['device_name']}, {result['threads']} threads; "
-            f"{result['workload'].describe()}; median of {result['repeats']} steps; {versions}")
+            f"{workload}; {measured}median of {result['repeats']} steps; {versions}")
+
+
+def describe_run(result: dict) -> str:
+    """One line naming the date, device, threads, workload and repeats of a result."""
+    return _describe(result, result["workload"].describe(), "")
+
+
+def describe_sweep(sweep: dict) -> str:
+    """One line naming the date, device, threads, workload, the T swept and the repeats of
+    a sweep."""
+    steps = "/".join(map(str, sweep["steps"]))
+    return _describe(sweep, sweep["workload"].describe(steps=steps), "snnopt dense and rate; ")
 
 
 RESULTS_HEADER = """\
@@ -551,17 +770,20 @@ RESULTS_HEADER = """\
 
 Rows appended by `snnopt bench` (`python -m bench.run`), one block per run, newest last.
 Each block names the date, the device (CPU model or GPU name), the number of torch threads,
-the workload sizes and the library versions.  All implementations train the same network
-from the same initial weights on the same input, in one process.  Workloads: `shd`, an
-SHD-like MLP 700-N-N-20 on 2% input spikes (T=100, B=64 on CPU; T=500, B=256 on GPU);
-`linear`, one Linear+LIF layer with 4096 neurons, T=500, B=16 (the Open Neuromorphic
-library benchmark).  The conv net on N-MNIST-sized input is not included yet.
+the workload sizes (T, the number of time steps, among them) and the library versions.
+All implementations train the same network from the same initial weights on the same
+input, in one process.  Workloads: `shd`, an SHD-like MLP 700-N-N-20 on 2% input spikes
+(T=100, B=64 on CPU; T=500, B=256 on GPU); `conv`, a conv net on N-MNIST-sized input
+2x34x34 with 5% input spikes, Conv2d(12, 5x5)-LIF-AvgPool(2)-Conv2d(32, 5x5)-LIF-AvgPool(2)-
+Linear(800, 10) readout (T=32; B=16 on CPU, 128 on GPU); `linear`, one Linear+LIF layer
+with 4096 neurons, T=500, B=16 (the Open Neuromorphic library benchmark).
 
 Rows:
 
 - `snntorch`: `snntorch.Leaky` cells in a per-step Python loop (eager);
-- `spikingjelly`: multi-step `layer.Linear` + `neuron.LIFNode`, on the backend named in
-  the `backend` column (SpikingJelly picks its best one for the device);
+- `spikingjelly`: multi-step `layer.Linear` / `layer.Conv2d` / `layer.AvgPool2d` +
+  `neuron.LIFNode`, on the backend named in the `backend` column (SpikingJelly picks its
+  best one for the device);
 - `snnopt dense` / `sparse` / `rate`: `snnopt.compile` of a model with `snnopt.nn.LIF`;
   the `backend` column gives the compiled mode and the kernel backend of its neuron op.
 
@@ -569,11 +791,16 @@ Columns:
 
 - `step ms`: one training step (zero_grad, forward, loss, backward, Adam step), median
   over the repeats; `backward ms`: `loss.backward()` alone, median over the same steps;
-- `saved MiB`: what autograd saved for backward in one training forward (parameters not
-  counted); `CUDA peak MiB` (GPU runs only): peak allocation during a step above what was
-  allocated before it;
+- `saved MiB`: what autograd holds for backward after one training forward (distinct
+  storages, parameters not counted); `CUDA peak MiB` (GPU runs only): peak allocation
+  during a step above what was allocated before it;
 - `step x vs snnTorch`, `step x vs snnopt dense`, `backward x vs snnopt dense`: speedups,
   the baseline's time divided by the row's (> 1: the row is faster).
+
+T sweeps (`snnopt bench --sweep-steps 4,32,100`) measure rate mode's target, a training
+step at least 3x faster than dense BPTT at T=32 with saved memory flat in T: `snnopt
+dense` and `snnopt rate` alone, one row per T, the same measurements; `rate step x vs
+dense` and `rate backward x vs dense` are dense's time divided by rate's.
 
 On a CPU only the ratios are meaningful, not the absolute times: they depend on the
 core count, the other load of the machine and the BLAS build.  Absolute times are
@@ -584,12 +811,16 @@ quoted from GPUs.
 def results_block(result: dict) -> str:
     """The Markdown block :func:`append_results` writes: a dated heading, the run's
     description and the table."""
-    header, body = table_rows(result)
-    aligns = ["---" if i < 2 else "---:" for i in range(len(header))]
-    lines = [f"## {result['date']} · {result['workload'].name} · {result['device_name']}",
-             "", describe_run(result), "",
-             "| " + " | ".join(header) + " |", "| " + " | ".join(aligns) + " |"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    lines = [f"## {result['date']} · {result['workload'].name} · {result['device_name']}", "",
+             describe_run(result), ""] + _markdown_table(*table_rows(result), left=2)
+    return "\n".join(lines) + "\n"
+
+
+def sweep_block(sweep: dict) -> str:
+    """The Markdown block :func:`append_sweep` writes: a dated heading, the sweep's
+    description and its table."""
+    lines = [f"## {sweep['date']} · {sweep['workload'].name} T sweep · {sweep['device_name']}", "",
+             describe_sweep(sweep), ""] + _markdown_table(*sweep_table_rows(sweep), left=0)
     return "\n".join(lines) + "\n"
 
 
@@ -600,15 +831,27 @@ def default_results_path() -> Path:
     return checkout if checkout.exists() else Path("bench") / "RESULTS.md"
 
 
-def append_results(result: dict, path: str | Path | None = None) -> Path:
-    """Append :func:`results_block` of ``result`` to ``path`` (default
-    :func:`default_results_path`), creating the file with :data:`RESULTS_HEADER`."""
+def _append(block: str, path: str | Path | None) -> Path:
     path = Path(path) if path is not None else default_results_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists() or path.stat().st_size == 0
     with open(path, "a", encoding="utf-8") as f:
         if new:
             f.write(RESULTS_HEADER)
-        f.write("\n" + results_block(result))
+        f.write("\n" + block)
+    return path
+
+
+def append_results(result: dict, path: str | Path | None = None) -> Path:
+    """Append :func:`results_block` of ``result`` to ``path`` (default
+    :func:`default_results_path`), creating the file with :data:`RESULTS_HEADER`."""
+    path = _append(results_block(result), path)
     log.info("appended %s results to %s", result["workload"].name, path)
+    return path
+
+
+def append_sweep(sweep: dict, path: str | Path | None = None) -> Path:
+    """Append :func:`sweep_block` of ``sweep`` to ``path``, as :func:`append_results`."""
+    path = _append(sweep_block(sweep), path)
+    log.info("appended %s T sweep to %s", sweep["workload"].name, path)
     return path

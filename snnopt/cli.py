@@ -25,6 +25,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _step_list(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        steps = ()
+    if not steps or min(steps) < 1:
+        raise argparse.ArgumentTypeError(f"expected a comma list of positive integers, got {text!r}")
+    return steps
+
+
 def _modes(text: str) -> tuple[str, ...]:
     modes = tuple(m.strip() for m in text.split(",") if m.strip())
     bad = [m for m in modes if m not in MODES]
@@ -62,8 +72,9 @@ def _add_bench(sub) -> None:
     bench = sub.add_parser("bench", help="time training steps of snnopt's modes against snnTorch and SpikingJelly "
                                          "(step and backward time, saved-for-backward memory, ratios)")
     bench.add_argument("--workload", choices=benchmarks.WORKLOADS + ("all",), default="shd",
-                       help="shd: SHD-like MLP 700-N-N-20; linear: one Linear+LIF layer (the Open Neuromorphic "
-                            "benchmark); all: both (default: shd)")
+                       help="shd: SHD-like MLP 700-N-N-20; conv: conv net on N-MNIST-sized input 2x34x34; "
+                            "linear: one Linear+LIF layer (the Open Neuromorphic benchmark); all: each in turn "
+                            "(default: shd)")
     bench.add_argument("--device", default=None,
                        help="torch device, e.g. cpu or cuda (default: cuda when available, else cpu)")
     bench.add_argument("--repeats", type=_positive_int, default=5,
@@ -72,8 +83,11 @@ def _add_bench(sub) -> None:
                        help="untimed steps per implementation before timing (default: 2)")
     bench.add_argument("--quick", action="store_true", help="tiny sizes, for tests and smoke runs")
     bench.add_argument("--neurons", type=_positive_int, default=None,
-                       help="neurons per hidden layer (default: 256 for shd, 4096 for linear)")
+                       help="neurons per hidden layer (default: 256 for shd, 4096 for linear; not for conv)")
     bench.add_argument("--steps", type=_positive_int, default=None, help="time steps T (default: the workload's)")
+    bench.add_argument("--sweep-steps", type=_step_list, default=None, metavar="T,T,...",
+                       help="instead of the comparison, time snnopt dense and rate alone at each T of this comma "
+                            "list (e.g. 4,32,100): rate's step speedup and the saved memory of both per T")
     bench.add_argument("--batch-size", type=_positive_int, default=None, help="batch size (default: the workload's)")
     bench.add_argument("--threads", type=_positive_int, default=None,
                        help="torch.set_num_threads for the run (default: torch's)")
@@ -83,14 +97,26 @@ def _add_bench(sub) -> None:
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _bench(args) -> int:
+def _bench(parser: argparse.ArgumentParser, args) -> int:
     names = benchmarks.WORKLOADS if args.workload == "all" else (args.workload,)
+    if args.neurons is not None and "conv" in names:
+        parser.error("--neurons does not apply to the conv workload")
+    if args.sweep_steps is not None and args.steps is not None:
+        parser.error("--steps and --sweep-steps exclude each other")
+    common = dict(device=args.device, repeats=args.repeats, warmup=args.warmup, quick=args.quick,
+                  threads=args.threads, neurons=args.neurons, batch_size=args.batch_size,
+                  progress=not args.no_progress)
     for k, name in enumerate(names):
-        result = benchmarks.run_bench(name, device=args.device, repeats=args.repeats, warmup=args.warmup,
-                                      quick=args.quick, threads=args.threads, neurons=args.neurons, steps=args.steps,
-                                      batch_size=args.batch_size, progress=not args.no_progress)
         if k:
             print()
+        if args.sweep_steps is not None:
+            sweep = benchmarks.run_sweep(name, steps=args.sweep_steps, **common)
+            print(benchmarks.describe_sweep(sweep))
+            print(benchmarks.format_sweep(sweep), flush=True)
+            if not args.no_append:
+                print(f"appended to {benchmarks.append_sweep(sweep, args.results)}")
+            continue
+        result = benchmarks.run_bench(name, steps=args.steps, **common)
         print(benchmarks.describe_run(result))
         print(benchmarks.format_table(result), flush=True)
         if not args.no_append:
@@ -100,10 +126,11 @@ def _bench(args) -> int:
 
 def main(argv=None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "bench":
-        return _bench(args)
+        return _bench(parser, args)
     rows = run_demo(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, modes=args.modes, band=args.band,
                     progress=not args.no_progress, on_compile=lambda mode, report: print(report, flush=True))
     print()

@@ -100,7 +100,7 @@ def test_opcheck_sparse_ops():
     w = torch.randn(5, 8, requires_grad=True)
     torch.library.opcheck(torch.ops.snnopt.spiking_synapse_sparse.default,
                           (xs, w, torch.zeros(5, requires_grad=True), None, beta.detach()[:1], th.detach()[:1],
-                           0, [1], [0], [1], 1, cfg, 0.5, True), test_utils=test_utils)
+                           0, [1], [0], [1], 1, cfg, 0.5, True, None), test_utils=test_utils)
 
 
 def test_opcheck_rate_ops():
@@ -157,5 +157,5 @@ def test_binary_synapse_matches_autograd(syn, binary):
     g = torch.randn_like(ref)
     for a, r in zip(torch.autograd.grad((out * g).sum(), (x, w, b)), torch.autograd.grad((ref * g).sum(), (x, w, b))):
         torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
-    torch.library.opcheck(torch.ops.snnopt.binary_synapse.default, (x, w, b, syn, *conv, True),
+    torch.library.opcheck(torch.ops.snnopt.binary_synapse.default, (x, w, b, syn, *conv, True, None),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))

@@ -52,18 +52,22 @@ def neuron_scan_sparse(x, v0, i0, beta, alpha, threshold, cfg, band, record=Fals
     return out, v_T, i_T, v_seq, idx
 
 
-def spiking_synapse_sparse(x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band):
-    """Fused synapse + sparse-gradient scan: ``(out, v_T, active_indices, packed_input)``."""
+def spiking_synapse_sparse(x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band,
+                           x_active=None):
+    """Fused synapse + sparse-gradient scan: ``(out, v_T, active_indices, packed_input)``.
+    ``x_active``: the active set of the sparse neuron producing ``x``, the only entries of
+    ``dL/dx`` its backward reads (``dL/dx`` is computed there only)."""
     save = _needs_save(x, weight, bias, v0)
     out, v_T, idx, _, _, packed = torch.ops.snnopt.spiking_synapse_sparse(
-        x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save)
+        x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save, x_active)
     return out, v_T, idx, packed
 
 
-def binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups):
-    """Synapse on spike input that keeps the input bit-packed for backward: ``(out, packed)``."""
+def binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups, x_active=None):
+    """Synapse on spike input that keeps the input bit-packed for backward: ``(out, packed)``
+    (``x_active`` as in :func:`spiking_synapse_sparse`)."""
     save = _needs_save(x, weight, bias)
-    return torch.ops.snnopt.binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups, save)
+    return torch.ops.snnopt.binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups, save, x_active)
 
 
 def neuron_rate_stats(x, v0, i0, beta, alpha, threshold, cfg, record=False):
@@ -81,8 +85,10 @@ def rate_batch_norm(x, mean, var, weight, bias, eps):
 
 
 NATIVE_OPS = ("neuron_scan", "neuron_scan_backward", "neuron_scan_sparse", "neuron_scan_sparse_backward",
-              "spiking_synapse_sparse", "spiking_synapse_sparse_backward", "neuron_rate_stats")
-"""Ops with a fused kernel (the others are compositions of ATen ops: matmul, convolution, batch norm)."""
+              "spiking_synapse_sparse", "spiking_synapse_sparse_backward", "binary_synapse", "binary_synapse_backward",
+              "neuron_rate_stats")
+"""Ops with a fused kernel (the others are compositions of ATen ops; the synapse ops run the
+event-driven Linear kernels on binary input)."""
 
 
 def status() -> dict:

@@ -18,6 +18,7 @@ arithmetic does.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -39,10 +40,10 @@ def _build():
     from torch.utils import cpp_extension
 
     with_cuda = torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
-    sources = [_CSRC / "bindings.cpp", _CSRC / "cpu" / "scan.cpp"]
-    flags = ["-O3", "-ffp-contract=off", "-fopenmp"]
+    sources = [_CSRC / "bindings.cpp", _CSRC / "cpu" / "scan.cpp", _CSRC / "cpu" / "synapse.cpp"]
+    flags = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp"]
     if with_cuda:
-        sources.append(_CSRC / "cuda" / "scan.cu")
+        sources += [_CSRC / "cuda" / "scan.cu", _CSRC / "cuda" / "synapse.cu"]
         flags.append("-DSNNOPT_WITH_CUDA")
     return cpp_extension.load(
         name="snnopt_kernels", sources=[str(s) for s in sources], extra_cflags=flags,
@@ -79,6 +80,47 @@ def serves(x: torch.Tensor, cfg: Config, sparse: bool = False) -> bool:
     the sparse kernels also take an input-discarding reset)."""
     generic = cfg.timing == "same_pending" if sparse else cfg.generic
     return not generic and x.dtype in _DTYPES and x.numel() > 0 and backend(x.device.type) == "native"
+
+
+def serves_synapse(x: torch.Tensor) -> bool:
+    """Whether the event-driven synapse kernels (packing, event Linear) run for input ``x``."""
+    return x.dtype in _DTYPES and x.numel() > 0 and backend(x.device.type) == "native"
+
+
+def pack_spikes(x: torch.Tensor) -> tuple[torch.Tensor | None, int]:
+    """``(packed bits, number of ones)`` of a binary ``x``, or ``(None, -1)`` when ``x`` is not
+    binary (reads the count back: one device sync on CUDA)."""
+    packed, count = module().pack_spikes(x.contiguous().reshape(-1))
+    count = int(count)
+    return (packed, count) if count >= 0 else (None, -1)
+
+
+def unpack_spikes(packed: torch.Tensor, shape, dtype) -> torch.Tensor:
+    """:func:`.reference.sparse.unpack_bits`."""
+    like = packed.new_empty(0, dtype=dtype)
+    return module().unpack_spikes(packed, math.prod(shape), like).reshape(shape)
+
+
+def event_linear(packed: torch.Tensor, shape, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for the binary ``x`` of ``shape`` whose bits are ``packed``."""
+    rows = math.prod(shape[:-1])
+    y = module().event_linear(packed, rows, weight.contiguous(), bias if bias is not None else weight.new_empty(0))
+    return y.reshape(*shape[:-1], weight.shape[0])
+
+
+def event_linear_backward(g: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor, x_shape,
+                          x_active: torch.Tensor | None, needs):
+    """:func:`.reference.sparse.synapse_backward` of a Linear on packed binary input (``dX``
+    only at ``x_active`` unless it is None)."""
+    need_x = needs[0]
+    nothing_active = x_active is not None and x_active.numel() == 0
+    if nothing_active:  # the kernel reads an empty list as "everywhere"
+        need_x = False
+    active = x_active if x_active is not None else g.new_empty(0, dtype=torch.int32)
+    dX, dW, db = module().event_linear_backward(g.contiguous().reshape(-1, g.shape[-1]), packed,
+                                                weight.contiguous(), active, [need_x, needs[1], needs[2]])
+    dX = g.new_zeros(x_shape) if nothing_active and needs[0] else (dX.reshape(x_shape) if need_x else None)
+    return dX, (dW if needs[1] else None), (db if needs[2] else None)
 
 
 def _flat(t, like: torch.Tensor) -> torch.Tensor:

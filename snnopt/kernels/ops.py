@@ -15,9 +15,9 @@ neuron_scan_sparse              out, v_T, i_T, v_seq, idx, sg, gates  (active se
                                 indices, f'; reset gates bit-packed)
 neuron_scan_sparse_backward     gx, gv0, gi0
 spiking_synapse_sparse          out, v_T, idx, sg, gates, x_packed  (fused Linear/Conv2d + neuron)
-spiking_synapse_sparse_backward gx, gweight, gbias, gv0
+spiking_synapse_sparse_backward gx, gweight, gbias, gv0   (gx only at ``x_active`` if given)
 binary_synapse                  out, x_packed             (Linear/Conv2d keeping its spike input packed)
-binary_synapse_backward         gx, gweight, gbias
+binary_synapse_backward         gx, gweight, gbias        (gx only at ``x_active`` if given)
 neuron_rate_stats               out, v_T, i_T, v_seq, rate, eligibility, v_bar, e_v
                                 (spike pass of rate mode; the last two for a recorded membrane)
 rate_batch_norm                 y                         (RateBN)
@@ -181,20 +181,52 @@ def _sparse_backward(ctx, g_out, g_v, g_i, g_vseq, _gidx, _gsg, _ggates):
 neuron_scan_sparse.register_autograd(_sparse_backward, setup_context=_sparse_setup)
 
 
+EVENT_DENSITY = 0.15
+"""Binary Linear inputs with fewer ones than this fraction run the event-driven forward
+(one weight row per spike) instead of the dense GEMM: the measured crossover of the CPU
+kernel against the BLAS GEMM is between 0.15 and 0.3 (2-16 threads, K, N in 256-1024)."""
+
+
+def _synapse_forward(x, weight, bias, syn, stride, padding, dilation, groups, save):
+    """``(I, saved)``: ``I = syn(x)`` (event-driven for a sparse binary input to a Linear) and
+    the input kept for backward (bit-packed when binary, else its raw bytes; empty unless
+    ``save``)."""
+    if not native.serves_synapse(x):
+        current = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
+        return current, (_pack_input(x) if save else x.new_empty(0, dtype=torch.uint8))
+    packed, count = native.pack_spikes(x)
+    if packed is not None and syn == 0 and count < EVENT_DENSITY * x.numel():
+        current = native.event_linear(packed, list(x.shape), weight, bias)
+    else:
+        current = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
+    if not save:
+        return current, x.new_empty(0, dtype=torch.uint8)
+    return current, (packed if packed is not None else _raw_bytes(x))
+
+
+def _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, groups, x_shape, needs, x_active):
+    """``(dX, dW, db)`` of the synapse from ``dL/dI``; ``dX`` only at ``x_active`` (flat
+    indices into ``x``) unless it is None, zero elsewhere."""
+    if syn == 0 and _is_packed(x_packed, x_shape) and native.serves_synapse(g_current):
+        return native.event_linear_backward(g_current, x_packed, weight, x_shape, x_active, needs)
+    x = _unpack_input(x_packed, x_shape, g_current.dtype)
+    return ref_sparse.synapse_backward(g_current, x, weight, syn, stride, padding, dilation, groups, needs, x_active)
+
+
 @torch.library.custom_op(f"{LIB}::spiking_synapse_sparse", mutates_args=())
 def spiking_synapse_sparse(x: Tensor, weight: Tensor, bias: Tensor | None, v0: Tensor | None, beta: Tensor | None,
                            threshold: Tensor | None, syn: int, stride: list[int], padding: list[int],
-                           dilation: list[int], groups: int, cfg: list[float], band: float,
-                           save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    current = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
+                           dilation: list[int], groups: int, cfg: list[float], band: float, save: bool,
+                           x_active: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    current, packed = _synapse_forward(x, weight, bias, syn, stride, padding, dilation, groups, save)
     c = Config(cfg)
     impl = native if native.serves(current, c, sparse=True) else ref_sparse
     out, v_T, _, _, idx, sg, gates = impl.scan_forward_sparse(current, v0, None, beta, None, threshold, c, band, save)
-    return out, v_T, idx, sg, gates, (_pack_input(x) if save else x.new_empty(0, dtype=torch.uint8))
+    return out, v_T, idx, sg, gates, packed
 
 
 @spiking_synapse_sparse.register_fake
-def _(x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save):
+def _(x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save, x_active):
     current = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
     idx, sg, gates = _fake_saved(current, save, cfg)
     if save:
@@ -208,16 +240,15 @@ def _(x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, grou
 def spiking_synapse_sparse_backward(g_out: Tensor, g_v: Tensor, idx: Tensor, sg: Tensor, gates: Tensor,
                                     x_packed: Tensor, weight: Tensor, beta: Tensor | None, syn: int,
                                     stride: list[int], padding: list[int], dilation: list[int], groups: int,
-                                    x_shape: list[int], cfg: list[float],
-                                    needs: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                                    x_shape: list[int], cfg: list[float], needs: list[bool],
+                                    x_active: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     need_x, need_w, need_b, need_v0 = needs
     c = Config(cfg)
     impl = native if native.serves(g_out, c, sparse=True) else ref_sparse
     g_current, gv0, _ = impl.neuron_sparse_backward(g_out, g_v, None, None, idx, sg, gates, beta, None, c,
                                                     list(g_out.shape), [True, need_v0, False])
-    x = _unpack_input(x_packed, x_shape, g_out.dtype)
-    dX, dW, db = ref_sparse.synapse_backward(g_current, x, weight, syn, stride, padding, dilation, groups,
-                                             (need_x, need_w, need_b))
+    dX, dW, db = _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, groups, x_shape,
+                                (need_x, need_w, need_b), x_active)
     empty = g_out.new_empty(0)
     return (empty if dX is None else dX, empty.clone() if dW is None else dW,
             empty.clone() if db is None else db, empty.clone() if not need_v0 else gv0.contiguous())
@@ -225,29 +256,29 @@ def spiking_synapse_sparse_backward(g_out: Tensor, g_v: Tensor, idx: Tensor, sg:
 
 @spiking_synapse_sparse_backward.register_fake
 def _(g_out, g_v, idx, sg, gates, x_packed, weight, beta, syn, stride, padding, dilation, groups, x_shape, cfg,
-      needs):
+      needs, x_active):
     e = g_out.new_empty
     return (e(x_shape) if needs[0] else e(0), torch.empty_like(weight) if needs[1] else e(0),
             e(weight.shape[0]) if needs[2] else e(0), e(g_out.shape[1:]) if needs[3] else e(0))
 
 
 def _synapse_setup(ctx, inputs, output):
-    x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save = inputs
+    x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save, x_active = inputs
     ctx.static = (syn, stride, padding, dilation, groups)
     ctx.cfg, ctx.x_shape, ctx.out_shape = cfg, list(x.shape), list(output[0].shape)
-    ctx.save_for_backward(output[2], output[3], output[4], output[5], weight, beta)
+    ctx.save_for_backward(output[2], output[3], output[4], output[5], weight, beta, x_active)
 
 
 def _synapse_backward(ctx, g_out, g_v, _gi, _gs, _gg, _gp):
-    idx, sg, gates, packed, weight, beta = ctx.saved_tensors
+    idx, sg, gates, packed, weight, beta, active = ctx.saved_tensors
     nig = ctx.needs_input_grad
     needs = [bool(nig[0]), bool(nig[1]), bool(nig[2]), bool(nig[3])]
     g_out = sg.new_zeros(ctx.out_shape) if g_out is None else g_out
     g_v = sg.new_zeros(ctx.out_shape[1:]) if g_v is None else g_v
     gx, gw, gb, gv0 = torch.ops.snnopt.spiking_synapse_sparse_backward(
-        g_out, g_v, idx, sg, gates, packed, weight, beta, *ctx.static, ctx.x_shape, ctx.cfg, needs)
+        g_out, g_v, idx, sg, gates, packed, weight, beta, *ctx.static, ctx.x_shape, ctx.cfg, needs, active)
     grads = [g if n else None for g, n in zip((gx, gw, gb, gv0), needs)]
-    return tuple(grads) + (None,) * 10
+    return tuple(grads) + (None,) * 11
 
 
 spiking_synapse_sparse.register_autograd(_synapse_backward, setup_context=_synapse_setup)
@@ -255,13 +286,12 @@ spiking_synapse_sparse.register_autograd(_synapse_backward, setup_context=_synap
 
 @torch.library.custom_op(f"{LIB}::binary_synapse", mutates_args=())
 def binary_synapse(x: Tensor, weight: Tensor, bias: Tensor | None, syn: int, stride: list[int], padding: list[int],
-                   dilation: list[int], groups: int, save: bool) -> tuple[Tensor, Tensor]:
-    out = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
-    return out, (_pack_input(x) if save else x.new_empty(0, dtype=torch.uint8))
+                   dilation: list[int], groups: int, save: bool, x_active: Tensor | None) -> tuple[Tensor, Tensor]:
+    return _synapse_forward(x, weight, bias, syn, stride, padding, dilation, groups, save)
 
 
 @binary_synapse.register_fake
-def _(x, weight, bias, syn, stride, padding, dilation, groups, save):
+def _(x, weight, bias, syn, stride, padding, dilation, groups, save, x_active):
     out = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
     size = torch.library.get_ctx().new_dynamic_size() if save else 0
     return torch.empty_like(out), x.new_empty(size, dtype=torch.uint8)
@@ -270,30 +300,29 @@ def _(x, weight, bias, syn, stride, padding, dilation, groups, save):
 @torch.library.custom_op(f"{LIB}::binary_synapse_backward", mutates_args=())
 def binary_synapse_backward(g: Tensor, x_packed: Tensor, weight: Tensor, syn: int, stride: list[int],
                             padding: list[int], dilation: list[int], groups: int, x_shape: list[int],
-                            needs: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
-    x = _unpack_input(x_packed, x_shape, g.dtype)
-    dX, dW, db = ref_sparse.synapse_backward(g, x, weight, syn, stride, padding, dilation, groups, needs)
-    return tuple(g.new_empty(0) if t is None else t for t in (dX, dW, db))
+                            needs: list[bool], x_active: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    grads = _synapse_grads(g, x_packed, weight, syn, stride, padding, dilation, groups, x_shape, needs, x_active)
+    return tuple(g.new_empty(0) if t is None else t for t in grads)
 
 
 @binary_synapse_backward.register_fake
-def _(g, x_packed, weight, syn, stride, padding, dilation, groups, x_shape, needs):
+def _(g, x_packed, weight, syn, stride, padding, dilation, groups, x_shape, needs, x_active):
     e = g.new_empty
     return (e(x_shape) if needs[0] else e(0), torch.empty_like(weight) if needs[1] else e(0),
             e(weight.shape[0]) if needs[2] else e(0))
 
 
 def _binary_setup(ctx, inputs, output):
-    x, weight, bias, syn, stride, padding, dilation, groups, save = inputs
+    x, weight, bias, syn, stride, padding, dilation, groups, save, x_active = inputs
     ctx.static, ctx.x_shape = (syn, stride, padding, dilation, groups), list(x.shape)
-    ctx.save_for_backward(output[1], weight)
+    ctx.save_for_backward(output[1], weight, x_active)
 
 
 def _binary_backward(ctx, g, _gp):
-    packed, weight = ctx.saved_tensors
+    packed, weight, active = ctx.saved_tensors
     needs = [bool(n) for n in ctx.needs_input_grad[:3]]
-    gx, gw, gb = torch.ops.snnopt.binary_synapse_backward(g, packed, weight, *ctx.static, ctx.x_shape, needs)
-    return (gx if needs[0] else None, gw if needs[1] else None, gb if needs[2] else None) + (None,) * 6
+    gx, gw, gb = torch.ops.snnopt.binary_synapse_backward(g, packed, weight, *ctx.static, ctx.x_shape, needs, active)
+    return (gx if needs[0] else None, gw if needs[1] else None, gb if needs[2] else None) + (None,) * 7
 
 
 binary_synapse.register_autograd(_binary_backward, setup_context=_binary_setup)
@@ -302,13 +331,23 @@ binary_synapse.register_autograd(_binary_backward, setup_context=_binary_setup)
 def _pack_input(x: Tensor) -> Tensor:
     """Bit-packed ``x`` if it is binary, else its raw bytes (the backward tells them apart by size)."""
     packed = ref_sparse.pack_bits(x)
-    return packed if packed.numel() else x.detach().reshape(-1).clone().view(torch.uint8)
+    return packed if packed.numel() else _raw_bytes(x)
+
+
+def _raw_bytes(x: Tensor) -> Tensor:
+    return x.detach().reshape(-1).clone().view(torch.uint8)
+
+
+def _is_packed(packed: Tensor, shape: list[int]) -> bool:
+    return packed.numel() == (math.prod(shape) + 7) // 8
 
 
 def _unpack_input(packed: Tensor, shape: list[int], dtype) -> Tensor:
-    if packed.numel() == (math.prod(shape) + 7) // 8:
-        return ref_sparse.unpack_bits(packed, shape, dtype)
-    return packed.view(dtype).reshape(shape)
+    if not _is_packed(packed, shape):
+        return packed.view(dtype).reshape(shape)
+    if native.serves_synapse(packed.new_empty(1, dtype=dtype)):
+        return native.unpack_spikes(packed, shape, dtype)
+    return ref_sparse.unpack_bits(packed, shape, dtype)
 
 
 # --------------------------------------------------------------------------- rate

@@ -45,6 +45,12 @@ def _single_user(node: fx.Node, user: fx.Node) -> bool:
     return len(node.users) == 1 and user in node.users
 
 
+def _is_call(node, function, method: str) -> bool:
+    """``node`` calls ``function(x, ...)`` or ``x.method(...)`` (the same positional arguments)."""
+    return isinstance(node, fx.Node) and not node.kwargs and (
+        (node.op == "call_function" and node.target is function) or (node.op == "call_method" and node.target == method))
+
+
 def _synapse_of(gm: fx.GraphModule, node: fx.Node):
     """``(S, module_target, syn, nodes)`` if ``node`` is a Linear or time-distributed Conv2d
     output computed from ``S`` (``nodes``: the synapse's own nodes, each used only once)."""
@@ -52,14 +58,14 @@ def _synapse_of(gm: fx.GraphModule, node: fx.Node):
         return None
     if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Linear):
         return node.args[0], node.target, 0, [node]
-    if node.op == "call_function" and node.target is torch.unflatten and node.args[1] == 0:
+    if _is_call(node, torch.unflatten, "unflatten") and node.args[1] == 0:
         conv = node.args[0]
         if conv.op == "call_module" and isinstance(gm.get_submodule(conv.target), nn.Conv2d) \
                 and _single_user(conv, node):
             m = gm.get_submodule(conv.target)
             flat = conv.args[0]
-            if m.padding_mode == "zeros" and not isinstance(m.padding, str) and flat.op == "call_function" \
-                    and flat.target is torch.flatten and flat.args[1:] == (0, 1) and _single_user(flat, conv):
+            if m.padding_mode == "zeros" and not isinstance(m.padding, str) and _is_call(flat, torch.flatten, "flatten") \
+                    and tuple(flat.args[1:]) == (0, 1) and _single_user(flat, conv):
                 return flat.args[0], conv.target, 1, [node, conv, flat]
     return None
 

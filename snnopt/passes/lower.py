@@ -5,7 +5,8 @@
     dense   neuron_scan, spiking_synapse stay (exact BPTT ops)
     sparse  neuron_scan -> neuron_scan_sparse;  spiking_synapse -> spiking_synapse_sparse
             (active set and spikes tagged ``snn_aux = "active:<key>"``, ``"spikes:<key>"``;
-            ineligible neurons stay dense)
+            ineligible neurons stay dense); a synapse fed by a sparse neuron's spikes gets
+            that neuron's active set as ``x_active`` (its input gradient is needed there only)
     rate    neuron_scan -> neuron_rate_stats (rate and eligibility tagged as aux
             ``rate:<key>``, ``elig:<key>``, and for a recorded membrane its time average
             and eligibility ``vbar:<key>``, ``eligv:<key>``); each BatchNorm in training mode gets its
@@ -127,7 +128,27 @@ def _lower_sparse(gm, b: Builder, band: float):
         _swap(b, n, new, {active: f"active:{keys[n]}", 0: f"spikes:{keys[n]}"})
         notes.append(Note("rewritten", new.name, f"`{new.meta['snn_module']}` -> sparse scan (band {band:g})"))
         modified = True
+    for n in list(gm.graph.nodes):
+        if n.op == "call_function" and n.target in (kernels.spiking_synapse_sparse, kernels.binary_synapse) \
+                and "x_active" not in n.kwargs:
+            active = _producer_active_set(n.args[0])
+            if active is not None:
+                n.kwargs = {**n.kwargs, "x_active": active}
+                notes.append(Note("rewritten", n.name, f"input gradient computed only on the active set of "
+                                                       f"`{active.args[0].meta['snn_module']}`"))
+                modified = True
     return PassResult(gm, modified, notes)
+
+
+def _producer_active_set(x) -> fx.Node | None:
+    """The active-set output of the sparse neuron whose spikes ``x`` are (its backward reads
+    ``dL/dx`` there only), or None."""
+    if not (isinstance(x, fx.Node) and x.target is operator.getitem and x.args[1] == 0):
+        return None
+    producer = x.args[0]
+    if producer.target not in (kernels.neuron_scan_sparse, kernels.spiking_synapse_sparse):
+        return None
+    return next((u for u in producer.users if str(u.meta.get("snn_aux", "")).startswith("active:")), None)
 
 
 def non_affine_nodes(gm: fx.GraphModule) -> list[fx.Node]:

@@ -50,14 +50,33 @@ std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tenso
   return SNNOPT_DISPATCH(sparse_backward, g_out, g_out, g_v, g_i, g_vseq, idx, sg, gates, b, alpha, cfg, needs);
 }
 
+std::vector<at::Tensor> pack_spikes(const at::Tensor& x) { return SNNOPT_DISPATCH(pack_spikes, x, x); }
+
+at::Tensor unpack_spikes(const at::Tensor& packed, int64_t n, const at::Tensor& like) {
+  return SNNOPT_DISPATCH(unpack_spikes, like, packed, n, like);
+}
+
+at::Tensor event_linear(const at::Tensor& packed, int64_t rows, const at::Tensor& weight, const at::Tensor& bias) {
+  return SNNOPT_DISPATCH(event_linear, weight, packed, rows, weight, bias);
+}
+
+std::vector<at::Tensor> event_linear_backward(const at::Tensor& g, const at::Tensor& packed, const at::Tensor& weight,
+                                              const at::Tensor& x_active, const std::vector<bool>& needs) {
+  return SNNOPT_DISPATCH(event_linear_backward, g, g, packed, weight, x_active, needs);
+}
+
 }  // namespace
 }  // namespace snnopt
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "snnopt fused neuron kernels";
+  m.doc() = "snnopt fused neuron and event-driven synapse kernels";
   m.def("dense_forward", &snnopt::dense_forward);
   m.def("dense_backward", &snnopt::dense_backward);
   m.def("rate_stats", &snnopt::rate_stats);
   m.def("sparse_forward", &snnopt::sparse_forward);
   m.def("sparse_backward", &snnopt::sparse_backward);
+  m.def("pack_spikes", &snnopt::pack_spikes);
+  m.def("unpack_spikes", &snnopt::unpack_spikes);
+  m.def("event_linear", &snnopt::event_linear);
+  m.def("event_linear_backward", &snnopt::event_linear_backward);
 }

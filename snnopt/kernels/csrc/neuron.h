@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #if defined(__CUDACC__)
@@ -67,9 +68,54 @@ struct Cfg {
   }
 };
 
+// A configuration fixed at compile time: Fixed<...>::apply(c) returns c with the fields
+// given (>= 0) replaced by constants, so that a kernel instantiated for it loses the
+// branches on them (and vectorises); -1 keeps the runtime value.
+template <int KIND, int RESET, int TIMING, int SG>
+struct Fixed {
+  static SNN_HD Cfg apply(Cfg c) {
+    if (KIND >= 0) c.kind = KIND;
+    if (RESET >= 0) c.reset = RESET;
+    if (TIMING >= 0) c.timing = TIMING;
+    if (SG >= 0) c.sg = SG;
+    if (KIND >= 0) c.discards_input = false;
+    return c;
+  }
+};
+using Runtime = Fixed<-1, -1, -1, -1>;
+
+// Calls f(Fixed<...>{}) for the common configurations (lif / if, subtract or zero reset,
+// same or next step, atan or fast-sigmoid surrogate when `uses_sg`) and f(Runtime{})
+// otherwise, or when `specialise` is false (e.g. float64, which is not worth the code).
+template <class F>
+void with_fixed(const Cfg& c, bool uses_sg, bool specialise, F&& f) {
+  const bool common = specialise && (c.kind == LIF || c.kind == IF) && (c.reset == SUBTRACT || c.reset == ZERO) &&
+                      (c.timing == SAME || c.timing == NEXT) && !c.discards_input &&
+                      (!uses_sg || c.sg == ATAN || c.sg == FAST_SIGMOID);
+  if (!common) return f(Runtime{});
+  auto by_sg = [&](auto kind, auto reset, auto timing) {
+    constexpr int K = decltype(kind)::value, R = decltype(reset)::value, Tm = decltype(timing)::value;
+    if (!uses_sg) return f(Fixed<K, R, Tm, -1>{});
+    if (c.sg == ATAN) return f(Fixed<K, R, Tm, ATAN>{});
+    return f(Fixed<K, R, Tm, FAST_SIGMOID>{});
+  };
+  auto by_timing = [&](auto kind, auto reset) {
+    if (c.timing == SAME) return by_sg(kind, reset, std::integral_constant<int, SAME>{});
+    return by_sg(kind, reset, std::integral_constant<int, NEXT>{});
+  };
+  auto by_reset = [&](auto kind) {
+    if (c.reset == SUBTRACT) return by_timing(kind, std::integral_constant<int, SUBTRACT>{});
+    return by_timing(kind, std::integral_constant<int, ZERO>{});
+  };
+  if (c.kind == LIF) return by_reset(std::integral_constant<int, LIF>{});
+  return by_reset(std::integral_constant<int, IF>{});
+}
+
+// H(u): 1 where u > 0, and at u = 0 when ge; 0 otherwise (NaN included).  Arithmetic
+// rather than a branch on ge, so that loops over it vectorise.
 template <typename T>
 SNN_HD T heaviside(T u, bool ge) {
-  return (ge ? u >= T(0) : u > T(0)) ? T(1) : T(0);
+  return T(u > T(0)) + T(u == T(0)) * T(ge);
 }
 
 // f'(u) of surrogate `code` with parameter p (snnopt.surrogate.surrogate_grad).

@@ -160,8 +160,24 @@ def synapse(x, weight, bias, syn: int, stride, padding, dilation, groups):
     return y.unflatten(0, x.shape[:2])
 
 
-def synapse_backward(gI, x, weight, syn: int, stride, padding, dilation, groups, needs):
-    """``(dX, dW, db)`` of ``I = syn(x)`` given ``gI = dL/dI``."""
+def synapse_backward(gI, x, weight, syn: int, stride, padding, dilation, groups, needs, x_active=None):
+    """``(dX, dW, db)`` of ``I = syn(x)`` given ``gI = dL/dI``; with ``x_active`` (flat int32
+    indices into ``x``) ``dX`` only there, zero elsewhere."""
+    dX, dW, db = _synapse_backward(gI, x, weight, syn, stride, padding, dilation, groups, needs)
+    if dX is not None and x_active is not None:
+        dX = only_at(dX, x_active)
+    return dX, dW, db
+
+
+def only_at(t, flat_idx):
+    """``t`` where its flat index is listed in ``flat_idx``, zero elsewhere."""
+    out = torch.zeros_like(t).reshape(-1)
+    i = flat_idx.long()
+    out[i] = t.reshape(-1)[i]
+    return out.reshape(t.shape)
+
+
+def _synapse_backward(gI, x, weight, syn: int, stride, padding, dilation, groups, needs):
     need_x, need_w, need_b = needs
     if syn == 0:
         gI2 = gI.reshape(-1, gI.shape[-1])

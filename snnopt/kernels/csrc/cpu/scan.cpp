@@ -29,20 +29,28 @@ T* mut_or_null(at::Tensor& t) {
   return t.numel() ? t.data_ptr<T>() : nullptr;
 }
 
-// Parameters of one element (read from F-periodic arrays).
+// Parameters of one element (arrays of M values, one per element; an absent alpha or
+// theta reads as zeros, so that the accessors have no branch).
 template <typename T>
 struct Params {
   const T *b, *cc, *alpha, *theta;
-  int64_t F;
-  T beta(int64_t m) const { return b[m % F]; }
-  T leak(int64_t m) const { return cc[m % F]; }
-  T alp(int64_t m) const { return alpha ? alpha[m % F] : T(0); }
-  T th(int64_t m) const { return theta ? theta[m % F] : T(0); }
+  at::Tensor zeros;  // backs an absent alpha / theta
+  T beta(int64_t m) const { return b[m]; }
+  T leak(int64_t m) const { return cc[m]; }
+  T alp(int64_t m) const { return alpha[m]; }
+  T th(int64_t m) const { return theta[m]; }
 };
 
 template <typename T>
-Params<T> params_of(const at::Tensor& b, const at::Tensor& cc, const at::Tensor& alpha, const at::Tensor& theta) {
-  return {b.data_ptr<T>(), cc.data_ptr<T>(), ptr_or_null<T>(alpha), ptr_or_null<T>(theta), b.numel()};
+Params<T> params_of(const at::Tensor& b, const at::Tensor& cc, const at::Tensor& alpha, const at::Tensor& theta,
+                    int64_t M) {
+  for (const at::Tensor* t : {&b, &cc, &alpha, &theta})
+    TORCH_CHECK(t->numel() == 0 || t->numel() == M, "snnopt kernels: a parameter array has ", t->numel(),
+                " values for ", M, " elements; broadcast it to one value per element");
+  auto zeros = at::zeros({M}, b.options());
+  const T* z = zeros.data_ptr<T>();
+  return {b.data_ptr<T>(), cc.data_ptr<T>(), alpha.numel() ? alpha.data_ptr<T>() : z,
+          theta.numel() ? theta.data_ptr<T>() : z, zeros};
 }
 
 // One forward step of element m: consumes x, updates (v, i), returns the output and
@@ -54,7 +62,7 @@ inline T forward_step(const Cfg& c, const Params<T>& p, int64_t m, T x, T& v, T&
     total = current_step(c, i, x, p.alp(m));
     inp = total;
   }
-  if (c.scale != 1.0) inp = T(c.scale) * inp;
+  inp = T(c.scale) * inp;  // exact for scale 1, so no branch
   const T theta = p.th(m);
   if (!c.spiking()) {
     v = p.beta(m) * v + p.leak(m) + inp;
@@ -98,39 +106,41 @@ void init_state(T* dst, const T* src, int64_t m0, int64_t n) {
 std::vector<at::Tensor> dense_forward(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& i0,
                                       const at::Tensor& b, const at::Tensor& cc, const at::Tensor& alpha,
                                       const at::Tensor& theta, const std::vector<double>& cfg, bool save, bool record) {
-  const Cfg c = Cfg::from(cfg);
+  const Cfg rt = Cfg::from(cfg);
   const int64_t T_ = x.size(0), M = x.numel() / std::max<int64_t>(T_, 1);
-  auto outs = scan_outputs(x, c, M, record);
+  auto outs = scan_outputs(x, rt, M, record);
   auto &out = outs[0], &vT = outs[1], &iT = outs[2], &vseq = outs[3];
   auto hs = save ? at::empty_like(x) : empty_like0(x);
-  auto iseq = save && c.has_current() ? at::empty_like(x) : empty_like0(x);
+  auto iseq = save && rt.has_current() ? at::empty_like(x) : empty_like0(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "snnopt_dense_forward", [&] {
     using T = scalar_t;
-    const auto p = params_of<T>(b, cc, alpha, theta);
+    const auto p = params_of<T>(b, cc, alpha, theta, M);
     const T *xp = x.data_ptr<T>(), *v0p = ptr_or_null<T>(v0), *i0p = ptr_or_null<T>(i0);
     T *op = out.data_ptr<T>(), *vTp = vT.data_ptr<T>(), *iTp = mut_or_null<T>(iT);
     T *vsp = mut_or_null<T>(vseq), *hp = mut_or_null<T>(hs), *isp = mut_or_null<T>(iseq);
-    at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
-      T v[kBlock], i[kBlock];
-      for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
-        const int64_t n = std::min(kBlock, end - m0);
-        init_state(v, v0p, m0, n);
-        init_state(i, i0p, m0, n);
-        for (int64_t t = 0; t < T_; ++t) {
-          const int64_t row = t * M + m0;
+    with_fixed(rt, false, std::is_same_v<T, float>, [&](auto fixed) {
+      at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
+        // Built here, inside the (outlined) parallel body, so that its constants propagate.
+        const Cfg c = decltype(fixed)::apply(rt);
+        T v[kBlock], i[kBlock], h[kBlock], total[kBlock];
+        for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
+          const int64_t n = std::min(kBlock, end - m0);
+          init_state(v, v0p, m0, n);
+          init_state(i, i0p, m0, n);
+          for (int64_t t = 0; t < T_; ++t) {
+            const int64_t row = t * M + m0;
+            for (int64_t k = 0; k < n; ++k)  // branch-free for a fixed configuration: vectorises
+              op[row + k] = forward_step(c, p, m0 + k, xp[row + k], v[k], i[k], h[k], total[k]);
+            if (hp) std::copy(h, h + n, hp + row);
+            if (isp) std::copy(total, total + n, isp + row);
+            if (vsp) std::copy(v, v + n, vsp + row);
+          }
           for (int64_t k = 0; k < n; ++k) {
-            T h, total;
-            op[row + k] = forward_step(c, p, m0 + k, xp[row + k], v[k], i[k], h, total);
-            if (hp) hp[row + k] = h;
-            if (isp) isp[row + k] = total;
-            if (vsp) vsp[row + k] = v[k];
+            vTp[m0 + k] = v[k];
+            if (iTp) iTp[m0 + k] = i[k];
           }
         }
-        for (int64_t k = 0; k < n; ++k) {
-          vTp[m0 + k] = v[k];
-          if (iTp) iTp[m0 + k] = i[k];
-        }
-      }
+      });
     });
   });
   return {out, vT, iT, vseq, hs, iseq};
@@ -141,106 +151,109 @@ std::vector<at::Tensor> dense_backward(const at::Tensor& g_out, const at::Tensor
                                        const at::Tensor& v0, const at::Tensor& i0, const at::Tensor& b,
                                        const at::Tensor& alpha, const at::Tensor& theta, const std::vector<double>& cfg,
                                        const std::vector<bool>& needs) {
-  const Cfg c = Cfg::from(cfg);
+  const Cfg rt = Cfg::from(cfg);
   const int64_t T_ = h.size(0), M = h.numel() / std::max<int64_t>(T_, 1);
   auto opt = [&](bool need, std::initializer_list<int64_t> shape) {
     return need ? h.new_empty(shape) : empty_like0(h);
   };
   auto gx = opt(needs[0], {T_, M});
   auto gv0 = opt(needs[1], {M});
-  auto gi0 = opt(needs[2] && c.has_current(), {M});
+  auto gi0 = opt(needs[2] && rt.has_current(), {M});
   auto gb = opt(needs[3], {M});
   auto ga = opt(needs[4], {M});
   auto gth = opt(needs[5], {M});
-  const bool nd = !c.detach, next = c.next(), cuba = c.has_current();
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "snnopt_dense_backward", [&] {
     using T = scalar_t;
-    const auto p = params_of<T>(b, b, alpha, theta);  // the leak constant plays no part here
+    const auto p = params_of<T>(b, b, alpha, theta, M);  // the leak constant plays no part here
     const T *go = g_out.data_ptr<T>(), *gvp = ptr_or_null<T>(g_v), *gip = ptr_or_null<T>(g_i);
     const T *gsp = ptr_or_null<T>(g_vseq), *hp = h.data_ptr<T>(), *isp = ptr_or_null<T>(i_seq);
     const T *v0p = ptr_or_null<T>(v0), *i0p = ptr_or_null<T>(i0);
     T *gxp = mut_or_null<T>(gx), *gv0p = mut_or_null<T>(gv0), *gi0p = mut_or_null<T>(gi0);
     T *gbp = mut_or_null<T>(gb), *gap = mut_or_null<T>(ga), *gthp = mut_or_null<T>(gth);
-    const T vr = T(c.v_reset), vrest = T(c.v_rest), scale = T(c.scale);
-    at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
-      T carry_[kBlock], gi_acc_[kBlock], sb_[kBlock], sa_[kBlock], sth_[kBlock];
-      for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
-        const int64_t n = std::min(kBlock, end - m0);
-        init_state(carry_, gvp, m0, n);
-        init_state(gi_acc_, gip, m0, n);
-        std::fill(sb_, sb_ + n, T(0));
-        std::fill(sa_, sa_ + n, T(0));
-        std::fill(sth_, sth_ + n, T(0));
-        for (int64_t t = T_ - 1; t >= 0; --t) {
-          for (int64_t j = 0; j < n; ++j) {
-            const int64_t m = m0 + j, k = t * M + m;
-            const T beta = p.beta(m), th = p.th(m), alp = p.alp(m);
-            T &carry = carry_[j], &gi_acc = gi_acc_[j], &sb = sb_[j], &sa = sa_[j], &sth = sth_[j];
-            if (gsp) carry += gsp[k];
-            const T ht = hp[k];
-            const T h_prev = t > 0 ? hp[k - M] : (v0p ? v0p[m] : T(0));
-            T gh;
-            if (!c.spiking()) {
-              gh = go[k] + carry;
-            } else {
-              const T u = ht - th;
-              const T sp = sg_at(c, u);
+    const T vr = T(rt.v_reset), vrest = T(rt.v_rest), scale = T(rt.scale);
+    with_fixed(rt, true, std::is_same_v<T, float>, [&](auto fixed) {
+      at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
+        const Cfg c = decltype(fixed)::apply(rt);  // inside the parallel body: constants propagate
+        const bool nd = !c.detach, next = c.next(), cuba = c.has_current();
+        T carry_[kBlock], gi_acc_[kBlock], sb_[kBlock], sa_[kBlock], sth_[kBlock];
+        for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
+          const int64_t n = std::min(kBlock, end - m0);
+          init_state(carry_, gvp, m0, n);
+          init_state(gi_acc_, gip, m0, n);
+          std::fill(sb_, sb_ + n, T(0));
+          std::fill(sa_, sa_ + n, T(0));
+          std::fill(sth_, sth_ + n, T(0));
+          for (int64_t t = T_ - 1; t >= 0; --t) {
+            for (int64_t j = 0; j < n; ++j) {
+              const int64_t m = m0 + j, k = t * M + m;
+              const T beta = p.beta(m), th = p.th(m), alp = p.alp(m);
+              T &carry = carry_[j], &gi_acc = gi_acc_[j], &sb = sb_[j], &sa = sa_[j], &sth = sth_[j];
+              if (gsp) carry += gsp[k];
+              const T ht = hp[k];
+              const T h_prev = t > 0 ? hp[k - M] : (v0p ? v0p[m] : T(0));
+              T gh;
+              if (!c.spiking()) {
+                gh = go[k] + carry;
+              } else {
+                const T u = ht - th;
+                const T sp = sg_at(c, u);
+                if (next) {
+                  gh = go[k] * sp + carry;
+                  sth -= go[k] * sp;
+                } else {
+                  const T s = heaviside(u, c.fire_ge);
+                  T dpdh = 1, dpds = 0;
+                  if (c.reset == SUBTRACT) dpds = -th;
+                  if (c.reset == ZERO) dpdh = T(1) - s, dpds = vr - ht;
+                  T gu = go[k];
+                  if (nd && c.reset != NONE) gu += carry * dpds;
+                  gh = gu * sp + carry * dpdh;
+                  sth -= gu * sp;
+                  if (c.reset == SUBTRACT) sth -= carry * s;
+                }
+              }
               if (next) {
-                gh = go[k] * sp + carry;
-                sth -= go[k] * sp;
+                const T u_p = h_prev - th;
+                const T s_p = heaviside(u_p, c.fire_ge);
+                if (c.reset == SUBTRACT) sth -= gh * s_p;
+                if (nd) {
+                  const T drho_ds = c.reset == SUBTRACT ? th : beta * (h_prev - vr);
+                  sth += gh * drho_ds * sg_at(c, u_p);
+                }
+                T dbeta = h_prev - vrest;
+                if (c.reset == ZERO) dbeta -= s_p * (h_prev - vr);
+                sb += gh * dbeta;
               } else {
-                const T s = heaviside(u, c.fire_ge);
-                T dpdh = 1, dpds = 0;
-                if (c.reset == SUBTRACT) dpds = -th;
-                if (c.reset == ZERO) dpdh = T(1) - s, dpds = vr - ht;
-                T gu = go[k];
-                if (nd && c.reset != NONE) gu += carry * dpds;
-                gh = gu * sp + carry * dpdh;
-                sth -= gu * sp;
-                if (c.reset == SUBTRACT) sth -= carry * s;
+                const T p_prev =
+                    (t == 0 || !c.spiking()) ? h_prev : post_reset(c, h_prev, heaviside(h_prev - th, c.fire_ge), th);
+                sb += gh * (p_prev - vrest);
               }
-            }
-            if (next) {
-              const T u_p = h_prev - th;
-              const T s_p = heaviside(u_p, c.fire_ge);
-              if (c.reset == SUBTRACT) sth -= gh * s_p;
-              if (nd) {
-                const T drho_ds = c.reset == SUBTRACT ? th : beta * (h_prev - vr);
-                sth += gh * drho_ds * sg_at(c, u_p);
+              T gin = c.scale != 1.0 ? gh * scale : gh;
+              if (cuba) {
+                if (c.decay_after) {
+                  sa += gi_acc * isp[k];
+                  gin = gin + alp * gi_acc;
+                  gi_acc = gin;
+                } else {
+                  gin = gin + gi_acc;
+                  sa += gin * (t > 0 ? isp[k - M] : (i0p ? i0p[m] : T(0)));
+                  gi_acc = alp * gin;
+                }
               }
-              T dbeta = h_prev - vrest;
-              if (c.reset == ZERO) dbeta -= s_p * (h_prev - vr);
-              sb += gh * dbeta;
-            } else {
-              const T p_prev =
-                  (t == 0 || !c.spiking()) ? h_prev : post_reset(c, h_prev, heaviside(h_prev - th, c.fire_ge), th);
-              sb += gh * (p_prev - vrest);
+              if (gxp) gxp[k] = gin;
+              carry = next ? gh * state_jacobian(c, h_prev, beta, th) : beta * gh;
             }
-            T gin = c.scale != 1.0 ? gh * scale : gh;
-            if (cuba) {
-              if (c.decay_after) {
-                sa += gi_acc * isp[k];
-                gin = gin + alp * gi_acc;
-                gi_acc = gin;
-              } else {
-                gin = gin + gi_acc;
-                sa += gin * (t > 0 ? isp[k - M] : (i0p ? i0p[m] : T(0)));
-                gi_acc = alp * gin;
-              }
-            }
-            if (gxp) gxp[k] = gin;
-            carry = next ? gh * state_jacobian(c, h_prev, beta, th) : beta * gh;
+          }
+          for (int64_t j = 0; j < n; ++j) {
+            const int64_t m = m0 + j;
+            if (gv0p) gv0p[m] = carry_[j];
+            if (gi0p) gi0p[m] = gi_acc_[j];
+            if (gbp) gbp[m] = sb_[j];
+            if (gap) gap[m] = sa_[j];
+            if (gthp) gthp[m] = sth_[j];
           }
         }
-        for (int64_t j = 0; j < n; ++j) {
-          const int64_t m = m0 + j;
-          if (gv0p) gv0p[m] = carry_[j];
-          if (gi0p) gi0p[m] = gi_acc_[j];
-          if (gbp) gbp[m] = sb_[j];
-          if (gap) gap[m] = sa_[j];
-          if (gthp) gthp[m] = sth_[j];
-        }
-      }
+      });
     });
   });
   return {gx, gv0, gi0, gb, ga, gth};
@@ -249,57 +262,60 @@ std::vector<at::Tensor> dense_backward(const at::Tensor& g_out, const at::Tensor
 std::vector<at::Tensor> rate_stats(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& i0, const at::Tensor& b,
                                    const at::Tensor& cc, const at::Tensor& alpha, const at::Tensor& theta,
                                    const std::vector<double>& cfg, bool record) {
-  const Cfg c = Cfg::from(cfg);
+  const Cfg rt = Cfg::from(cfg);
   const int64_t T_ = x.size(0), M = x.numel() / std::max<int64_t>(T_, 1);
-  auto outs = scan_outputs(x, c, M, record);
+  auto outs = scan_outputs(x, rt, M, record);
   auto &out = outs[0], &vT = outs[1], &iT = outs[2], &vseq = outs[3];
   auto rate = x.new_empty({M}), elig = x.new_empty({M});
   auto vbar = record ? x.new_empty({M}) : empty_like0(x);
   auto eligv = record ? x.new_empty({M}) : empty_like0(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "snnopt_rate_stats", [&] {
     using T = scalar_t;
-    const auto p = params_of<T>(b, cc, alpha, theta);
+    const auto p = params_of<T>(b, cc, alpha, theta, M);
     const T *xp = x.data_ptr<T>(), *v0p = ptr_or_null<T>(v0), *i0p = ptr_or_null<T>(i0);
     T *op = out.data_ptr<T>(), *vTp = vT.data_ptr<T>(), *iTp = mut_or_null<T>(iT), *vsp = mut_or_null<T>(vseq);
     T *rp = rate.data_ptr<T>(), *ep = elig.data_ptr<T>(), *vbp = mut_or_null<T>(vbar), *evp = mut_or_null<T>(eligv);
-    const T scale = T(c.scale), inv_T = T(1) / T(std::max<int64_t>(T_, 1));
-    at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
-      T v_[kBlock], i_[kBlock], kappa_[kBlock], cur_[kBlock], e_[kBlock], ev_[kBlock], rs_[kBlock], vs_[kBlock],
-          hp_[kBlock];
-      for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
-        const int64_t n = std::min(kBlock, end - m0);
-        init_state(v_, v0p, m0, n);
-        init_state(i_, i0p, m0, n);
-        for (T* a : {kappa_, cur_, e_, ev_, rs_, vs_, hp_}) std::fill(a, a + n, T(0));
-        for (int64_t t = 0; t < T_; ++t) {
-          for (int64_t j = 0; j < n; ++j) {
-            const int64_t m = m0 + j, k = t * M + m;
-            const T beta = p.beta(m), th = p.th(m);
-            T h, total;
-            const T o = forward_step(c, p, m, xp[k], v_[j], i_[j], h, total);
-            op[k] = o;
-            if (vsp) vsp[k] = v_[j];
-            cur_[j] = c.has_current() ? T(1) + p.alp(m) * cur_[j] : T(1);
-            kappa_[j] = t == 0 ? scale * cur_[j] : scale * cur_[j] + state_jacobian(c, hp_[j], beta, th) * kappa_[j];
-            e_[j] += c.spiking() ? kappa_[j] * sg_at(c, h - th) : kappa_[j];
-            if (record) {
-              ev_[j] += state_derivative(c, h, th) * kappa_[j];
-              vs_[j] += v_[j];
+    const T scale = T(rt.scale), inv_T = T(1) / T(std::max<int64_t>(T_, 1));
+    with_fixed(rt, true, std::is_same_v<T, float>, [&](auto fixed) {
+      at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
+        const Cfg c = decltype(fixed)::apply(rt);  // inside the parallel body: constants propagate
+        T v_[kBlock], i_[kBlock], kappa_[kBlock], cur_[kBlock], e_[kBlock], ev_[kBlock], rs_[kBlock], vs_[kBlock],
+            hp_[kBlock];
+        for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
+          const int64_t n = std::min(kBlock, end - m0);
+          init_state(v_, v0p, m0, n);
+          init_state(i_, i0p, m0, n);
+          for (T* a : {kappa_, cur_, e_, ev_, rs_, vs_, hp_}) std::fill(a, a + n, T(0));
+          for (int64_t t = 0; t < T_; ++t) {
+            for (int64_t j = 0; j < n; ++j) {
+              const int64_t m = m0 + j, k = t * M + m;
+              const T beta = p.beta(m), th = p.th(m);
+              T h, total;
+              const T o = forward_step(c, p, m, xp[k], v_[j], i_[j], h, total);
+              op[k] = o;
+              if (vsp) vsp[k] = v_[j];
+              cur_[j] = c.has_current() ? T(1) + p.alp(m) * cur_[j] : T(1);
+              kappa_[j] = t == 0 ? scale * cur_[j] : scale * cur_[j] + state_jacobian(c, hp_[j], beta, th) * kappa_[j];
+              e_[j] += c.spiking() ? kappa_[j] * sg_at(c, h - th) : kappa_[j];
+              if (record) {
+                ev_[j] += state_derivative(c, h, th) * kappa_[j];
+                vs_[j] += v_[j];
+              }
+              rs_[j] += o;
+              hp_[j] = h;
             }
-            rs_[j] += o;
-            hp_[j] = h;
+          }
+          for (int64_t j = 0; j < n; ++j) {
+            const int64_t m = m0 + j;
+            vTp[m] = v_[j];
+            if (iTp) iTp[m] = i_[j];
+            rp[m] = rs_[j] * inv_T;
+            ep[m] = e_[j] * inv_T;
+            if (vbp) vbp[m] = vs_[j] * inv_T;
+            if (evp) evp[m] = ev_[j] * inv_T;
           }
         }
-        for (int64_t j = 0; j < n; ++j) {
-          const int64_t m = m0 + j;
-          vTp[m] = v_[j];
-          if (iTp) iTp[m] = i_[j];
-          rp[m] = rs_[j] * inv_T;
-          ep[m] = e_[j] * inv_T;
-          if (vbp) vbp[m] = vs_[j] * inv_T;
-          if (evp) evp[m] = ev_[j] * inv_T;
-        }
-      }
+      });
     });
   });
   return {out, vT, iT, vseq, rate, elig, vbar, eligv};
@@ -309,18 +325,18 @@ std::vector<at::Tensor> sparse_forward(const at::Tensor& x, const at::Tensor& v0
                                        const at::Tensor& b, const at::Tensor& cc, const at::Tensor& alpha,
                                        const at::Tensor& theta, const std::vector<double>& cfg, double band, bool save,
                                        bool record) {
-  const Cfg c = Cfg::from(cfg);
+  const Cfg rt = Cfg::from(cfg);
   const int64_t T_ = x.size(0), M = x.numel() / std::max<int64_t>(T_, 1);
-  auto outs = scan_outputs(x, c, M, record);
+  auto outs = scan_outputs(x, rt, M, record);
   auto &out = outs[0], &vT = outs[1], &iT = outs[2], &vseq = outs[3];
   TORCH_CHECK(T_ * M < std::numeric_limits<int32_t>::max(), "snnopt sparse scan: ", T_, " x ", M,
               " states exceed the int32 indices of the active set; split the sequence in time");
-  const bool gated = save && c.spiking() && c.reset == ZERO;
+  const bool gated = save && rt.spiking() && rt.reset == ZERO;
   auto gates = at::zeros({gated ? (T_ * M + 7) / 8 : 0}, x.options().dtype(at::kByte));
   at::Tensor idx, sg;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "snnopt_sparse_forward", [&] {
     using T = scalar_t;
-    const auto p = params_of<T>(b, cc, alpha, theta);
+    const auto p = params_of<T>(b, cc, alpha, theta, M);
     const T *xp = x.data_ptr<T>(), *v0p = ptr_or_null<T>(v0), *i0p = ptr_or_null<T>(i0);
     T *op = out.data_ptr<T>(), *vTp = vT.data_ptr<T>(), *iTp = mut_or_null<T>(iT), *vsp = mut_or_null<T>(vseq);
     uint8_t* gp = gated ? gates.data_ptr<uint8_t>() : nullptr;
@@ -333,47 +349,52 @@ std::vector<at::Tensor> sparse_forward(const at::Tensor& x, const at::Tensor& v0
     auto set_bit = [gp](int64_t k) {
       __atomic_fetch_or(gp + (k >> 3), static_cast<uint8_t>(1u << (k & 7)), __ATOMIC_RELAXED);
     };
-    at::parallel_for(0, tasks, 1, [&](int64_t tb, int64_t te) {
-      for (int64_t task = tb; task < te; ++task) {
-        const int64_t begin = task * kGrain, end = std::min(M, begin + kGrain);
-        auto& fi = found_idx[task];
-        auto& fs = found_sg[task];
-        T v_[kBlock], i_[kBlock];
-        for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
-          const int64_t n = std::min(kBlock, end - m0);
-          init_state(v_, v0p, m0, n);
-          init_state(i_, i0p, m0, n);
-          if (gp && c.timing != SAME)
-            for (int64_t j = 0; j < n; ++j)
-              if (heaviside(v_[j] - p.th(m0 + j), c.fire_ge) != T(0)) set_bit(m0 + j);
-          for (int64_t t = 0; t < T_; ++t) {
-            for (int64_t j = 0; j < n; ++j) {
-              const int64_t m = m0 + j, k = t * M + m;
-              T h, total;
-              const T s = c.discards_input ? discarding_step(c, p, m, xp[k], v_[j], i_[j], h)
-                                           : forward_step(c, p, m, xp[k], v_[j], i_[j], h, total);
-              op[k] = s;
-              if (vsp) vsp[k] = v_[j];
+    with_fixed(rt, true, std::is_same_v<T, float>, [&](auto fixed) {
+      at::parallel_for(0, tasks, 1, [&](int64_t tb, int64_t te) {
+        const Cfg c = decltype(fixed)::apply(rt);  // inside the parallel body: constants propagate
+        for (int64_t task = tb; task < te; ++task) {
+          const int64_t begin = task * kGrain, end = std::min(M, begin + kGrain);
+          auto& fi = found_idx[task];
+          auto& fs = found_sg[task];
+          T v_[kBlock], i_[kBlock], h_[kBlock], total_[kBlock];
+          for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
+            const int64_t n = std::min(kBlock, end - m0);
+            init_state(v_, v0p, m0, n);
+            init_state(i_, i0p, m0, n);
+            if (gp && c.timing != SAME)
+              for (int64_t j = 0; j < n; ++j)
+                if (heaviside(v_[j] - p.th(m0 + j), c.fire_ge) != T(0)) set_bit(m0 + j);
+            for (int64_t t = 0; t < T_; ++t) {
+              const int64_t row = t * M + m0;
+              T* o = op + row;
+              for (int64_t j = 0; j < n; ++j)  // branch-free for a fixed configuration: vectorises
+                o[j] = c.discards_input ? discarding_step(c, p, m0 + j, xp[row + j], v_[j], i_[j], h_[j])
+                                        : forward_step(c, p, m0 + j, xp[row + j], v_[j], i_[j], h_[j], total_[j]);
+              if (vsp) std::copy(v_, v_ + n, vsp + row);
               if (!save) continue;
-              const T u = h - p.th(m);
-              if ((u < T(0) ? -u : u) < bd) {
-                fi.push_back(static_cast<int32_t>(k));
-                fs.push_back(sg_at(c, u));
+              for (int64_t j = 0; j < n; ++j) {
+                const T u = h_[j] - p.th(m0 + j);
+                if ((u < T(0) ? -u : u) < bd) {
+                  fi.push_back(static_cast<int32_t>(row + j));
+                  fs.push_back(sg_at(c, u));
+                }
               }
-              if (gp && s != T(0)) {
-                if (c.timing == SAME)
-                  set_bit(k);
-                else if (t + 1 < T_)
-                  set_bit(k + M);
-              }
+              if (gp)
+                for (int64_t j = 0; j < n; ++j) {
+                  if (o[j] == T(0)) continue;
+                  if (c.timing == SAME)
+                    set_bit(row + j);
+                  else if (t + 1 < T_)
+                    set_bit(row + j + M);
+                }
+            }
+            for (int64_t j = 0; j < n; ++j) {
+              vTp[m0 + j] = v_[j];
+              if (iTp) iTp[m0 + j] = i_[j];
             }
           }
-          for (int64_t j = 0; j < n; ++j) {
-            vTp[m0 + j] = v_[j];
-            if (iTp) iTp[m0 + j] = i_[j];
-          }
         }
-      }
+      });
     });
     int64_t total = 0;
     std::vector<int64_t> offset(tasks);
@@ -418,9 +439,32 @@ std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tenso
     const T *bp = b.data_ptr<T>(), *ap = ptr_or_null<T>(alpha);
     const uint8_t* bits = gated ? gates.data_ptr<uint8_t>() : nullptr;
     T *gxp = mut_or_null<T>(gx), *gv0p = mut_or_null<T>(gv0), *gi0p = mut_or_null<T>(gi0);
-    const int64_t F = b.numel();
+    TORCH_CHECK(b.numel() == M && (!ap || alpha.numel() == M), "snnopt sparse backward: beta/alpha need one value ",
+                "per element (", M, ")");
     const T scale = T(c.scale);
     const bool want_x = gxp || gi0p;
+    if (!bits && !gsp && !c.has_current() && !c.discards_input && gxp) {
+      // The common case, branch-free so that it vectorises: delta_t = g_t + b delta_{t+1}.
+      at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
+        T carry[kBlock];
+        for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
+          const int64_t n = std::min(kBlock, end - m0);
+          const T* beta = bp + m0;
+          init_state(carry, gvp, m0, n);
+          for (int64_t t = T_ - 1; t >= 0; --t) {
+            const T* gr = gp + t * M + m0;
+            T* out = gxp + t * M + m0;
+            for (int64_t j = 0; j < n; ++j) {
+              const T delta = gr[j] + carry[j];
+              carry[j] = beta[j] * delta;
+              out[j] = delta * scale;
+            }
+          }
+          if (gv0p) std::copy(carry, carry + n, gv0p + m0);
+        }
+      });
+      return;
+    }
     at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
       T carry_[kBlock], cur_[kBlock];
       for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
@@ -430,7 +474,7 @@ std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tenso
         for (int64_t t = T_ - 1; t >= 0; --t) {
           for (int64_t j = 0; j < n; ++j) {
             const int64_t m = m0 + j, k = t * M + m;
-            const T beta = bp[m % F];
+            const T beta = bp[m];
             T &carry = carry_[j], &cur = cur_[j];
             if (gsp) carry += gsp[k];
             const T keep = bits ? T(1) - T((bits[k >> 3] >> (k & 7)) & 1) : T(1);
@@ -439,7 +483,7 @@ std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tenso
             if (!want_x) continue;
             T gin = c.discards_input ? delta * keep : delta;
             if (c.scale != 1.0) gin = gin * scale;
-            if (c.has_current()) gin = current_backward_step(c, gin, cur, ap[m % F]);
+            if (c.has_current()) gin = current_backward_step(c, gin, cur, ap[m]);
             if (gxp) gxp[k] = gin;
           }
         }

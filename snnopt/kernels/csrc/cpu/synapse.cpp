@@ -1,0 +1,173 @@
+// CPU kernels of the event-driven synapse: a Linear layer y = x W^T + b whose input x
+// ([R, K], R = time x batch rows) is binary and sparse, kept bit-packed (bit k & 7 of
+// byte k >> 3 holds the flat element k).
+//
+//   forward   y[r, :]  = b + sum_{i : x[r, i] = 1} W[:, i]             (one row of W^T per spike)
+//   dW        dW[:, i] = sum_{r : x[r, i] = 1} g[r, :]                 (one row of g per spike)
+//   dX        dX[r, i] = <g[r, :], W[:, i]>  only at the listed (r, i), zero elsewhere
+//
+// so the work is proportional to the number of spikes (and of listed entries), not to
+// R x K.  Rows are independent in the forward and in dX; dW is split over the input
+// features i, each thread owning a block of rows of dW^T, so no two threads add to the
+// same place and the result does not depend on the thread count.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "../ops.h"
+
+namespace snnopt {
+namespace cpu {
+namespace {
+
+// Calls f(i) for every set bit i in [begin, end) of the packed bits, i relative to begin.
+template <class F>
+inline void for_each_bit(const uint8_t* bits, int64_t begin, int64_t end, F&& f) {
+  for (int64_t byte = begin >> 3; byte <= (end - 1) >> 3 && begin < end; ++byte) {
+    unsigned v = bits[byte];
+    if (!v) continue;
+    const int64_t base = byte << 3;
+    if (base < begin) v &= ~0u << (begin - base);
+    if (base + 8 > end) v &= (1u << (end - base)) - 1u;
+    while (v) {
+      const int bit = __builtin_ctz(v);
+      f(base + bit - begin);
+      v &= v - 1;
+    }
+  }
+}
+
+template <typename T>
+inline void add_row(T* __restrict__ dst, const T* __restrict__ src, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) dst[k] += src[k];
+}
+
+// <a, b> over n values, with eight partial sums (so that it vectorises).
+template <typename T>
+inline T dot(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
+  T acc[8] = {};
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += a[k + j] * b[k + j];
+  for (; k < n; ++k) acc[0] += a[k] * b[k];
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+}  // namespace
+
+std::vector<at::Tensor> pack_spikes(const at::Tensor& x) {
+  const int64_t n = x.numel();
+  auto packed = at::zeros({(n + 7) / 8}, x.options().dtype(at::kByte));
+  bool binary = true;
+  int64_t count = 0;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "snnopt_pack_spikes", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    uint8_t* pp = packed.data_ptr<uint8_t>();
+    const int64_t bytes = packed.numel();
+    // Each byte is written by one task (8 elements), so the packing needs no atomics.
+    const auto [ok, ones] = at::parallel_reduce(
+        0, bytes, 4096, std::pair<bool, int64_t>{true, 0},
+        [&](int64_t b0, int64_t b1, std::pair<bool, int64_t> acc) {
+          for (int64_t byte = b0; byte < b1; ++byte) {
+            unsigned v = 0;
+            const int64_t e = std::min<int64_t>(8, n - byte * 8);
+            for (int64_t j = 0; j < e; ++j) {
+              const scalar_t s = xp[byte * 8 + j];
+              acc.first &= (s == scalar_t(0)) | (s == scalar_t(1));
+              v |= unsigned(s == scalar_t(1)) << j;
+            }
+            pp[byte] = static_cast<uint8_t>(v);
+            acc.second += __builtin_popcount(v);
+          }
+          return acc;
+        },
+        [](std::pair<bool, int64_t> a, std::pair<bool, int64_t> b) {
+          return std::pair<bool, int64_t>{a.first && b.first, a.second + b.second};
+        });
+    binary = ok;
+    count = ones;
+  });
+  if (!binary) return {x.new_empty({0}, x.options().dtype(at::kByte)), at::scalar_tensor(-1, at::kLong)};
+  return {packed, at::scalar_tensor(count, at::kLong)};
+}
+
+at::Tensor unpack_spikes(const at::Tensor& packed, int64_t n, const at::Tensor& like) {
+  auto x = at::empty({n}, like.options());
+  AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "snnopt_unpack_spikes", [&] {
+    const uint8_t* pp = packed.data_ptr<uint8_t>();
+    scalar_t* xp = x.data_ptr<scalar_t>();
+    at::parallel_for(0, n, 32768, [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) xp[k] = scalar_t((pp[k >> 3] >> (k & 7)) & 1);
+    });
+  });
+  return x;
+}
+
+at::Tensor event_linear(const at::Tensor& packed, int64_t rows, const at::Tensor& weight, const at::Tensor& bias) {
+  const int64_t N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK(packed.numel() * 8 >= rows * K, "snnopt event_linear: ", packed.numel(), " packed bytes for ", rows,
+              " x ", K, " inputs");
+  const auto wt = weight.t().contiguous();  // [K, N]: the weights leaving input i, contiguous
+  auto y = at::empty({rows, N}, weight.options());
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "snnopt_event_linear", [&] {
+    using T = scalar_t;
+    const uint8_t* bits = packed.data_ptr<uint8_t>();
+    const T *wp = wt.data_ptr<T>(), *bp = bias.numel() ? bias.data_ptr<T>() : nullptr;
+    T* yp = y.data_ptr<T>();
+    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        T* out = yp + r * N;
+        if (bp)
+          std::copy(bp, bp + N, out);
+        else
+          std::fill(out, out + N, T(0));
+        for_each_bit(bits, r * K, (r + 1) * K, [&](int64_t i) { add_row(out, wp + i * N, N); });
+      }
+    });
+  });
+  return y;
+}
+
+std::vector<at::Tensor> event_linear_backward(const at::Tensor& g, const at::Tensor& packed, const at::Tensor& weight,
+                                              const at::Tensor& x_active, const std::vector<bool>& needs) {
+  const int64_t R = g.size(0), N = weight.size(0), K = weight.size(1);
+  const bool need_x = needs[0], need_w = needs[1], need_b = needs[2];
+  auto empty = g.new_empty({0});
+  at::Tensor dX = empty, dW = empty, db = need_b ? g.sum(0) : empty;
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "snnopt_event_linear_backward", [&] {
+    using T = scalar_t;
+    const T* gp = g.data_ptr<T>();
+    if (need_w) {
+      TORCH_CHECK(packed.numel() * 8 >= R * K, "snnopt event_linear_backward: ", packed.numel(), " packed bytes for ",
+                  R, " x ", K, " inputs");
+      auto dwt = at::zeros({K, N}, g.options());
+      const uint8_t* bits = packed.data_ptr<uint8_t>();
+      T* dp = dwt.data_ptr<T>();
+      at::parallel_for(0, K, 8, [&](int64_t i0, int64_t i1) {
+        for (int64_t r = 0; r < R; ++r)
+          for_each_bit(bits, r * K + i0, r * K + i1, [&](int64_t i) { add_row(dp + (i0 + i) * N, gp + r * N, N); });
+      });
+      dW = dwt.t().contiguous();
+    }
+    if (need_x && x_active.numel()) {
+      dX = at::zeros({R, K}, g.options());
+      const auto wt = weight.t().contiguous();
+      const T* wp = wt.data_ptr<T>();
+      const int32_t* ap = x_active.data_ptr<int32_t>();
+      T* xp = dX.data_ptr<T>();
+      at::parallel_for(0, x_active.numel(), 256, [&](int64_t a0, int64_t a1) {
+        for (int64_t a = a0; a < a1; ++a) {
+          const int64_t flat = ap[a], r = flat / K, i = flat % K;
+          xp[flat] = dot(gp + r * N, wp + i * N, N);
+        }
+      });
+    } else if (need_x) {
+      dX = at::mm(g, weight);
+    }
+  });
+  return {dX, dW, db};
+}
+
+}  // namespace cpu
+}  // namespace snnopt

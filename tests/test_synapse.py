@@ -1,0 +1,149 @@
+"""The event-driven synapse: bit packing, the event Linear forward and its backward
+(``dW`` over the spikes, ``dX`` only on the producer's active set) against plain torch on
+fresh random inputs (float32: rtol 1e-5 of the largest value; float64: 1e-12), and the
+lowering that hands each synapse its producer's active set, which must leave every
+parameter gradient unchanged."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from snnopt import kernels
+from snnopt.frontend.tracer import trace
+from snnopt.kernels import native, ops
+from snnopt.kernels.reference import sparse as ref_sparse
+from snnopt.passes import PassManager, canonicalize_neurons, dce, expose_aux, fuse_synapses, lower, reroll_time
+from snnopt.passes.verify import verify
+
+from .models import MLP, LoopMLP, spikes
+
+needs_native = pytest.mark.skipif(native.backend("cpu") != "native",
+                                  reason=f"the fused CPU kernels did not build: {native._state.get('error')}")
+
+
+def close(a, b, rtol=1e-5):
+    torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * float(b.detach().abs().max() if b.numel() else 0) + 1e-12)
+
+
+@needs_native
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5, 11), (64, 13), (2, 1000)])
+@pytest.mark.parametrize("p", [0.0, 0.03, 0.5, 1.0])
+def test_pack_spikes_matches_reference(shape, p):
+    x = spikes(shape, p=p)
+    packed, count = native.pack_spikes(x)
+    assert torch.equal(packed, ref_sparse.pack_bits(x))
+    assert count == int(x.sum())
+    assert torch.equal(native.unpack_spikes(packed, list(shape), torch.float32), x)
+
+
+@needs_native
+@pytest.mark.parametrize("bad", [0.5, -1.0, math.nan, math.inf])
+def test_pack_spikes_refuses_non_binary_input(bad):
+    x = spikes((4, 9), p=0.3)
+    x[2, 3] = bad
+    assert native.pack_spikes(x) == (None, -1)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rows,K,N,p", [(1, 1, 1, 1.0), (37, 13, 9, 0.1), (50, 64, 33, 0.02), (20, 70, 5, 0.0),
+                                        (8, 9, 4, 1.0)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_event_linear_matches_linear(dtype, rows, K, N, p, bias):
+    torch.manual_seed(rows * K + N)
+    x = spikes((rows, K), p=p).to(dtype)
+    w, b = torch.randn(N, K, dtype=dtype), (torch.randn(N, dtype=dtype) if bias else None)
+    packed, _ = native.pack_spikes(x)
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    close(native.event_linear(packed, [rows, K], w, b), F.linear(x, w, b), rtol)
+
+    g = torch.randn(rows, N, dtype=dtype)
+    active = torch.randperm(rows * K)[: rows * K // 3].sort().values.int()
+    dX, dW, db = native.event_linear_backward(g, packed, w, [rows, K], active, [True, True, True])
+    close(dW, g.t() @ x, rtol)
+    close(db, g.sum(0), rtol)
+    close(dX, ref_sparse.only_at(g @ w, active), rtol)
+    assert not dX.reshape(-1)[torch.ones(rows * K, dtype=torch.bool).index_fill_(0, active.long(), False)].any()
+    dX_all, none_w, none_b = native.event_linear_backward(g, packed, w, [rows, K], None, [True, False, False])
+    close(dX_all, g @ w, rtol)
+    assert none_w is None and none_b is None
+
+
+@pytest.mark.parametrize("event", [True, False])
+def test_synapse_ops_take_the_event_path_and_match_autograd(monkeypatch, event):
+    """``binary_synapse`` with a sparse binary input (event-driven on the native backend) or
+    with the reference forced: same values and gradients as ``F.linear`` under autograd."""
+    if not event:
+        monkeypatch.setattr(native, "serves_synapse", lambda x: False)
+    elif native.backend("cpu") != "native":
+        pytest.skip("the fused CPU kernels did not build")
+    torch.manual_seed(1)
+    x = spikes((9, 4, 50), p=0.05).requires_grad_()
+    assert x.mean() < ops.EVENT_DENSITY
+    w, b = torch.randn(7, 50, requires_grad=True), torch.randn(7, requires_grad=True)
+    out, packed = kernels.binary_synapse(x, w, b, 0, [1], [0], [1], 1)
+    ref = F.linear(x, w, b)
+    close(out, ref)
+    assert packed.numel() == (x.numel() + 7) // 8
+    g = torch.randn_like(ref)
+    for got, want in zip(torch.autograd.grad((out * g).sum(), (x, w, b)), torch.autograd.grad((ref * g).sum(), (x, w, b))):
+        close(got, want)
+
+
+@pytest.mark.parametrize("syn", [0, 1])
+def test_input_gradient_only_on_the_producer_active_set(syn):
+    torch.manual_seed(2)
+    shape, wshape = ((5, 3, 2, 6, 6), (4, 2, 3, 3)) if syn else ((5, 3, 20), (4, 20))
+    x = spikes(shape, p=0.1).requires_grad_()
+    w, b = torch.randn(wshape, requires_grad=True), torch.randn(4, requires_grad=True)
+    conv = ([1, 1], [1, 1], [1, 1], 1) if syn else ([1], [0], [1], 1)
+    active = torch.randperm(x.numel())[: x.numel() // 4].sort().values.int()
+    out, _ = kernels.binary_synapse(x, w, b, syn, *conv, x_active=active)
+    ref = ref_sparse.synapse(x, w, b, syn, *conv)
+    g = torch.randn_like(ref)
+    gx, gw, gb = torch.autograd.grad((out * g).sum(), (x, w, b))
+    rx, rw, rb = torch.autograd.grad((ref * g).sum(), (x, w, b))
+    close(gx, ref_sparse.only_at(rx, active))
+    close(gw, rw)
+    close(gb, rb)
+    torch.library.opcheck(torch.ops.snnopt.binary_synapse.default, (x, w, b, syn, *conv, True, active),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def _sparse_graph(model, x):
+    gm, _ = trace(model, (x,))
+    return PassManager([canonicalize_neurons, reroll_time, fuse_synapses, lower("sparse"), expose_aux, dce],
+                       verifier=verify)(gm, (x,))
+
+
+@pytest.mark.parametrize("model_cls", [MLP, LoopMLP])
+def test_lowering_hands_synapses_their_producer_active_set_without_changing_gradients(model_cls):
+    torch.manual_seed(3)
+    x = spikes((12, 4, 12), p=0.2)
+    model = model_cls(detach_reset=True)
+    gm = _sparse_graph(model, x)
+    fed = [n for n in gm.graph.nodes if n.target in (kernels.spiking_synapse_sparse, kernels.binary_synapse)
+           and "x_active" in n.kwargs]
+    assert fed, gm.code
+    for n in fed:
+        assert n.kwargs["x_active"].meta["snn_aux"].startswith("active:")
+    assert not lower("sparse")(gm).modified  # idempotent: the active sets are handed over once
+
+    def grads(graph):
+        out, _ = graph(x)
+        g = torch.Generator().manual_seed(0)
+        proj = torch.randn(out.shape, generator=g)
+        return dict(zip([k for k, _ in model.named_parameters()],
+                        torch.autograd.grad((out * proj).sum(), list(model.parameters()))))
+
+    with_active = grads(gm)
+    for n in fed:
+        n.kwargs = {}
+    gm.recompile()
+    without = grads(gm)
+    for name, want in without.items():
+        close(with_active[name], want)
