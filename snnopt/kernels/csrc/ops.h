@@ -1,6 +1,7 @@
-// Host entry points of the fused neuron kernels: snnopt::cpu (cpu/scan.cpp) and
-// snnopt::cuda (cuda/scan.cu, built when SNNOPT_WITH_CUDA) have the same signatures and
-// give the same results.
+// Host entry points of the fused neuron kernels and the event-driven synapse:
+// snnopt::cpu (cpu/scan.cpp, cpu/synapse.cpp) and snnopt::cuda (cuda/scan.cu,
+// cuda/synapse.cu, built when SNNOPT_WITH_CUDA) have the same signatures and give the
+// same results.
 //
 // Layout: x and every sequence are [T, M] contiguous (M = batch x features), states [M];
 // parameter arrays (b = beta or 1, cc = (1 - b) v_rest, alpha, theta) hold M values,

@@ -58,37 +58,39 @@ inline T dot(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
 
 std::vector<at::Tensor> pack_spikes(const at::Tensor& x) {
   const int64_t n = x.numel();
-  auto packed = at::zeros({(n + 7) / 8}, x.options().dtype(at::kByte));
-  bool binary = true;
-  int64_t count = 0;
+  auto packed = at::empty({(n + 7) / 8}, x.options().dtype(at::kByte));
+  int64_t count = -1;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "snnopt_pack_spikes", [&] {
-    const scalar_t* xp = x.data_ptr<scalar_t>();
+    using T = scalar_t;
+    const T* xp = x.data_ptr<T>();
     uint8_t* pp = packed.data_ptr<uint8_t>();
-    const int64_t bytes = packed.numel();
-    // Each byte is written by one task (8 elements), so the packing needs no atomics.
-    const auto [ok, ones] = at::parallel_reduce(
-        0, bytes, 4096, std::pair<bool, int64_t>{true, 0},
-        [&](int64_t b0, int64_t b1, std::pair<bool, int64_t> acc) {
-          for (int64_t byte = b0; byte < b1; ++byte) {
-            unsigned v = 0;
-            const int64_t e = std::min<int64_t>(8, n - byte * 8);
-            for (int64_t j = 0; j < e; ++j) {
-              const scalar_t s = xp[byte * 8 + j];
-              acc.first &= (s == scalar_t(0)) | (s == scalar_t(1));
-              v |= unsigned(s == scalar_t(1)) << j;
-            }
-            pp[byte] = static_cast<uint8_t>(v);
-            acc.second += __builtin_popcount(v);
-          }
+    const int64_t full = n / 8;
+    // Each byte is written by one task (8 elements), so the packing needs no atomics; the
+    // reduction counts the ones and the elements that are neither 0 nor 1 (NaN included).
+    using Acc = std::pair<int64_t, int64_t>;  // {ones, not binary}
+    auto pack_byte = [&](int64_t byte, int64_t e, Acc& acc) {
+      const T* p = xp + byte * 8;
+      unsigned v = 0, bad = 0;
+      for (int64_t j = 0; j < e; ++j) {
+        v |= unsigned(p[j] == T(1)) << j;
+        bad |= unsigned(p[j] != T(0)) & unsigned(p[j] != T(1));
+      }
+      pp[byte] = static_cast<uint8_t>(v);
+      acc.first += __builtin_popcount(v);
+      acc.second += bad;
+    };
+    const Acc total = at::parallel_reduce(
+        0, full, 8192, Acc{0, 0},
+        [&](int64_t b0, int64_t b1, Acc acc) {
+          for (int64_t byte = b0; byte < b1; ++byte) pack_byte(byte, 8, acc);
           return acc;
         },
-        [](std::pair<bool, int64_t> a, std::pair<bool, int64_t> b) {
-          return std::pair<bool, int64_t>{a.first && b.first, a.second + b.second};
-        });
-    binary = ok;
-    count = ones;
+        [](Acc a, Acc b) { return Acc{a.first + b.first, a.second + b.second}; });
+    Acc tail{0, 0};
+    if (n % 8) pack_byte(full, n % 8, tail);
+    if (total.second + tail.second == 0) count = total.first + tail.first;
   });
-  if (!binary) return {x.new_empty({0}, x.options().dtype(at::kByte)), at::scalar_tensor(-1, at::kLong)};
+  if (count < 0) return {x.new_empty({0}, x.options().dtype(at::kByte)), at::scalar_tensor(-1, at::kLong)};
   return {packed, at::scalar_tensor(count, at::kLong)};
 }
 
