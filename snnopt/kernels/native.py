@@ -111,16 +111,14 @@ def event_linear(packed: torch.Tensor, shape, weight: torch.Tensor, bias: torch.
 def event_linear_backward(g: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor, x_shape,
                           x_active: torch.Tensor | None, needs):
     """:func:`.reference.sparse.synapse_backward` of a Linear on packed binary input (``dX``
-    only at ``x_active`` unless it is None)."""
-    need_x = needs[0]
-    nothing_active = x_active is not None and x_active.numel() == 0
-    if nothing_active:  # the kernel reads an empty list as "everywhere"
-        need_x = False
-    active = x_active if x_active is not None else g.new_empty(0, dtype=torch.int32)
-    dX, dW, db = module().event_linear_backward(g.contiguous().reshape(-1, g.shape[-1]), packed,
-                                                weight.contiguous(), active, [need_x, needs[1], needs[2]])
-    dX = g.new_zeros(x_shape) if nothing_active and needs[0] else (dX.reshape(x_shape) if need_x else None)
-    return dX, (dW if needs[1] else None), (db if needs[2] else None)
+    only at ``x_active`` unless it is None: then the full matrix product)."""
+    g2 = g.contiguous().reshape(-1, g.shape[-1])
+    listed = needs[0] and x_active is not None
+    active = x_active if listed else g.new_empty(0, dtype=torch.int32)
+    dX, dW, db = module().event_linear_backward(g2, packed, weight.contiguous(), active, [listed, needs[1], needs[2]])
+    if needs[0]:
+        dX = (dX if listed else g2 @ weight).reshape(x_shape)
+    return (dX if needs[0] else None), (dW if needs[1] else None), (db if needs[2] else None)
 
 
 def _flat(t, like: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@
 //   forward   y[r, :]  = b + sum_{i : x[r, i] = 1} W[:, i]             (one row of W^T per spike)
 //   dW        dW[:, i] = sum_{r : x[r, i] = 1} g[r, :]                 (one row of g per spike)
 //   dX        dX[r, i] = <g[r, :], W[:, i]>  only at the listed (r, i), zero elsewhere
+//             (the caller takes the full dX = g W from a matrix product)
 //
 // so the work is proportional to the number of spikes (and of listed entries), not to
 // R x K.  Rows are independent in the forward and in dX; dW is split over the input
@@ -152,7 +153,7 @@ std::vector<at::Tensor> event_linear_backward(const at::Tensor& g, const at::Ten
       });
       dW = dwt.t().contiguous();
     }
-    if (need_x && x_active.numel()) {
+    if (need_x) {
       dX = at::zeros({R, K}, g.options());
       const auto wt = weight.t().contiguous();
       const T* wp = wt.data_ptr<T>();
@@ -164,8 +165,6 @@ std::vector<at::Tensor> event_linear_backward(const at::Tensor& g, const at::Ten
           xp[flat] = dot(gp + r * N, wp + i * N, N);
         }
       });
-    } else if (need_x) {
-      dX = at::mm(g, weight);
     }
   });
   return {dX, dW, db};

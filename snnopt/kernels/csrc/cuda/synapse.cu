@@ -321,13 +321,13 @@ std::vector<at::Tensor> event_linear_backward(const at::Tensor& g, const at::Ten
     }
     dW = dwt.t().contiguous();
   }
-  if (need_x && x_active.numel()) {
+  if (need_x) {
     TORCH_CHECK(x_active.device() == gc.device() && x_active.scalar_type() == at::kInt,
                 "snnopt.cuda.event_linear_backward: x_active must be int32 on ", gc.device());
     const at::Tensor ac = x_active.contiguous();
     const int64_t nnz = ac.numel();
     dX = at::zeros({R, K}, gc.options());
-    if (N > 0) {
+    if (N > 0 && nnz > 0) {
       const at::Tensor wt = weight.t().contiguous();  // [K, N]: row i is column i of W
       AT_DISPATCH_FLOATING_TYPES(gc.scalar_type(), "snnopt_cuda_event_linear_dx", [&] {
         using T = scalar_t;
@@ -337,8 +337,6 @@ std::vector<at::Tensor> event_linear_backward(const at::Tensor& g, const at::Ten
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     }
-  } else if (need_x) {
-    dX = at::mm(gc, weight);
   }
   return {dX, dW, db};
 }
