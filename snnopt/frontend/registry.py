@@ -145,11 +145,17 @@ def is_layer_leaf(module: nn.Module) -> bool:
     return any(p(module) for p in _LAYER_LEAVES)
 
 
+def _refuse_recurrent(module):
+    raise UnsupportedNeuron("it feeds its spikes back through a recurrent weight at every step; it runs eagerly "
+                            "(exact, uncompiled)")
+
+
 def _register_builtin():
-    from ..nn.neurons import _Neuron
+    from ..nn.neurons import Recurrent, _Neuron
 
     register_neuron(_Neuron, lambda m: m.spec(), convention=lambda m: "multi" if m.multi_step else "cell",
                     returns_state=lambda m: m.return_state)
+    register_neuron(Recurrent, _refuse_recurrent)
 
 
 _register_builtin()

@@ -14,6 +14,8 @@ otherwise, so they appear in ``state_dict`` either way.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -21,7 +23,7 @@ from .. import surrogate as _surrogate
 from ..spec import NeuronSpec
 from .functional import neuron_step
 
-__all__ = ["LIF", "IF", "CubaLIF", "LI", "LIFCell", "IFCell", "CubaLIFCell", "LICell"]
+__all__ = ["LIF", "IF", "CubaLIF", "LI", "LIFCell", "IFCell", "CubaLIFCell", "LICell", "Neuron", "Recurrent"]
 
 
 class _Neuron(nn.Module):
@@ -87,8 +89,12 @@ class _Neuron(nn.Module):
         beta, alpha, threshold = self.params()
         return neuron_step(x, v, i, beta, alpha, threshold, cfg)
 
+    def _drive(self, x):
+        return x
+
     def forward(self, x, state=None):
         spec = self._structure().config
+        x = self._drive(x)
         if self.multi_step:
             if x.dim() < 3:
                 raise ValueError(f"{type(self).__name__} expects time-major input [T, B, features...]; got shape "
@@ -163,3 +169,84 @@ LIFCell = _cell(LIF, "Single-step LIF: ``(x_t, v) -> (s_t, v)``.")
 IFCell = _cell(IF, "Single-step IF: ``(x_t, v) -> (s_t, v)``.")
 CubaLIFCell = _cell(CubaLIF, "Single-step current-based LIF: ``(x_t, (i, v)) -> (s_t, (i, v))``.")
 LICell = _cell(LI, "Single-step leaky integrator: ``(x_t, v) -> (v_t, v)``.")
+
+
+class Neuron(_Neuron):
+    """Any dynamics a :class:`~snnopt.spec.NeuronSpec` states: reset value, resting
+    potential, input scale, fire condition and reset timing included.
+
+    ``spec`` gives the structure; ``beta``/``alpha``/``threshold`` (floats or per-neuron
+    tensors) override its scalar fields, and ``input_scale`` (a tensor) multiplies the
+    input before the neuron.  ``multi_step=False`` makes it a cell ``(x_t, state) ->
+    (out_t, state)``.  Parameters named in ``spec.learnable`` are ``nn.Parameter`` s.
+    This is the module the importers build (:func:`snnopt.from_nir`).
+    """
+
+    def __init__(self, spec: NeuronSpec, beta=None, alpha=None, threshold=None, input_scale=None,
+                 multi_step=True, return_state=False):
+        self.kind = spec.kind
+        self.multi_step = bool(multi_step)
+        self._base = dataclasses.replace(spec, beta=None, alpha=None, threshold=None, learnable=frozenset(),
+                                         param_attrs=())
+        values = {"beta": spec.beta if beta is None else beta, "alpha": spec.alpha if alpha is None else alpha,
+                  "threshold": spec.threshold if threshold is None else threshold}
+        if spec.kind == "if":
+            values["beta"] = None
+        if not spec.spiking:
+            values["threshold"] = None
+        if not spec.has_current:
+            values["alpha"] = None
+        learn = {f"learn_{n}": n in spec.learnable for n in values}
+        super().__init__(**values, reset=spec.reset, detach_reset=spec.detach_reset, surrogate=spec.surrogate,
+                         return_state=return_state, **learn)
+        if input_scale is not None:
+            self.register_buffer("input_scale", torch.as_tensor(input_scale, dtype=torch.get_default_dtype()).clone())
+        else:
+            self.input_scale = None
+
+    def _structure(self, beta=None, alpha=None, threshold=None) -> NeuronSpec:
+        generic = super()._structure(beta, alpha, threshold)
+        return dataclasses.replace(self._base, beta=beta, alpha=alpha, threshold=threshold,
+                                   learnable=generic.learnable, param_attrs=generic.param_attrs)
+
+    def _drive(self, x):
+        return x if self.input_scale is None else x * self.input_scale
+
+
+class Recurrent(nn.Module):
+    """A neuron population with a recurrent projection of its own spikes:
+    ``out_t = neuron(x_t + recurrent(s_{t-1}), state)`` with ``s_{-1} = 0``.
+
+    ``neuron`` is a multi-step snnopt neuron (``LIF``, ``CubaLIF``, ``IF``, ``Neuron``) and
+    ``recurrent`` a square ``nn.Linear`` over its features.  Time-major ``[T, B, N]`` in and
+    out; ``state`` is ``(neuron_state, last_spikes)`` and is returned too when
+    ``return_state``.  The compiler keeps it eager (the recurrence needs each step's
+    spikes before the next step's input); the exporters write it as a cycle
+    ``neuron -> recurrent -> neuron`` whose feedback edge carries the previous step.
+    """
+
+    def __init__(self, neuron: _Neuron, recurrent: nn.Linear, return_state=False):
+        super().__init__()
+        if not isinstance(neuron, _Neuron) or not neuron.multi_step:
+            raise TypeError(f"Recurrent takes a multi-step snnopt neuron, got {type(neuron).__name__}")
+        if not isinstance(recurrent, nn.Linear) or recurrent.in_features != recurrent.out_features:
+            raise TypeError(f"Recurrent takes a square nn.Linear, got {recurrent}")
+        if not neuron._structure().spiking:
+            raise TypeError("Recurrent needs a spiking neuron (its spikes are fed back)")
+        self.neuron, self.recurrent = neuron, recurrent
+        self.return_state = bool(return_state)
+
+    def forward(self, x, state=None):
+        if x.dim() < 3:
+            raise ValueError(f"Recurrent expects time-major input [T, B, features]; got shape {list(x.shape)}")
+        neuron_state, s = (None, None) if state is None else state
+        s = torch.zeros_like(x[0]) if s is None else s
+        n = self.neuron
+        cfg = n._structure().config
+        v, i = n._split_state(neuron_state)
+        outs = []
+        for t in range(x.shape[0]):
+            s, v, i = n._step(n._drive(x[t] + self.recurrent(s)), v, i, cfg)
+            outs.append(s)
+        out = torch.stack(outs)
+        return (out, (n._join_state(v, i), s)) if self.return_state else out

@@ -161,8 +161,8 @@ def non_affine_nodes(gm: fx.GraphModule) -> list[fx.Node]:
             if name in _NON_AFFINE_FUNCS:
                 found.append(n)
             elif n.target in (operator.mul, torch.mul, "mul") and sum(
-                    isinstance(a, fx.Node) and isinstance(a.meta.get("val"), torch.Tensor)
-                    and a.meta["val"].dim() > 1 for a in n.args) > 1:
+                    isinstance(a, fx.Node) and a.op != "get_attr" and isinstance(a.meta.get("val"), torch.Tensor)
+                    and a.meta["val"].dim() > 1 for a in n.args) > 1:  # a product of two data-dependent tensors
                 found.append(n)
     return found
 

@@ -1,0 +1,79 @@
+"""Export trained spiking networks for neuromorphic hardware and simulators.
+
+``snnopt.export(model, path, dt=..., example_inputs=...)`` writes the network ``model``
+computes (a plain model, a :class:`~snnopt.CompiledSNN` or a module from
+:func:`from_nir`) in the format named by the suffix of ``path``:
+
+``.nir``               NIR (HDF5) through the ``nir`` package (:mod:`snnopt.export.nir`)
+``.onnx``              ONNX with neurons as ``ai.snnopt`` functions in a ``Scan`` over time
+                       (:mod:`snnopt.export.onnx`)
+``.graphml``/``.json`` the event graph: populations and projections
+                       (:mod:`snnopt.export.events`)
+
+Every format is written from the same :class:`~snnopt.export.network.Network`
+(:func:`to_network`), which :class:`~snnopt.export.runtime.NetworkModule` runs in PyTorch.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+from .extract import to_network
+from .network import Network, NetworkError
+from .runtime import NetworkModule
+
+__all__ = ["export", "to_network", "from_nir", "Network", "NetworkError", "NetworkModule"]
+
+
+def export(model, path, *, format: str | None = None, dt: float | None = None, example_inputs=None, **options):
+    """Write the network of ``model`` to ``path``; returns the path.
+
+    ``format``: ``"nir"``, ``"onnx"`` or ``"events"`` (default: from the suffix).  ``dt``:
+    the time step in seconds (required for NIR, recorded elsewhere).  ``example_inputs``:
+    a time-major input ``[T, B, ...]`` to trace ``model`` with (not needed for a module
+    from :func:`from_nir`).  Other keyword ``options`` go to the format's writer.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    fmt = format or _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot tell the export format of {str(path)!r} from its suffix; use .nir, .onnx, "
+                         f".graphml or .json, or pass format='nir' | 'onnx' | 'events'")
+    net = to_network(model, example_inputs)
+    if dt is not None:
+        net.metadata["dt"] = float(dt)
+    if fmt == "nir":
+        from . import nir as writer
+        writer.write(net, path, dt=dt, **options)
+    elif fmt == "onnx":
+        from . import onnx as writer
+        writer.write(net, path, **options)
+    elif fmt == "events":
+        from . import events as writer
+        writer.write(net, path, **options)
+    else:
+        raise ValueError(f"unknown export format {fmt!r}; use 'nir', 'onnx' or 'events'")
+    return path
+
+
+_FORMATS = {".nir": "nir", ".onnx": "onnx", ".graphml": "events", ".json": "events"}
+
+
+def from_nir(source, *, dt: float | None = None) -> NetworkModule:
+    """A :class:`NetworkModule` running the NIR graph ``source`` (a path or a
+    ``nir.NIRGraph``); see :func:`snnopt.export.nir.read`."""
+    from . import nir as reader
+
+    return NetworkModule(reader.read(source, dt=dt))
+
+
+class _CallableModule(types.ModuleType):
+    """``snnopt.export(...)`` calls :func:`export`; ``snnopt.export.check`` etc. stay attributes."""
+
+    def __call__(self, *args, **kwargs):
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,448 @@
+"""`to_network`: read a PyTorch spiking model as a :class:`~snnopt.export.network.Network`.
+
+The model is traced by the compiler's own front half (trace, ``canonicalize_neurons``,
+``reroll_time``), so every model ``snnopt.compile`` accepts in multi-step form exports:
+snnopt's modules, per-step loops, and the snnTorch / SpikingJelly / Norse neurons the
+frontends read exactly.  The graph is then interpreted symbolically: each value is a
+sum of network nodes' outputs with a batchless shape and a layout (``[T, B, ...]``, or
+``[T*B, ...]`` between a ``flatten(0, 1)`` and its ``unflatten``), and
+
+===========================================  ========================================
+``nn.Linear``                                ``Affine``
+``nn.Conv1d`` / ``nn.Conv2d`` (zero padding) ``Conv``
+``nn.AvgPool2d`` (``divisor_override`` 1:    ``Pool`` avg (sum)
+sum pooling)
+``nn.Flatten``, ``flatten(x, d)`` on features ``Flatten`` (dims of the batchless shape)
+``x * c`` (a number or a per-feature tensor)  ``Scale``
+``a + b``                                    two edges into the consumer (fan-in sums)
+``nn.BatchNorm*d`` in eval mode              folded into the Conv / Linear before it
+``nn.Dropout``, ``nn.Identity``              nothing (export describes inference)
+a neuron (``neuron_scan``)                   ``Neuron`` (spec + full-shape parameters)
+``snnopt.nn.Recurrent``                      ``Neuron`` + ``Affine`` on a feedback cycle
+===========================================  ========================================
+
+Anything else raises :class:`~snnopt.export.network.NetworkError` naming the graph node
+and the module or function, with what the model could use instead.  A neuron's initial
+state is not part of the network (it is an argument of the simulators); a neuron that
+keeps its state on the module (snnTorch ``init_hidden``) is read as starting at rest.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from .. import kernels
+from ..nn.neurons import Recurrent
+from . import network as N
+
+
+@dataclass(frozen=True)
+class _Seq:
+    """A time-major value: the sum of the outputs of ``terms``."""
+
+    terms: tuple
+    shape: tuple
+    flat: bool = False  # [T*B, ...] instead of [T, B, ...]
+
+
+@dataclass(frozen=True)
+class _Scan:
+    name: str  # the population's network node
+    node: fx.Node
+
+
+@dataclass(frozen=True)
+class _State:
+    node: fx.Node
+
+
+@dataclass(frozen=True)
+class _Folded:
+    node: fx.Node
+
+
+def to_network(model: nn.Module, example_inputs) -> N.Network:
+    """The network ``model`` computes, read from a trace at the shapes of ``example_inputs``
+    (time-major ``[T, B, ...]``; only the feature shape matters).  A ``CompiledSNN`` is read
+    through its source model, a ``NetworkModule`` gives its network directly."""
+    from ..compiler import CompiledSNN
+    from .runtime import NetworkModule
+
+    if isinstance(model, CompiledSNN):
+        model = model.source
+    if isinstance(model, NetworkModule):
+        return model.network()
+    inputs = _example(example_inputs)
+    gm = _canonical_graph(model, inputs)
+    return _Reader(gm, model).read()
+
+
+def _example(example_inputs) -> tuple:
+    if example_inputs is None:
+        raise N.NetworkError("pass example_inputs=(x,) with a time-major input [T, B, ...] so the model can be traced")
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    out = []
+    for x in inputs:
+        if not isinstance(x, torch.Tensor) or x.dim() < 3:
+            raise N.NetworkError(f"example inputs must be time-major tensors [T, B, features...]; got "
+                                 f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        out.append(torch.zeros((3, 1, *x.shape[2:]), dtype=x.dtype))  # 3 steps: per-step loops fold
+    return tuple(out)
+
+
+def _canonical_graph(model: nn.Module, inputs) -> fx.GraphModule:
+    from ..frontend.tracer import trace
+    from ..passes import PassManager, canonicalize_neurons, dce, reroll_time, verify
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            gm, _ = trace(model, inputs)
+            return PassManager([canonicalize_neurons, reroll_time, dce], verifier=verify)(gm, inputs)
+    finally:
+        model.train(was_training)
+
+
+def _where(node: fx.Node) -> str:
+    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+    return f"graph node {node.name!r} ({node.op} {target})"
+
+
+class _Reader:
+    def __init__(self, gm: fx.GraphModule, model: nn.Module):
+        self.gm, self.model = gm, model
+        self.net = N.Network()
+        self.env: dict[fx.Node, object] = {}
+        self.T = self.B = None
+        self.dtype = torch.get_default_dtype()
+
+    def read(self) -> N.Network:
+        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        for node in self.gm.graph.nodes:
+            try:
+                self.env[node] = self._visit(node, len(placeholders))
+            except N.NetworkError:
+                raise
+            except (TypeError, ValueError, AttributeError, IndexError) as exc:
+                raise N.NetworkError(f"{_where(node)}: cannot be exported: {exc}") from exc
+        self.net.validate()
+        return self.net
+
+    # -- values -------------------------------------------------------------------------
+    def _value(self, arg, user: fx.Node):
+        if isinstance(arg, fx.Node):
+            value = self.env[arg]
+            if isinstance(value, _Folded):
+                raise N.NetworkError(f"{_where(user)} uses {arg.name!r}, the output of a layer whose BatchNorm was "
+                                     "folded into it; a layer feeding a BatchNorm may feed nothing else")
+            if isinstance(value, _State):
+                raise N.NetworkError(f"{_where(user)} uses the final state of neuron {value.node.name!r}; the "
+                                     "exported network carries spikes between layers, not neuron states")
+            return value
+        if isinstance(arg, (tuple, list)):
+            return type(arg)(self._value(a, user) for a in arg)
+        return arg
+
+    def _seq(self, arg, user: fx.Node) -> _Seq:
+        value = self._value(arg, user)
+        if not isinstance(value, _Seq):
+            raise N.NetworkError(f"{_where(user)}: expected a spiking tensor, got {type(value).__name__} {value!r}")
+        return value
+
+    def _node(self, name: str, node: N.Node, source: _Seq) -> _Seq:
+        shape = node.out_shape(name, source.shape)
+        name = self.net.add(name, node, source.terms)
+        return _Seq((name,), shape, source.flat)
+
+    # -- dispatch -----------------------------------------------------------------------
+    def _visit(self, node: fx.Node, n_inputs: int):
+        if node.op == "placeholder":
+            return self._placeholder(node, n_inputs)
+        if node.op == "get_attr":
+            return _attr(self.gm, node.target)
+        if node.op == "output":
+            return self._output(node)
+        if node.op == "call_module":
+            return self._module(node, self.gm.get_submodule(node.target))
+        if node.op == "call_function" and node.target is kernels.neuron_scan:
+            return self._neuron(node)
+        if node.meta.get("snn_side_effect"):
+            return None  # store_state: the neuron's state kept on the module
+        target = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+        handler = getattr(self, f"_op_{target}", None)
+        if handler is None:
+            return self._constant(node)
+        return handler(node, *(self._value(a, node) for a in node.args),
+                       **{k: self._value(v, node) for k, v in node.kwargs.items()})
+
+    def _constant(self, node: fx.Node):
+        """Ops on constants only (shapes, parameter expressions) are evaluated; anything
+        touching the spiking values has no network primitive."""
+        args = self._value(node.args, node)
+        kwargs = {k: self._value(v, node) for k, v in node.kwargs.items()}
+        if any(isinstance(a, (_Seq, _Scan)) for a in _flat(args) + _flat(list(kwargs.values()))):
+            raise N.NetworkError(f"{_where(node)} acts on a spiking value and has no exportable form; exportable: "
+                                 "Linear, Conv1d/2d, AvgPool2d, Flatten, BatchNorm (eval, after a Conv/Linear), "
+                                 "scaling by a constant, sums, neurons")
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        return node.target(*args, **kwargs)
+
+    def _placeholder(self, node, n_inputs):
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            raise N.NetworkError(f"model input {node.name!r} is not a tensor; export takes tensor inputs only")
+        self.T, self.B, self.dtype = int(val.shape[0]), int(val.shape[1]), val.dtype
+        shape = tuple(int(s) for s in val.shape[2:])
+        name = self.net.add("input" if n_inputs == 1 else f"input_{node.name}", N.Input(shape))
+        return _Seq((name,), shape)
+
+    def _output(self, node):
+        outs = [self._value(a, node) for a in _flat(list(node.args))]
+        for k, value in enumerate(outs):
+            if not isinstance(value, _Seq):
+                raise N.NetworkError(f"model output {k} is {type(value).__name__}, not a spiking tensor; export "
+                                     "describes networks whose outputs are spike or membrane sequences")
+            if value.flat:
+                raise N.NetworkError(f"model output {k} has time and batch merged ([T*B, ...]); unflatten it")
+            self.net.add("output" if len(outs) == 1 else f"output_{k}", N.Output(), value.terms)
+        return None
+
+    # -- modules ------------------------------------------------------------------------
+    def _module(self, node: fx.Node, m: nn.Module):
+        if isinstance(m, Recurrent):
+            return self._recurrent(node, m)
+        x = self._seq(node.args[0], node)
+        if len(node.args) > 1 or node.kwargs:
+            raise N.NetworkError(f"{_where(node)}: {type(m).__name__} called with extra arguments")
+        name = node.target.replace(".", "_")
+        if isinstance(m, (nn.Dropout, nn.Identity)) or type(m).__name__ in ("Dropout", "Dropout2d", "Identity"):
+            return x
+        if isinstance(m, nn.Linear):
+            return self._node(name, N.Affine(m.weight.detach().clone(), _clone(m.bias)), x)
+        multi = getattr(m, "step_mode", "s") == "m"  # SpikingJelly's multi-step layer wrappers
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            self._per_sample(node, m, x, multi)
+            if m.padding_mode != "zeros" or isinstance(m.padding, str):
+                raise N.NetworkError(f"{_where(node)}: {type(m).__name__} with padding={m.padding!r}, "
+                                     f"padding_mode={m.padding_mode!r}; export takes numeric zero padding")
+            return self._node(name, N.Conv(m.weight.detach().clone(), _clone(m.bias), m.stride, m.padding,
+                                           m.dilation, m.groups), x)
+        if isinstance(m, nn.AvgPool2d):
+            self._per_sample(node, m, x, multi)
+            if m.ceil_mode or (not m.count_include_pad and _any(m.padding)) or m.divisor_override not in (None, 1):
+                raise N.NetworkError(f"{_where(node)}: AvgPool2d with ceil_mode, count_include_pad=False or a "
+                                     "divisor_override other than 1 has no exportable form")
+            return self._node(name, N.Pool("sum" if m.divisor_override == 1 else "avg", m.kernel_size, m.stride,
+                                           m.padding), x)
+        if isinstance(m, nn.Flatten):
+            lead = 1 if (x.flat or not multi) else 2
+            if not (x.flat or multi):
+                raise N.NetworkError(f"{_where(node)}: nn.Flatten on a time-major value [T, B, ...] flattens the "
+                                     "batch; flatten features with x.flatten(2) or merge time and batch first")
+            return self._flatten(node, x, m.start_dim, m.end_dim, lead, name)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return self._batch_norm(node, m, x)
+        if isinstance(m, nn.MaxPool2d):
+            raise N.NetworkError(f"{_where(node)}: max pooling has no primitive in the export formats; use "
+                                 "nn.AvgPool2d (or AvgPool2d(divisor_override=1) for sum pooling)")
+        raise N.NetworkError(f"{_where(node)}: {type(m).__name__} has no exportable form")
+
+    def _per_sample(self, node, m, x: _Seq, multi: bool):
+        if not (x.flat or multi):
+            raise N.NetworkError(f"{_where(node)}: {type(m).__name__} on a time-major value [T, B, ...]; merge time "
+                                 "and batch around it (x.flatten(0, 1) ... .unflatten(0, (T, B)))")
+
+    def _batch_norm(self, node, m, x: _Seq):
+        if m.training and not m.track_running_stats or m.running_mean is None:
+            raise N.NetworkError(f"{_where(node)}: BatchNorm without running statistics cannot be exported")
+        producer = x.terms[0] if len(x.terms) == 1 else None
+        layer = self.net.nodes.get(producer)
+        if not isinstance(layer, (N.Conv, N.Affine)) or any(s == producer for s, _ in self.net.edges):
+            raise N.NetworkError(f"{_where(node)}: a BatchNorm is exported folded into the Conv or Linear right "
+                                 "before it, used by nothing else")
+        inv = torch.rsqrt(m.running_var.detach() + m.eps)
+        gain = inv * (m.weight.detach() if m.affine else 1.0)
+        shift = (m.bias.detach() if m.affine else 0.0) - m.running_mean.detach() * gain
+        bias = layer.bias if layer.bias is not None else torch.zeros(layer.weight.shape[0])
+        layer.weight = layer.weight * gain.reshape(-1, *([1] * (layer.weight.dim() - 1)))
+        layer.bias = bias * gain + shift
+        self.env[node.args[0]] = _Folded(node.args[0])
+        return x
+
+    def _recurrent(self, node, m: Recurrent):
+        x = self._seq(node.args[0], node)
+        if len(node.args) > 1 or node.kwargs:
+            raise N.NetworkError(f"{_where(node)}: Recurrent called with an initial state; export describes the "
+                                 "network from rest")
+        if m.return_state:
+            raise N.NetworkError(f"{_where(node)}: Recurrent(return_state=True) returns its state; export takes "
+                                 "spike outputs")
+        base = node.target.replace(".", "_")
+        spec = m.neuron.spec()
+        params = {n: _tensor(getattr(m.neuron, n, None), x.shape, self.dtype) for n in N.NEURON_PARAMS}
+        if spec.kind == "if":
+            params["beta"] = None
+        neuron = N.Neuron(spec, x.shape, **params)
+        name = self.net.add(base, neuron, x.terms)
+        rec = self.net.add(f"{base}_recurrent", N.Affine(m.recurrent.weight.detach().clone(),
+                                                         _clone(m.recurrent.bias)), [name])
+        self.net.edges.append((rec, name))
+        return _Seq((name,), x.shape)
+
+    # -- neurons ------------------------------------------------------------------------
+    def _neuron(self, node: fx.Node):
+        x = self._seq(node.args[0], node)
+        if x.flat:
+            raise N.NetworkError(f"{_where(node)}: a neuron's input has time and batch merged")
+        spec = node.meta["snn"]
+        for k, what in ((1, "membrane"), (2, "current")):
+            arg = node.args[k]
+            if arg is not None and not _loaded_state(arg):
+                raise N.NetworkError(f"{_where(node)}: the neuron starts from a {what} state computed in the model; "
+                                     "export describes the network from rest (give initial states to the simulator)")
+        params = {}
+        for name, arg in zip(("beta", "alpha", "threshold"), node.args[3:6]):
+            value = self._value(arg, node)
+            params[name] = None if value is None else _tensor(value, x.shape, self.dtype)
+        if spec.kind == "if":
+            params["beta"] = None
+        module = node.meta.get("snn_module", node.name)
+        name = self.net.add(str(module).replace(".", "_"), N.Neuron(spec, x.shape, **params), x.terms)
+        return _Scan(name, node)
+
+    def _op_getitem(self, node, value, index):
+        if isinstance(value, _Scan):
+            if index == 0:
+                return _Seq((value.name,), self.net.nodes[value.name].shape)
+            if index == 3:
+                raise N.NetworkError(f"{_where(node)}: the model records the membrane trace of neuron "
+                                     f"{value.node.name!r}; export takes spike outputs (or an LI readout's membrane)")
+            return _State(value.node)
+        if isinstance(value, _Seq):
+            raise N.NetworkError(f"{_where(node)}: indexing a spiking value (a per-step loop the compiler could not "
+                                 "fold into multi-step form, or a slice); export takes multi-step models")
+        return value[index]
+
+    # -- functions and methods on spiking values -----------------------------------------
+    def _op_flatten(self, node, x, start_dim=0, end_dim=-1):
+        if not isinstance(x, _Seq):
+            return self._constant(node)
+        rank = len(x.shape) + (1 if x.flat else 2)
+        start, end = (d + rank if d < 0 else d for d in (start_dim, end_dim))
+        if not x.flat and (start, end) == (0, 1):
+            return _Seq(x.terms, x.shape, flat=True)
+        return self._flatten(node, x, start_dim, end_dim, 1 if x.flat else 2)
+
+    def _flatten(self, node, x: _Seq, start_dim, end_dim, lead: int, name: str = "flatten"):
+        rank = len(x.shape) + lead
+        start, end = (d + rank if d < 0 else d for d in (start_dim, end_dim))
+        if start < lead:
+            raise N.NetworkError(f"{_where(node)}: flattening dims {start_dim}..{end_dim} mixes time/batch with "
+                                 "features")
+        if start == end:
+            return x
+        return self._node(name, N.Flatten(start - lead, end - lead), x)
+
+    def _op_unflatten(self, node, x, dim, sizes):
+        if not isinstance(x, _Seq):
+            return self._constant(node)
+        if x.flat and dim == 0 and tuple(sizes) == (self.T, self.B):
+            return _Seq(x.terms, x.shape, flat=False)
+        raise N.NetworkError(f"{_where(node)}: unflatten({dim}, {sizes}) of a spiking value; export takes "
+                             "unflatten(0, (T, B)) after a flatten(0, 1)")
+
+    def _op_view(self, node, x, *shape):
+        if not isinstance(x, _Seq):
+            return self._constant(node)
+        shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)) else shape
+        lead = (self.T * self.B,) if x.flat else (self.T, self.B)
+        for flat, head in ((False, (self.T, self.B)), (True, (self.T * self.B,))):
+            if tuple(shape[:len(head)]) == head and math.prod(shape[len(head):]) == math.prod(x.shape):
+                rest = tuple(shape[len(head):])
+                moved = _Seq(x.terms, x.shape, flat)
+                if rest == x.shape:
+                    return moved
+                if len(rest) == 1:
+                    return self._flatten(node, moved, len(head), -1, len(head))
+        raise N.NetworkError(f"{_where(node)}: reshape of a spiking value {lead + x.shape} to {shape} has no "
+                             "exportable form")
+
+    _op_reshape = _op_view
+
+    def _op_contiguous(self, node, x, *args):
+        return x if isinstance(x, _Seq) else self._constant(node)
+
+    def _op_mul(self, node, a, b):
+        if isinstance(a, _Seq) and isinstance(b, _Seq):
+            raise N.NetworkError(f"{_where(node)}: a product of two spiking values has no exportable form")
+        x, c = (a, b) if isinstance(a, _Seq) else (b, a)
+        if not isinstance(x, _Seq):
+            return self._constant(node)
+        return self._node("scale", N.Scale(_tensor(c, x.shape, self.dtype)), x)
+
+    _op_mul_ = _op_mul
+
+    def _op_add(self, node, a, b, alpha=1):
+        if isinstance(a, _Seq) and isinstance(b, _Seq) and alpha == 1:
+            if a.shape != b.shape or a.flat != b.flat:
+                raise N.NetworkError(f"{_where(node)}: adding values of shapes {a.shape} and {b.shape}")
+            return _Seq(a.terms + b.terms, a.shape, a.flat)
+        if isinstance(a, _Seq) or isinstance(b, _Seq):
+            raise N.NetworkError(f"{_where(node)}: adding a constant to a spiking value has no exportable form; "
+                                 "give the Linear or Conv before it a bias")
+        return self._constant(node)
+
+    _op_iadd = _op_add
+    _op_add_ = _op_add
+
+
+def _loaded_state(arg) -> bool:
+    """The state is read from the module (``load_state``), i.e. the neuron starts at rest."""
+    from ..passes.canonicalize import load_state
+
+    while isinstance(arg, fx.Node) and arg.op == "call_function" and arg.target is operator.getitem:
+        arg = arg.args[0]
+    return isinstance(arg, fx.Node) and arg.op == "call_function" and arg.target is load_state
+
+
+def _attr(gm: fx.GraphModule, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj.detach() if isinstance(obj, torch.Tensor) else obj
+
+
+def _tensor(value, shape: tuple, dtype):
+    if value is None:
+        return None
+    t = torch.as_tensor(value).detach()
+    if t.dim() > len(shape) or tuple(torch.broadcast_shapes(t.shape, shape)) != tuple(shape):
+        raise N.NetworkError(f"a parameter of shape {tuple(t.shape)} does not broadcast to the features {shape}")
+    return t.to(dtype).expand(shape).clone()
+
+
+def _clone(t):
+    return None if t is None else t.detach().clone()
+
+
+def _any(v) -> bool:
+    return any(v) if isinstance(v, (tuple, list)) else bool(v)
+
+
+def _flat(items: list) -> list:
+    out = []
+    for a in items:
+        if isinstance(a, (tuple, list)):
+            out.extend(_flat(list(a)))
+        elif isinstance(a, dict):
+            out.extend(_flat(list(a.values())))
+        else:
+            out.append(a)
+    return out
