@@ -65,39 +65,9 @@ class NetworkModule(nn.Module):
         if len(set(keys)) != len(keys):
             raise N.NetworkError(f"node names {list(network.nodes)} collide once dots become underscores; rename them")
         for name, node in network.nodes.items():
-            layer = self._layer(name, node)
+            layer = layer_for(node, self.multi_step)
             if layer is not None:
                 self.layers[_key(name)] = layer
-
-    def _layer(self, name: str, node: N.Node) -> nn.Module | None:
-        if isinstance(node, N.Affine):
-            out_f, in_f = node.weight.shape
-            layer = nn.Linear(in_f, out_f, bias=node.bias is not None)
-        elif isinstance(node, N.Conv):
-            cls = nn.Conv1d if node.dims == 1 else nn.Conv2d
-            layer = cls(node.weight.shape[1] * node.groups, node.weight.shape[0], tuple(node.weight.shape[2:]),
-                        node.stride, node.padding, node.dilation, node.groups, bias=node.bias is not None)
-        elif isinstance(node, N.Pool):
-            return nn.AvgPool2d(node.kernel_size, node.stride, node.padding,
-                                divisor_override=1 if node.mode == "sum" else None)
-        elif isinstance(node, N.Flatten):
-            return nn.Flatten(node.start_dim + 1 if node.start_dim >= 0 else node.start_dim,
-                              node.end_dim + 1 if node.end_dim >= 0 else node.end_dim)
-        elif isinstance(node, N.Scale):
-            return Scale(node.scale)
-        elif isinstance(node, N.Neuron):
-            # shared values as scalars: the specialised kernels and the sparse synapse fusion take them
-            values = {n: node.uniform(n) if node.uniform(n) is not None else getattr(node, n)
-                      for n in ("beta", "alpha", "threshold")}
-            return NeuronModule(node.spec, **values, input_scale=node.input_scale, multi_step=self.multi_step,
-                                return_state=True)
-        else:
-            return None
-        with torch.no_grad():
-            layer.weight.copy_(node.weight)
-            if node.bias is not None:
-                layer.bias.copy_(node.bias)
-        return layer
 
     def network(self) -> N.Network:
         """The network with the module's current parameter values (e.g. after training)."""
@@ -213,6 +183,39 @@ class NetworkModule(nn.Module):
             out, neuron_state[name] = layer(x, neuron_state[name])
             return out
         return layer(x)
+
+
+def layer_for(node: N.Node, multi_step: bool = True) -> nn.Module | None:
+    """The PyTorch module computing ``node`` (``None`` for inputs and outputs); neurons are
+    multi-step modules or, with ``multi_step=False``, cells."""
+    if isinstance(node, N.Affine):
+        out_f, in_f = node.weight.shape
+        layer = nn.Linear(in_f, out_f, bias=node.bias is not None)
+    elif isinstance(node, N.Conv):
+        cls = nn.Conv1d if node.dims == 1 else nn.Conv2d
+        layer = cls(node.weight.shape[1] * node.groups, node.weight.shape[0], tuple(node.weight.shape[2:]),
+                    node.stride, node.padding, node.dilation, node.groups, bias=node.bias is not None)
+    elif isinstance(node, N.Pool):
+        return nn.AvgPool2d(node.kernel_size, node.stride, node.padding,
+                            divisor_override=1 if node.mode == "sum" else None)
+    elif isinstance(node, N.Flatten):
+        return nn.Flatten(node.start_dim + 1 if node.start_dim >= 0 else node.start_dim,
+                          node.end_dim + 1 if node.end_dim >= 0 else node.end_dim)
+    elif isinstance(node, N.Scale):
+        return Scale(node.scale)
+    elif isinstance(node, N.Neuron):
+        # shared values as scalars: the specialised kernels and the sparse synapse fusion take them
+        values = {n: node.uniform(n) if node.uniform(n) is not None else getattr(node, n)
+                  for n in ("beta", "alpha", "threshold")}
+        return NeuronModule(node.spec, **values, input_scale=node.input_scale, multi_step=multi_step,
+                            return_state=True)
+    else:
+        return None
+    with torch.no_grad():
+        layer.weight.copy_(node.weight)
+        if node.bias is not None:
+            layer.bias.copy_(node.bias)
+    return layer
 
 
 def _key(name: str) -> str:

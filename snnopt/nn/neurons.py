@@ -186,8 +186,7 @@ class Neuron(_Neuron):
                  multi_step=True, return_state=False):
         self.kind = spec.kind
         self.multi_step = bool(multi_step)
-        self._base = dataclasses.replace(spec, beta=None, alpha=None, threshold=None, learnable=frozenset(),
-                                         param_attrs=())
+        self._base = spec  # the structure; the values are this module's tensors
         values = {"beta": spec.beta if beta is None else beta, "alpha": spec.alpha if alpha is None else alpha,
                   "threshold": spec.threshold if threshold is None else threshold}
         if spec.kind == "if":
