@@ -37,6 +37,7 @@ import torch
 from torch import fx, nn
 
 from .. import kernels
+from ..passes.canonicalize import load_state
 from ..nn.neurons import Recurrent
 from . import network as N
 
@@ -64,6 +65,40 @@ class _State:
 @dataclass(frozen=True)
 class _Folded:
     node: fx.Node
+
+
+@dataclass(frozen=True)
+class _Indexed:
+    """One step (or slice) of a spiking value: only a state loader may use it."""
+
+    node: fx.Node
+
+
+class _Loaded:
+    """A neuron state read from its module or made as zeros: the network starts at rest."""
+
+
+_LIKE = (torch.full_like, torch.zeros_like, torch.empty_like, torch.ones_like)
+
+
+def _shape_only(graph: fx.Graph) -> set:
+    """Nodes whose values are used only for their shape (to make a zero state, or by a
+    state loader): they are not part of the network."""
+    found: set = set()
+    for node in reversed(graph.nodes):
+        if node.users and all(_uses_shape_only(u, node, found) for u in node.users):
+            found.add(node)
+    return found
+
+
+def _uses_shape_only(user: fx.Node, node: fx.Node, found: set) -> bool:
+    if user in found:
+        return True
+    if user.op == "call_function" and user.target in _LIKE:
+        return user.args[0] is node and node not in user.args[1:]
+    if user.op == "call_function" and user.target is load_state:  # load_state(module, step): sized by the step
+        return user.args[1] is node
+    return False
 
 
 def to_network(model: nn.Module, example_inputs) -> N.Network:
@@ -124,7 +159,11 @@ class _Reader:
 
     def read(self) -> N.Network:
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        shape_only = _shape_only(self.gm.graph)
         for node in self.gm.graph.nodes:
+            if node in shape_only and node.op != "placeholder":
+                self.env[node] = None
+                continue
             try:
                 self.env[node] = self._visit(node, len(placeholders))
             except N.NetworkError:
@@ -141,6 +180,10 @@ class _Reader:
             if isinstance(value, _Folded):
                 raise N.NetworkError(f"{_where(user)} uses {arg.name!r}, the output of a layer whose BatchNorm was "
                                      "folded into it; a layer feeding a BatchNorm may feed nothing else")
+            if isinstance(value, _Indexed):
+                raise N.NetworkError(f"{_where(user)} uses {arg.name!r}, an index into a spiking value (a per-step "
+                                     "loop the compiler could not fold into multi-step form, or a slice); export "
+                                     "takes multi-step models")
             if isinstance(value, _State):
                 raise N.NetworkError(f"{_where(user)} uses the final state of neuron {value.node.name!r}; the "
                                      "exported network carries spikes between layers, not neuron states")
@@ -174,6 +217,10 @@ class _Reader:
             return self._neuron(node)
         if node.meta.get("snn_side_effect"):
             return None  # store_state: the neuron's state kept on the module
+        if node.op == "call_function" and node.target is load_state:
+            return _Loaded()
+        if node.op == "call_function" and node.target in _LIKE:
+            return self._like(node)
         target = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
         handler = getattr(self, f"_op_{target}", None)
         if handler is None:
@@ -193,6 +240,15 @@ class _Reader:
         if node.op == "call_method":
             return getattr(args[0], node.target)(*args[1:], **kwargs)
         return node.target(*args, **kwargs)
+
+    def _like(self, node):
+        """``zeros_like(x)`` / ``full_like(x, 0)``: a state at rest; other fills are refused."""
+        fill = {torch.zeros_like: 0.0, torch.ones_like: 1.0, torch.empty_like: None}.get(
+            node.target, node.args[1] if len(node.args) > 1 else node.kwargs.get("fill_value"))
+        if fill != 0.0:
+            raise N.NetworkError(f"{_where(node)} makes a state filled with {fill!r}; export describes the network "
+                                 "from rest (zero state; give other initial states to the simulators)")
+        return _Loaded()
 
     def _placeholder(self, node, n_inputs):
         val = node.meta.get("val")
@@ -326,8 +382,9 @@ class _Reader:
                                      f"{value.node.name!r}; export takes spike outputs (or an LI readout's membrane)")
             return _State(value.node)
         if isinstance(value, _Seq):
-            raise N.NetworkError(f"{_where(node)}: indexing a spiking value (a per-step loop the compiler could not "
-                                 "fold into multi-step form, or a slice); export takes multi-step models")
+            return _Indexed(node)
+        if isinstance(value, _Loaded):
+            return value
         return value[index]
 
     # -- functions and methods on spiking values -----------------------------------------
@@ -404,12 +461,10 @@ class _Reader:
 
 
 def _loaded_state(arg) -> bool:
-    """The state is read from the module (``load_state``), i.e. the neuron starts at rest."""
-    from ..passes.canonicalize import load_state
-
+    """The state is read from the module (``load_state``) or made as zeros: the neuron starts at rest."""
     while isinstance(arg, fx.Node) and arg.op == "call_function" and arg.target is operator.getitem:
         arg = arg.args[0]
-    return isinstance(arg, fx.Node) and arg.op == "call_function" and arg.target is load_state
+    return isinstance(arg, fx.Node) and arg.op == "call_function" and arg.target in _LIKE + (load_state,)
 
 
 def _attr(gm: fx.GraphModule, target: str):

@@ -426,7 +426,7 @@ def _ints(v) -> tuple:
 
 def neuron_from_nir(name: str, node, dt: float, shape: tuple) -> N.Neuron:
     """The :class:`~snnopt.export.network.Neuron` of a NIR neuron node (inverse of the export
-    mapping; float64 arithmetic, rounded to float32 once)."""
+    mapping; float64 arithmetic, rounded once to torch's default dtype)."""
     kind = type(node).__name__
     f64 = np.float64
 
@@ -443,7 +443,7 @@ def neuron_from_nir(name: str, node, dt: float, shape: tuple) -> N.Neuron:
         if a.size and not bool(np.all(a == a.reshape(-1)[0])):
             raise N.NetworkError(f"NIR node {name!r}: per-neuron {what} values are not supported by snnopt's "
                                  f"neurons (one {what} per population)")
-        return float(np.float32(a.reshape(-1)[0])) if a.size else 0.0
+        return float(a.reshape(-1)[0].astype(_real_dtype())) if a.size else 0.0
 
     r = full(node.r, "r")
     if kind == "IF":
@@ -465,7 +465,8 @@ def neuron_from_nir(name: str, node, dt: float, shape: tuple) -> N.Neuron:
     meta = getattr(node, "metadata", None) or {}
     structure = _json(name, meta, "snnopt_spec")
     train = _json(name, meta, "snnopt_train")
-    gain32 = gain.astype(np.float32)
+    real = _real_dtype()
+    gain32 = gain.astype(real)
     uniform_gain = bool(np.all(gain32 == gain32.reshape(-1)[0]))
     spec_kind = {"LIF": "lif", "IF": "if", "LI": "li", "CubaLIF": "cuba_lif", "CubaLI": "cuba_li"}[kind]
     fields = dict(kind=spec_kind, reset="zero" if spiking else "none",
@@ -474,7 +475,7 @@ def neuron_from_nir(name: str, node, dt: float, shape: tuple) -> N.Neuron:
                   if spiking else 0.0)
     fields.update({k: v for k, v in structure.items() if k in _STRUCTURE_FIELDS})
     params = {"beta": beta, "alpha": alpha, "threshold": full(node.v_threshold, "v_threshold") if spiking else None}
-    params = {k: None if v is None else torch.as_tensor(np.asarray(v, f64).astype(np.float32)) for k, v in params.items()}
+    params = {k: None if v is None else torch.as_tensor(np.asarray(v, f64).astype(real)) for k, v in params.items()}
     values = {k: _uniform(v) for k, v in params.items()}
     tensors = tuple((k, k) for k, v in params.items() if v is not None and values[k] is None)
     try:
@@ -487,6 +488,11 @@ def neuron_from_nir(name: str, node, dt: float, shape: tuple) -> N.Neuron:
         raise N.NetworkError(f"NIR node {name!r}: its snnopt metadata is invalid: {exc}") from exc
     return N.Neuron(spec, shape, **params,
                     input_scale=None if uniform_gain else torch.as_tensor(gain32))
+
+
+def _real_dtype():
+    """NumPy's dtype for torch's default dtype: parameters are rounded once, to what the model computes in."""
+    return np.float64 if torch.get_default_dtype() == torch.float64 else np.float32
 
 
 def _uniform(t: torch.Tensor | None) -> float | None:

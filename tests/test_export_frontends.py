@@ -1,0 +1,106 @@
+"""Models written with snnTorch, SpikingJelly and Norse export to NIR and come back with
+their spikes (float64: those libraries order the charge arithmetic differently)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import snnopt
+from snnopt.export import NetworkError
+
+from .models import spikes
+
+pytest.importorskip("nir")
+
+
+@pytest.fixture
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def _scaled(model, gain):
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                m.weight.mul_(gain)
+    return model
+
+
+def test_snntorch_init_hidden_conv_net(tmp_path):
+    snntorch = pytest.importorskip("snntorch")
+    from snntorch import utils
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.AvgPool2d(2),
+                                     snntorch.Leaky(beta=0.8, reset_mechanism="zero", init_hidden=True),
+                                     nn.Flatten(), nn.Linear(4 * 5 * 5, 6),
+                                     snntorch.Leaky(beta=0.7, reset_mechanism="zero", init_hidden=True, output=True))
+
+        def forward(self, x):
+            utils.reset(self.net)
+            out = []
+            for t in range(x.shape[0]):
+                spk, _ = self.net(x[t])
+                out.append(spk)
+            return torch.stack(out)
+
+    torch.manual_seed(0)
+    model = _scaled(Net(), 3.0)
+    x = spikes((80, 2, 2, 10, 10), p=0.3)
+    expected = model(x)
+    loaded = snnopt.from_nir(snnopt.export(model, tmp_path / "snn.nir", dt=1e-4, example_inputs=(x,)))
+    assert expected.sum() > 0
+    assert torch.equal(loaded(x), expected)
+
+
+def test_spikingjelly_fires_on_ge_and_needs_the_extension(tmp_path, float64):
+    pytest.importorskip("spikingjelly")
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    torch.manual_seed(1)
+    model = nn.Sequential(layer.Linear(12, 16), neuron.LIFNode(tau=2.0, v_reset=0.0),
+                          layer.Linear(16, 5), neuron.IFNode(v_reset=0.0))
+    functional.set_step_mode(model, "m")
+    _scaled(model, 3.0)
+    x = spikes((100, 3, 12), p=0.3).double()
+    with pytest.raises(NetworkError, match="v >= threshold"):
+        snnopt.export(model, tmp_path / "sj.nir", dt=1e-3, example_inputs=(x,))
+    path = snnopt.export(model, tmp_path / "sj.nir", dt=1e-3, example_inputs=(x,), extensions=True)
+    functional.reset_net(model)
+    expected = model(x)
+    assert expected.sum() > 0
+    assert torch.equal(snnopt.from_nir(path)(x), expected)
+
+
+def test_norse_cells(tmp_path, float64):
+    norse = pytest.importorskip("norse.torch")
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.lif1 = nn.Linear(12, 16), norse.LIFBoxCell()
+            self.fc2, self.lif2 = nn.Linear(16, 5), norse.LIFBoxCell()
+
+        def forward(self, x):
+            s1 = s2 = None
+            out = []
+            for t in range(x.shape[0]):
+                z, s1 = self.lif1(self.fc1(x[t]), s1)
+                z, s2 = self.lif2(self.fc2(z), s2)
+                out.append(z)
+            return torch.stack(out)
+
+    torch.manual_seed(2)
+    model = _scaled(Net(), 20.0)
+    x = spikes((100, 3, 12), p=0.3).double()
+    expected = model(x)
+    loaded = snnopt.from_nir(snnopt.export(model, tmp_path / "norse.nir", dt=1e-3, example_inputs=(x,)))
+    assert expected.sum() > 0
+    assert torch.equal(loaded(x), expected)
