@@ -1,5 +1,6 @@
 """Command line: ``snnopt demo`` trains the demo network in each mode and prints the comparison;
-``snnopt bench`` times training steps of snnopt's modes against snnTorch and SpikingJelly."""
+``snnopt bench`` times training steps of snnopt's modes against snnTorch and SpikingJelly;
+``snnopt export`` writes a model (or a NIR file) as NIR, ONNX or an event graph."""
 
 from __future__ import annotations
 
@@ -58,7 +59,66 @@ def _parser() -> argparse.ArgumentParser:
                       help="sparse mode: surrogate gradient only where |v - threshold| < band (default: 0.05)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_bench(sub)
+    _add_export(sub)
     return parser
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected a comma list of positive sizes (e.g. 700 or 2,34,34), got {text!r}")
+    return shape
+
+
+def _add_export(sub) -> None:
+    export = sub.add_parser("export", help="write a model (FILE.py:FUNCTION) or a NIR file as NIR, ONNX or an event "
+                                           "graph (format from the suffix of --out)")
+    export.add_argument("source", help="FILE.py:FUNCTION returning the model (an nn.Module), or a .nir file")
+    export.add_argument("--out", required=True, help="output file: .nir, .onnx, .graphml or .json")
+    export.add_argument("--input-shape", type=_shape, default=None,
+                        help="feature shape of one time step, e.g. 700 or 2,34,34 (needed for FILE.py:FUNCTION)")
+    export.add_argument("--weights", default=None, help="a state_dict saved with torch.save to load into the model")
+    export.add_argument("--dt", type=_positive_float, default=None,
+                        help="time step in seconds (required for NIR output unless the source is a NIR file)")
+    export.add_argument("--extensions", action="store_true",
+                        help="NIR: write dynamics NIR cannot state (subtractive reset, v >= threshold) as snnopt "
+                             "metadata instead of refusing; other readers will not honour it")
+    export.add_argument("--check", default=None, metavar="TARGET",
+                        help="also check the network against a hardware profile (loihi2, speck, xylo)")
+
+
+def _export(parser: argparse.ArgumentParser, args) -> int:
+    import torch
+
+    from . import export as snn_export
+    from .loader import load_factory
+
+    options = {"extensions": True} if args.extensions else {}
+    try:
+        if args.source.lower().endswith(".nir"):
+            model, example = snn_export.from_nir(args.source, dt=args.dt), None
+        else:
+            if args.input_shape is None:
+                parser.error("--input-shape is needed to trace FILE.py:FUNCTION (e.g. --input-shape 2,34,34)")
+            model = load_factory(args.source)()
+            if not isinstance(model, torch.nn.Module):
+                parser.error(f"{args.source} returned {type(model).__name__}, not an nn.Module")
+            if args.weights:
+                model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+            example = (torch.zeros(1, 1, *args.input_shape),)
+        path = snn_export.export(model, args.out, dt=args.dt, example_inputs=example, **options)
+    except (ValueError, OSError) as exc:
+        print(f"snnopt export: {exc}")
+        return 1
+    print(f"wrote {path}")
+    if args.check:
+        report = snn_export.check(model, args.check, example_inputs=example)
+        print(report)
+        return 0 if report.ok else 2
+    return 0
 
 
 def _non_negative_int(text: str) -> int:
@@ -131,6 +191,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "bench":
         return _bench(parser, args)
+    if args.command == "export":
+        return _export(parser, args)
     rows = run_demo(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, modes=args.modes, band=args.band,
                     progress=not args.no_progress, on_compile=lambda mode, report: print(report, flush=True))
     print()

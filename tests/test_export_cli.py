@@ -1,0 +1,69 @@
+"""`snnopt export`: a user's model file or a NIR file to NIR / ONNX / event graph, with clear errors."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+
+import snnopt
+from snnopt.cli import main
+
+from .models import spikes
+
+pytest.importorskip("nir")
+
+MODEL_FILE = textwrap.dedent("""
+    import torch
+    from torch import nn
+    import snnopt
+
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(10, 12), snnopt.nn.LIF(0.875, reset="zero"), nn.Linear(12, 4),
+                             snnopt.nn.LI(0.75))
+""")
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "net.py"
+    path.write_text(MODEL_FILE)
+    return path
+
+
+def test_export_user_model_to_nir_and_convert_nir_to_other_formats(model_file, tmp_path, capsys):
+    out = tmp_path / "net.nir"
+    weights = tmp_path / "w.pt"
+    from snnopt.loader import load_factory
+
+    trained = load_factory(f"{model_file}:make")()
+    with torch.no_grad():
+        trained[0].weight.mul_(4)
+    torch.save(trained.state_dict(), weights)
+    assert main(["export", f"{model_file}:make", "--input-shape", "10", "--dt", "1e-3", "--weights", str(weights),
+                 "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    x = spikes((50, 2, 10), p=0.4)
+    assert torch.equal(snnopt.from_nir(out)(x), trained(x))
+    again = tmp_path / "again.nir"
+    assert main(["export", str(out), "--out", str(again)]) == 0  # dt comes from the file
+    assert torch.equal(snnopt.from_nir(again)(x), trained(x))
+
+
+def test_export_errors_are_reported_not_raised(model_file, tmp_path, capsys):
+    assert main(["export", f"{model_file}:missing", "--input-shape", "10", "--out", str(tmp_path / "a.nir"),
+                 "--dt", "1e-3"]) == 1
+    assert "defines no function 'missing'" in capsys.readouterr().out
+    assert main(["export", f"{tmp_path}/nothere.py:make", "--input-shape", "10", "--out", str(tmp_path / "a.nir"),
+                 "--dt", "1e-3"]) == 1
+    assert "does not exist" in capsys.readouterr().out
+    assert main(["export", f"{model_file}:make", "--input-shape", "10", "--out", str(tmp_path / "a.nir")]) == 1
+    assert "dt=" in capsys.readouterr().out
+    (tmp_path / "bad.nir").write_bytes(b"junk")
+    assert main(["export", str(tmp_path / "bad.nir"), "--out", str(tmp_path / "b.nir")]) == 1
+    assert "cannot read NIR file" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["export", f"{model_file}:make", "--out", str(tmp_path / "a.nir")])  # no --input-shape
