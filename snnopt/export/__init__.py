@@ -20,10 +20,12 @@ import sys
 import types
 
 from .extract import to_network
+from .hardware import PROFILES, HardwareError, HardwareReport, Profile, Violation, check, quantize
 from .network import Network, NetworkError
 from .runtime import NetworkModule
 
-__all__ = ["export", "to_network", "from_nir", "Network", "NetworkError", "NetworkModule"]
+__all__ = ["export", "to_network", "from_nir", "check", "quantize", "Network", "NetworkError", "NetworkModule",
+           "Profile", "PROFILES", "HardwareReport", "HardwareError", "Violation"]
 
 
 def export(model, path, *, format: str | None = None, dt: float | None = None, example_inputs=None, **options):
