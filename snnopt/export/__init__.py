@@ -19,12 +19,14 @@ from __future__ import annotations
 import sys
 import types
 
+from .events import EventSimulator, to_graph
 from .extract import to_network
 from .hardware import PROFILES, HardwareError, HardwareReport, Profile, Violation, check, quantize
 from .network import Network, NetworkError
 from .runtime import NetworkModule
 
-__all__ = ["export", "to_network", "from_nir", "check", "quantize", "Network", "NetworkError", "NetworkModule",
+__all__ = ["export", "to_network", "from_nir", "check", "quantize", "to_graph", "EventSimulator", "Network",
+           "NetworkError", "NetworkModule",
            "Profile", "PROFILES", "HardwareReport", "HardwareError", "Violation"]
 
 

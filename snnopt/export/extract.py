@@ -340,6 +340,8 @@ class _Reader:
         if m.return_state:
             raise N.NetworkError(f"{_where(node)}: Recurrent(return_state=True) returns its state; export takes "
                                  "spike outputs")
+        if m.recurrent.bias is not None:
+            self._fold_bias(node, x, m.recurrent.bias.detach())
         base = node.target.replace(".", "_")
         spec = m.neuron.spec()
         params = {n: _tensor(getattr(m.neuron, n, None), x.shape, self.dtype) for n in N.NEURON_PARAMS}
@@ -347,10 +349,21 @@ class _Reader:
             params["beta"] = None
         neuron = N.Neuron(spec, x.shape, **params)
         name = self.net.add(base, neuron, x.terms)
-        rec = self.net.add(f"{base}_recurrent", N.Affine(m.recurrent.weight.detach().clone(),
-                                                         _clone(m.recurrent.bias)), [name])
+        rec = self.net.add(f"{base}_recurrent", N.Affine(m.recurrent.weight.detach().clone()), [name])
         self.net.edges.append((rec, name))
         return _Seq((name,), x.shape)
+
+    def _fold_bias(self, node, x: _Seq, bias: torch.Tensor) -> None:
+        """Move the recurrent Linear's bias into the layer feeding the population: the model
+        adds it from the first step on (``recurrent(0) = bias``), while a delayed edge
+        delivers zeros at the first step."""
+        layer = self.net.nodes.get(x.terms[0]) if len(x.terms) == 1 else None
+        if not isinstance(layer, N.Affine) or any(s == x.terms[0] for s, _ in self.net.edges):
+            raise N.NetworkError(f"{_where(node)}: a recurrent Linear with a bias is exported by moving the bias into "
+                                 "the Linear right before the Recurrent (used by nothing else); give the recurrent "
+                                 "Linear bias=False or feed the Recurrent from one Linear")
+        layer.bias = bias.clone() if layer.bias is None else layer.bias + bias
+        self.env[node.args[0]] = _Folded(node.args[0])
 
     # -- neurons ------------------------------------------------------------------------
     def _neuron(self, node: fx.Node):

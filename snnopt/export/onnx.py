@@ -232,15 +232,17 @@ class _Builder:
         self.nodes: list[onnx.NodeProto] = []
         self._consts: dict[str, str] = {}
 
-    def op(self, op_type: str, *inputs: str, hint: str | None = None, n_out: int = 1, domain: str = "",
+    def op(self, op_type: str, *inputs: str, hint: str | list[str] | None = None, domain: str = "",
            name: str | None = None, **attrs):
-        """Append ``op_type(inputs)``; returns its output name (a list when ``n_out > 1``)."""
-        outs = [self.names.fresh(hint or op_type.lower()) for _ in range(n_out)]
+        """Append ``op_type(inputs)``; returns its output name, or the list of them when
+        ``hint`` lists one name hint per output."""
+        hints = hint if isinstance(hint, list) else [hint or op_type.lower()]
+        outs = [self.names.fresh(h) for h in hints]
         node = helper.make_node(op_type, list(inputs), outs, name=name, **attrs)
         if domain:
             node.domain = domain
         self.nodes.append(node)
-        return outs[0] if n_out == 1 else outs
+        return outs if isinstance(hint, list) else outs[0]
 
     def const(self, value: float) -> str:
         """A float32 scalar constant (created once)."""
@@ -491,8 +493,8 @@ class _Exporter:
         attrs = {a: float({"scale": spec.scale, "v_rest": spec.v_rest, "v_reset": spec.v_reset}[a])
                  for a in d.attributes}
         args = [x, *state, *(params[p] for p in d.inputs if p in params)]
-        outs = self.body.op(d.name, *args, hint=f"step/{name}", n_out=len(d.outputs), domain=DOMAIN, name=name,
-                            **attrs)
+        hints = [f"step/{name}"] + [f"step/{name}:{part}:next" for part in (["i", "v"] if d.current else ["v"])]
+        outs = self.body.op(d.name, *args, hint=hints, domain=DOMAIN, name=name, **attrs)
         return outs[0], outs[1:]
 
 
