@@ -26,14 +26,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _step_list(text: str) -> tuple[int, ...]:
+def _positive_ints(text: str, example: str) -> tuple[int, ...]:
     try:
-        steps = tuple(int(t) for t in text.split(",") if t.strip())
+        values = tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
-        steps = ()
-    if not steps or min(steps) < 1:
-        raise argparse.ArgumentTypeError(f"expected a comma list of positive integers, got {text!r}")
-    return steps
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected a comma list of positive integers (e.g. {example}), got {text!r}")
+    return values
+
+
+def _step_list(text: str) -> tuple[int, ...]:
+    return _positive_ints(text, "4,32,100")
 
 
 def _modes(text: str) -> tuple[str, ...]:
@@ -64,13 +68,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        shape = ()
-    if not shape or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"expected a comma list of positive sizes (e.g. 700 or 2,34,34), got {text!r}")
-    return shape
+    return _positive_ints(text, "700 or 2,34,34")
 
 
 def _add_export(sub) -> None:

@@ -379,3 +379,12 @@ def _beta_zero():
     net = to_network(MLP(reset="zero"), (spikes((4, 2, 12)),))
     net.nodes["lif1"].beta.zero_()
     return net
+
+
+def test_compiled_module_exports_its_source_network(tmp_path):
+    torch.manual_seed(7)
+    model = MLP(reset="zero")
+    x = spikes((30, 2, 12))
+    fast = snnopt.compile(model, mode="sparse", example_inputs=(x,))
+    path = E.export(fast, tmp_path / "fast.nir", dt=1e-3, example_inputs=(x,))
+    assert torch.equal(snnopt.from_nir(path)(x), model(x))
