@@ -10,7 +10,9 @@ computes (a plain model, a :class:`~snnopt.CompiledSNN` or a module from
 ``.graphml``/``.json`` the event graph: populations and projections
                        (:mod:`snnopt.export.events`)
 
-Every format is written from the same :class:`~snnopt.export.network.Network`
+``snnopt.export.onnx.run(path, x, state)`` runs an exported ONNX file with onnxruntime and
+``snnopt.export.EventSimulator(graph).run(x, state)`` simulates an event graph, taking and
+returning states as :meth:`NetworkModule.run` does.  Every format is written from the same :class:`~snnopt.export.network.Network`
 (:func:`to_network`), which :class:`~snnopt.export.runtime.NetworkModule` runs in PyTorch.
 """
 

@@ -36,9 +36,13 @@ the main graph's initializers.
 =============  ===============================================================
 
 **Neurons.** Each population calls an operator of the custom domain ``ai.snnopt``
-(version 1): ``LIF``, ``CubaLIF``, ``IF``, ``LI`` or ``CubaLI``, with a suffix per
-non-default piece of structure (e.g. ``LIF_ZeroReset_ResetNext_FireGe``).  The operator is
-a model-local ``FunctionProto`` whose body uses default-domain ops only and repeats
+(version 1): ``LIF``, ``CubaLIF``, ``IF``, ``LI`` or ``CubaLI``, followed, in this
+order, by ``_ZeroReset`` / ``_NoReset`` (reset other than subtract), ``_ResetNext`` /
+``_ResetSamePending`` (reset timing), ``_FireGe`` (fire ``">="``), ``_DiscardsInput``,
+``_DecayAfter`` (``current_decay="after"``), ``_Scaled`` (``scale != 1``), ``_Rest``
+(``v_rest != 0``) and ``_Gain`` (an ``input_scale``), e.g.
+``LIF_ZeroReset_ResetNext_FireGe``.  The operator is a model-local ``FunctionProto``
+whose body uses default-domain ops only and repeats
 :func:`snnopt.nn.functional.neuron_step` operation by operation, so float32 results
 equal PyTorch's bit for bit; the equations are in :mod:`snnopt.spec`.  Its signature is
 
@@ -47,12 +51,19 @@ equal PyTorch's bit for bit; the equations are in :mod:`snnopt.spec`.  Its signa
 with ``y`` the spikes (the membrane for ``LI``/``CubaLI``).  ``beta``, ``alpha``,
 ``threshold`` and ``input_scale`` are full-shape initializers; ``scale``, ``v_rest`` and
 ``v_reset`` are float attributes of the call.  The surrogate gradient and
-``detach_reset`` only shape training and are not exported.
+``detach_reset`` only shape training and are not exported.  No ``NeuronSpec`` is refused;
+a spec field outside :mod:`snnopt.spec`'s tables raises :class:`NetworkError` naming the
+node.
 
-The default opset is :data:`DEFAULT_OPSET` (any from :data:`MIN_OPSET`, the first with
-model-local functions, to the installed ``onnx``'s newest).  The model records the
-network's metadata (e.g. ``dt``) in ``metadata_props``, with its interface under
-``snnopt.interface`` (JSON), and passes ``onnx.checker.check_model(full_check=True)``.
+**Precision.** The neurons, ``Scale`` and the fan-in sums round exactly as PyTorch does.
+``Gemm``, ``Conv`` and the pools sum in onnxruntime's order, so they equal PyTorch's
+results whenever the sums are exact (spike inputs and weights on a power-of-two grid)
+and agree to float32 rounding otherwise.
+
+The default opset is 18 (:data:`DEFAULT_OPSET`; any from 15, the first with model-local
+functions, to the installed ``onnx``'s newest that the consumer supports).  The model
+records the network's metadata (e.g. ``dt``) in ``metadata_props``, with its interface
+under ``snnopt.interface`` (JSON), and passes ``onnx.checker.check_model(full_check=True)``.
 
 :func:`run` executes a file or ``ModelProto`` with onnxruntime's CPU provider, taking and
 returning states as :meth:`NetworkModule.run` does.
@@ -90,9 +101,9 @@ __all__ = ["to_onnx", "write", "run", "DOMAIN", "DEFAULT_OPSET"]
 # -- export ----------------------------------------------------------------------------------------
 
 def to_onnx(net: N.Network, *, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """The ONNX model of ``net`` (see the module docstring), checked with
-    ``onnx.checker.check_model(full_check=True)``.  Raises :class:`NetworkError` naming
-    the node for a network or neuron the model cannot hold."""
+    """The ONNX model of ``net`` at default-domain ``opset`` (see the module docstring),
+    checked with ``onnx.checker.check_model(full_check=True)``.  Raises
+    :class:`NetworkError` naming the node for a network the model cannot hold."""
     newest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= int(opset) <= newest:
         raise N.NetworkError(f"opset {opset} is not supported: use {MIN_OPSET} (model-local functions) to {newest}")
@@ -161,6 +172,7 @@ class _Dynamics:
 
     @property
     def name(self) -> str:
+        """The operator name: the kind, then a suffix per non-default piece of structure."""
         base = {"lif": "LIF", "cuba_lif": "CubaLIF", "if": "IF", "li": "LI", "cuba_li": "CubaLI"}[self.kind]
         parts = [base]
         parts += {"zero": ["ZeroReset"], "none": ["NoReset"]}.get(self.reset, []) if self.spiking else []
@@ -181,6 +193,13 @@ class _Dynamics:
     @property
     def outputs(self) -> list[str]:
         return ["y", *(["i_next"] if self.current else []), "v_next"]
+
+    def describe(self) -> str:
+        what = "the membrane" if not self.spiking else (
+            f"the spikes H(h - threshold) with H(0) = {int(self.fire_ge)}; reset {self.reset}, timing {self.timing}"
+            + (", the pending reset discarding the input" if self.discards_input else ""))
+        return (f"One time step of a {self.kind} population as snnopt.nn.functional.neuron_step (equations in "
+                f"snnopt.spec): y = {what}; i_next/v_next the carried state.")
 
 
 def _dynamics(name: str, node: N.Neuron) -> _Dynamics:
@@ -230,7 +249,7 @@ class _Builder:
     def __init__(self, names: _Names):
         self.names = names
         self.nodes: list[onnx.NodeProto] = []
-        self._consts: dict[str, str] = {}
+        self._consts: dict[tuple, str] = {}
 
     def op(self, op_type: str, *inputs: str, hint: str | list[str] | None = None, domain: str = "",
            name: str | None = None, **attrs):
@@ -246,22 +265,22 @@ class _Builder:
 
     def const(self, value: float) -> str:
         """A float32 scalar constant (created once)."""
-        key = repr(float(value))
+        key = ("value", float(value))
         if key not in self._consts:
-            self._consts[key] = self.op("Constant", hint="one" if value == 1 else "zero" if value == 0 else "c",
-                                        value_float=float(value))
+            self._consts[key] = self.op("Constant", hint=f"c{value:g}", value_float=float(value))
         return self._consts[key]
 
     def attr(self, attribute: str) -> str:
-        """A float32 scalar taken from the function's ``attribute`` (created once)."""
-        if attribute not in self._consts:
+        """A float32 scalar taken from the function's float ``attribute`` (created once)."""
+        key = ("attribute", attribute)
+        if key not in self._consts:
             out = self.names.fresh(attribute)
             node = helper.make_node("Constant", [], [out])
             node.attribute.append(helper.make_attribute_ref("value_float", onnx.AttributeProto.FLOAT,
                                                             ref_attr_name=attribute))
             self.nodes.append(node)
-            self._consts[attribute] = out
-        return self._consts[attribute]
+            self._consts[key] = out
+        return self._consts[key]
 
 
 def _neuron_function(d: _Dynamics, opsets) -> onnx.FunctionProto:
@@ -281,11 +300,7 @@ def _neuron_function(d: _Dynamics, opsets) -> onnx.FunctionProto:
         node.input[:] = [rename.get(v, v) for v in node.input]
         node.output[:] = [rename.get(v, v) for v in node.output]
     return helper.make_function(DOMAIN, d.name, d.inputs, d.outputs, b.nodes, opsets, attributes=d.attributes,
-                                doc_string=_FUNCTION_DOC)
-
-
-_FUNCTION_DOC = ("One time step of a neuron population, as snnopt.nn.functional.neuron_step (equations in "
-                 "snnopt.spec): y = spikes (the membrane for LI/CubaLI), i_next/v_next the carried state.")
+                                doc_string=d.describe())
 
 
 def _neuron_body(b: _Builder, d: _Dynamics) -> tuple[str, str | None, str]:
@@ -507,8 +522,8 @@ def run(source, x, state: dict | None = None):
     several inputs), ``state`` maps a population to ``v`` (``(i, v)`` with a current) and
     ``"<source>:out"`` to a delayed edge's previous output, missing entries meaning zeros.
 
-    Graph rewrites are off, so the file runs as written (they fold constants into weights,
-    which changes float32 rounding).  Raises :class:`NetworkError` naming the file when it
+    onnxruntime's graph rewrites are off, so the file runs as written (a fusion may fold a
+    constant into weights and change float32 rounding).  Raises :class:`NetworkError` naming the file when it
     is missing, unreadable, damaged or not an snnopt export, and ``ValueError`` for
     inputs or states that do not fit."""
     model, where = _load(source)
