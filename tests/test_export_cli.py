@@ -67,3 +67,23 @@ def test_export_errors_are_reported_not_raised(model_file, tmp_path, capsys):
     assert "cannot read NIR file" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["export", f"{model_file}:make", "--out", str(tmp_path / "a.nir")])  # no --input-shape
+
+
+def test_convert_nir_to_onnx_and_event_graph_and_check_hardware(model_file, tmp_path, capsys):
+    from snnopt.export import events
+    from snnopt.export import onnx as onnx_export
+
+    nir_path = tmp_path / "net.nir"
+    assert main(["export", f"{model_file}:make", "--input-shape", "10", "--dt", "1e-3", "--out", str(nir_path)]) == 0
+    x = spikes((40, 2, 10), p=0.4)
+    reference = snnopt.from_nir(nir_path)(x)
+    onnx_path, graph_path = tmp_path / "net.onnx", tmp_path / "net.json"
+    assert main(["export", str(nir_path), "--out", str(onnx_path)]) == 0
+    assert main(["export", str(nir_path), "--out", str(graph_path)]) == 0
+    torch.testing.assert_close(onnx_export.run(onnx_path, x)[0], reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(events.EventSimulator(events.read(graph_path)).run(x)[0], reference,
+                               rtol=1e-5, atol=1e-5)
+    capsys.readouterr()
+    status = main(["export", str(nir_path), "--out", str(tmp_path / "again.nir"), "--check", "speck"])
+    printed = capsys.readouterr().out
+    assert status == 2 and "| leak" in printed and "| neuron_kind" in printed  # Speck: no leak, no LI readout
