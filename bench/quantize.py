@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 import snnopt
 from snnopt.data import make_loaders
-from snnopt.demo import WEIGHT_GAINS, SpikingMLP
+from snnopt.train.presets import WEIGHT_GAINS, SpikingMLP
 from snnopt.export import NetworkModule, to_network
 from snnopt.export.hardware import PROFILES, check, get_profile, quantize
 
@@ -38,7 +38,7 @@ class SequenceMLP(SpikingMLP):
 def train(*, epochs: int, hidden: int, n_steps: int, batch_size: int, lr: float, seed: int,
           dataset_kwargs: dict | None = None):
     """``(model, test_loader)``: :class:`SequenceMLP` trained with cross-entropy on the
-    time-mean of its output, Adam, dense mode, initialised as :func:`snnopt.demo.build_model`."""
+    time-mean of its output, Adam, dense mode, initialised as :func:`snnopt.train.presets.build_model`."""
     train_loader, test_loader = make_loaders(batch_size=batch_size, n_steps=n_steps, seed=seed,
                                              **(dataset_kwargs or {}))
     data = train_loader.dataset

@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_bench(sub)
     _add_export(sub)
+    from .train.cli import add_arguments as add_train_arguments
+    add_train_arguments(sub.add_parser("train", help="train a spiking network on the embedded data or a tonic "
+                                                     "dataset, with metrics, plots and checkpoints"))
     return parser
 
 
@@ -191,6 +194,9 @@ def main(argv=None) -> int:
         return _bench(parser, args)
     if args.command == "export":
         return _export(parser, args)
+    if args.command == "train":
+        from .train.cli import run as run_train
+        return run_train(args)
     rows = run_demo(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, modes=args.modes, band=args.band,
                     progress=not args.no_progress, on_compile=lambda mode, report: print(report, flush=True))
     print()

@@ -33,17 +33,39 @@ class _Program:
         with torch.no_grad():
             spike_out, aux = self.gm(*inputs)
         stats = []
+        bn = synchronise_batch_stats({k: v for k, v in aux.items() if k.startswith("bn:")})
         for key in self.rate_gm.meta["rate_inputs"]:
             if key == "T":
                 stats.append(float(inputs[0].shape[0]))
             elif key.startswith("bn:"):
                 name, part = key.rsplit(":", 1)
-                stats.append(aux[name][int(part)])
+                stats.append(bn[name][int(part)])
             else:
                 stats.append(aux[key])
         means = [x.mean(0, keepdim=True) if isinstance(x, torch.Tensor) else x for x in inputs]
         rate_out = self.rate_gm(*means, *stats)
         return tree_map(_attach, spike_out, rate_out)
+
+
+def synchronise_batch_stats(stats: dict) -> dict:
+    """``{key: (var, mean)}`` batch statistics of the spike pass, averaged over the ranks of
+    a distributed run (equal batch sizes): ``mean = avg_r mean_r``, ``var = avg_r (var_r +
+    mean_r^2) - mean^2`` — the statistics of the global batch.  One process: unchanged."""
+    import torch.distributed as dist
+
+    if not stats or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return stats
+    keys = sorted(stats)
+    flat = torch.cat([torch.cat([stats[k][1], stats[k][0] + stats[k][1] ** 2]) for k in keys])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    out, offset = {}, 0
+    for k in keys:
+        n = stats[k][1].numel()
+        mean, square = flat[offset:offset + n], flat[offset + n:offset + 2 * n]
+        out[k] = (square - mean ** 2, mean)
+        offset += 2 * n
+    return out
 
 
 def _attach(spike: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
@@ -127,6 +149,7 @@ class CompiledSNN(nn.Module):
         for generic in (True, False):
             program = self._programs.get(self._key(inputs, generic))
             if program is not None:
+                self._report = program.report  # the report of the program that runs (and records activity)
                 return program
         with torch.no_grad():  # tracing and shape propagation record nothing for autograd
             program = self._build(inputs)

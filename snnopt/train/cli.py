@@ -1,0 +1,69 @@
+"""``snnopt train`` / ``python -m snnopt.train`` (also under ``torchrun``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from .loop import TrainConfig, train
+
+MODES = ("dense", "sparse", "rate")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    d = TrainConfig()
+    parser.add_argument("--dataset", default=d.dataset,
+                        help="embedded (default, no download), shd, nmnist or dvsgesture (from --data-dir)")
+    parser.add_argument("--data-dir", default=None, help="folder holding the downloaded dataset")
+    parser.add_argument("--model", default=d.model, help="mlp, conv, or FILE.py:FUNCTION returning an nn.Module "
+                                                         "(called as FUNCTION(input_shape, n_classes) or FUNCTION())")
+    parser.add_argument("--mode", choices=MODES, default=d.mode, help="backward mode (default: dense)")
+    parser.add_argument("--epochs", type=_positive(int), default=d.epochs, help=f"epochs (default: {d.epochs})")
+    parser.add_argument("--batch-size", type=_positive(int), default=d.batch_size,
+                        help=f"batch size per process (default: {d.batch_size})")
+    parser.add_argument("--lr", type=_positive(float), default=d.lr, help=f"Adam learning rate (default: {d.lr})")
+    parser.add_argument("--steps", type=_positive(int), default=d.steps,
+                        help=f"time steps (frames) per sample (default: {d.steps})")
+    parser.add_argument("--band", type=_positive(float), default=d.band, help="sparse mode gradient band")
+    parser.add_argument("--seed", type=int, default=d.seed, help="seed of the weights and the batch order")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--out", default=d.out, help=f"output folder (default: {d.out})")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+        return value
+    return parse
+
+
+def config_from(args) -> TrainConfig:
+    return TrainConfig(dataset=args.dataset, data_dir=args.data_dir, model=args.model, mode=args.mode,
+                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, steps=args.steps, band=args.band,
+                       seed=args.seed, device=args.device, out=args.out, resume=args.resume,
+                       progress=not args.no_progress)
+
+
+def run(args) -> int:
+    """Train as ``args`` say; errors in the inputs are printed, not raised."""
+    try:
+        history = train(config_from(args))
+    except (ValueError, OSError) as exc:
+        print(f"snnopt train: {exc}")
+        return 1
+    last = history[-1] if history else None
+    if last is not None:
+        print(f"epoch {last['epoch']}: test accuracy {last['test_acc']:.1%}, train loss {last['train_loss']:.4f}; "
+              f"results in {args.out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(prog="snnopt train", description="Train a spiking network."))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return run(parser.parse_args(argv))
