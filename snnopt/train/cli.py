@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from .loop import TrainConfig, train
 
@@ -57,7 +58,7 @@ def run(args) -> int:
         print(f"snnopt train: {exc}")
         return 1
     last = history[-1] if history else None
-    if last is not None:
+    if last is not None and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
         print(f"epoch {last['epoch']}: test accuracy {last['test_acc']:.1%}, train loss {last['train_loss']:.4f}; "
               f"results in {args.out}")
     return 0
