@@ -9,7 +9,7 @@ from snnopt import kernels
 from snnopt.kernels.reference.rate import rate_batch_norm_backward
 from snnopt.profiling import SavedTensorMeter
 
-from .models import MLP, ConvNet, LoopMLP, grads_of, neuron_kwargs, spikes
+from .models import MLP, ConvNet, LoopMLP, grads_of, spikes
 from .test_ops import CASES, make
 
 

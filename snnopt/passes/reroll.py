@@ -280,7 +280,7 @@ def reroll_time(gm: fx.GraphModule) -> PassResult:
 
 def _reroll_chain(b: Builder, lifter: _Lifter, chain: list[fx.Node], finals: dict) -> fx.Node:
     L = len(chain)
-    first, last = chain[0], chain[-1]
+    first = chain[0]
     for n in chain:
         x = n.args[0]
         if not (x.op == "call_method" and x.target == "unsqueeze" and x.args[1] == 0):

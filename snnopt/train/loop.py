@@ -55,13 +55,11 @@ def make_loaders(cfg: TrainConfig, ctx: distributed.Context):
     """Train and test loaders; the train set is sharded over ranks when distributed."""
     from ..data import make_dataset_loaders
 
-    sampler = None
-    if ctx.distributed:
-        def sampler(dataset):
-            return DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                      seed=cfg.seed, drop_last=True)
+    def shard(dataset):
+        return DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed,
+                                  drop_last=True)
     return make_dataset_loaders(cfg.dataset, cfg.data_dir, batch_size=cfg.batch_size, n_steps=cfg.steps,
-                                seed=cfg.seed, sampler=sampler, **cfg.data_options)
+                                seed=cfg.seed, sampler=shard if ctx.distributed else None, **cfg.data_options)
 
 
 def logits_of(out: torch.Tensor) -> torch.Tensor:
