@@ -1,0 +1,77 @@
+"""`snnopt.nn.Neuron` (any NeuronSpec) and `snnopt.nn.Recurrent` (spikes fed back)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import snnopt
+from snnopt.nn import LIF, Neuron, Recurrent
+from snnopt.nn.functional import neuron_step
+from snnopt.spec import NeuronSpec
+
+from .models import spikes
+
+
+def test_neuron_from_spec_equals_the_named_module_and_its_gradients():
+    torch.manual_seed(0)
+    x = torch.randn(30, 4, 7, requires_grad=True)
+    lif = LIF(0.8, threshold=0.7, reset="zero", surrogate="fast_sigmoid")
+    general = Neuron(lif.spec())
+    a, b = lif(x), general(x)
+    assert torch.equal(a, b)
+    ga, = torch.autograd.grad(a.sum(), x)
+    gb, = torch.autograd.grad(b.sum(), x)
+    assert torch.equal(ga, gb)
+
+
+def test_neuron_applies_reset_value_rest_scale_and_input_gain():
+    torch.manual_seed(1)
+    spec = NeuronSpec(kind="lif", beta=0.9, threshold=1.0, reset="zero", v_reset=-0.2, v_rest=0.1, scale=1.5)
+    gain = torch.rand(5) + 0.5
+    module = Neuron(spec, beta=torch.full((5,), 0.8), input_scale=gain)
+    x = torch.randn(20, 3, 5)
+    out = module(x)
+    cfg = dataclasses.replace(spec, beta=None, param_attrs=(("beta", "beta"),)).config
+    v, expected = None, []
+    for t in range(20):
+        s, v, _ = neuron_step(x[t] * gain, v, None, torch.full((5,), 0.8), None, 1.0, cfg)
+        expected.append(s)
+    assert torch.equal(out, torch.stack(expected))
+    assert module.spec().learnable == frozenset()
+    learn = Neuron(dataclasses.replace(spec, learnable=frozenset({"beta"})))
+    assert isinstance(learn.beta, nn.Parameter)
+
+
+def test_recurrent_feeds_back_the_previous_spikes():
+    torch.manual_seed(2)
+    rec = Recurrent(LIF(0.85), nn.Linear(6, 6))
+    x = torch.randn(25, 3, 6) * 1.5
+    out = rec(x)
+    cell = LIF(0.85)
+    # an explicit loop with the state carried
+    s, v, outs = torch.zeros(3, 6), None, []
+    cfg = cell.spec().config
+    for t in range(25):
+        s, v, _ = neuron_step(x[t] + rec.recurrent(s), v, None, cell.beta, None, cell.threshold, cfg)
+        outs.append(s)
+    assert torch.equal(out, torch.stack(outs))
+    rec_state = Recurrent(LIF(0.85), rec.recurrent, return_state=True)
+    first, state = rec_state(x[:10])
+    second, _ = rec_state(x[10:], state)
+    assert torch.equal(torch.cat([first, second]), out)
+
+
+def test_recurrent_stays_eager_with_a_reason_and_rejects_bad_parts():
+    model = nn.Sequential(nn.Linear(4, 6), Recurrent(LIF(0.9), nn.Linear(6, 6, bias=False)))
+    x = spikes((12, 2, 4))
+    fast = snnopt.compile(model, example_inputs=(x,))
+    assert torch.equal(fast(x), model(x))
+    assert any("recurrent weight" in e.detail for e in fast.report.eager)
+    with pytest.raises(TypeError, match="square"):
+        Recurrent(LIF(0.9), nn.Linear(6, 5))
+    with pytest.raises(TypeError, match="spiking"):
+        Recurrent(snnopt.nn.LI(0.9), nn.Linear(6, 6))
