@@ -1,6 +1,8 @@
 """Command line: ``snnopt demo`` trains the demo network in each mode and prints the comparison;
 ``snnopt bench`` times training steps of snnopt's modes against snnTorch and SpikingJelly;
-``snnopt export`` writes a model (or a NIR file) as NIR, ONNX or an event graph."""
+``snnopt export`` writes a model (or a NIR file) as NIR, ONNX or an event graph;
+``snnopt train`` trains a model with metrics, plots and checkpoints; ``snnopt inspect``
+writes an HTML report of what every compiler pass did."""
 
 from __future__ import annotations
 
@@ -67,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     from .train.cli import add_arguments as add_train_arguments
     add_train_arguments(sub.add_parser("train", help="train a spiking network on the embedded data or a tonic "
                                                      "dataset, with metrics, plots and checkpoints"))
+    from .inspect.cli import add_arguments as add_inspect_arguments
+    add_inspect_arguments(sub.add_parser("inspect", help="compile a model pass by pass and write an HTML report "
+                                                         "of the graphs"))
     return parser
 
 
@@ -197,6 +202,9 @@ def main(argv=None) -> int:
     if args.command == "train":
         from .train.cli import run as run_train
         return run_train(args)
+    if args.command == "inspect":
+        from .inspect.cli import run as run_inspect
+        return run_inspect(args)
     rows = run_demo(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, modes=args.modes, band=args.band,
                     progress=not args.no_progress, on_compile=lambda mode, report: print(report, flush=True))
     print()

@@ -251,8 +251,12 @@ def trace(model: nn.Module, example_inputs) -> tuple[fx.GraphModule, bool]:
     try:
         with _recording_state_resets(tracer), preserved_buffers(model):
             graph = tracer.trace(model)
-    except ValueError:
-        raise
+    except ValueError as exc:
+        if not isinstance(exc, fx.proxy.TraceError):  # snnopt's own input errors pass through
+            raise
+        where = f" after node `{tracer.last_node}`" if tracer.last_node else ""
+        raise TraceFailure(f"cannot trace {type(model).__name__}{where}: {exc}", tracer.last_node,
+                           tracer.graph if hasattr(tracer, "graph") else None) from exc
     except Exception as exc:
         where = f" after node `{tracer.last_node}`" if tracer.last_node else ""
         raise TraceFailure(f"cannot trace {type(model).__name__}{where}: {exc}", tracer.last_node,
