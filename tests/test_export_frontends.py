@@ -104,3 +104,20 @@ def test_norse_cells(tmp_path, float64):
     loaded = snnopt.from_nir(snnopt.export(model, tmp_path / "norse.nir", dt=1e-3, example_inputs=(x,)))
     assert expected.sum() > 0
     assert torch.equal(loaded(x), expected)
+
+
+def test_spikingjelly_multi_step_conv_wrappers(tmp_path, float64):
+    pytest.importorskip("spikingjelly")
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    torch.manual_seed(3)
+    model = nn.Sequential(layer.Conv2d(2, 4, 3, padding=1), layer.AvgPool2d(2), neuron.IFNode(v_reset=0.0),
+                          layer.Flatten(), layer.Linear(4 * 6 * 6, 5), neuron.IFNode(v_reset=0.0))
+    functional.set_step_mode(model, "m")
+    _scaled(model, 6.0)
+    x = spikes((40, 2, 2, 12, 12), p=0.3).double()
+    path = snnopt.export(model, tmp_path / "sjc.nir", dt=1e-3, example_inputs=(x,), extensions=True)
+    functional.reset_net(model)
+    expected = model(x)
+    assert expected.sum() > 0
+    assert torch.equal(snnopt.from_nir(path)(x), expected)

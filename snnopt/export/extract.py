@@ -297,12 +297,11 @@ class _Reader:
                                      "divisor_override other than 1 has no exportable form")
             return self._node(name, N.Pool("sum" if m.divisor_override == 1 else "avg", m.kernel_size, m.stride,
                                            m.padding), x)
-        if isinstance(m, nn.Flatten):
-            lead = 1 if (x.flat or not multi) else 2
+        if isinstance(m, nn.Flatten):  # its dims count one leading batch dim, also in a multi-step wrapper
             if not (x.flat or multi):
                 raise N.NetworkError(f"{_where(node)}: nn.Flatten on a time-major value [T, B, ...] flattens the "
                                      "batch; flatten features with x.flatten(2) or merge time and batch first")
-            return self._flatten(node, x, m.start_dim, m.end_dim, lead, name)
+            return self._flatten(node, x, m.start_dim, m.end_dim, 1, name)
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             return self._batch_norm(node, m, x)
         if isinstance(m, nn.MaxPool2d):
