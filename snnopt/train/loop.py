@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from .. import compile as snn_compile
+from .. import kernels
 from ..frontend.registry import is_neuron
 from ..profiling import SavedTensorMeter
 from . import checkpoint, distributed
@@ -84,6 +85,7 @@ class Trainer:
             if self.out is None:
                 raise ValueError("resume needs the output folder of the run to continue")
             self._restore(checkpoint.load(self.out / checkpoint.CHECKPOINT))
+        kernels.status()  # builds the fused kernels now (first use), not inside the first timed epoch
         x0, _ = next(iter(self.test_loader))
         self.compiled = snn_compile(self.model, mode=cfg.mode, example_inputs=(x0.to(self.ctx.device),),
                                     band=cfg.band)
