@@ -60,7 +60,7 @@ CURRENT_DECAYS = ("before", "after")
 FIRES = (">", ">=")
 
 
-class _Kind:
+class KindTraits:
     """What a neuron kind implies (for classes with a ``kind`` attribute)."""
 
     __slots__ = ()
@@ -75,7 +75,7 @@ class _Kind:
 
 
 @dataclass(frozen=True)
-class NeuronSpec(_Kind):
+class NeuronSpec(KindTraits):
     kind: str = "lif"
     beta: float | None = 0.9
     alpha: float | None = None
@@ -145,7 +145,7 @@ class NeuronSpec(_Kind):
         return " ".join(parts)
 
 
-class Config(_Kind):
+class Config(KindTraits):
     """The decoded ``cfg`` argument of the neuron ops (inverse of :meth:`NeuronSpec.op_config`)."""
 
     __slots__ = ("kind", "reset", "timing", "fire_ge", "detach", "sg_code", "sg_param", "scale", "v_reset", "v_rest",

@@ -83,7 +83,7 @@ import torch
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
-from ..spec import CURRENT_DECAYS, FIRES, KINDS, RESETS, TIMINGS
+from ..spec import CURRENT_DECAYS, FIRES, KINDS, RESETS, TIMINGS, KindTraits
 from . import network as N
 
 logger = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def write(net: N.Network, path, **options) -> Path:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Dynamics:
+class _Dynamics(KindTraits):
     """The structure of a population that shapes its function body (parameter values
     aside); fields that ``neuron_step`` ignores for the kind are normalised away, so
     equal dynamics share one function."""
@@ -150,14 +150,6 @@ class _Dynamics:
     scaled: bool = False
     rest: bool = False
     gain: bool = False
-
-    @property
-    def spiking(self) -> bool:
-        return self.kind not in ("li", "cuba_li")
-
-    @property
-    def current(self) -> bool:
-        return self.kind in ("cuba_lif", "cuba_li")
 
     @property
     def leaky(self) -> bool:
@@ -186,13 +178,13 @@ class _Dynamics:
 
     @property
     def inputs(self) -> list[str]:
-        return ["x", *(["i"] if self.current else []), "v", *(["alpha"] if self.current else []),
+        return ["x", *(["i"] if self.has_current else []), "v", *(["alpha"] if self.has_current else []),
                 *(["beta"] if self.leaky else []), *(["threshold"] if self.spiking else []),
                 *(["input_scale"] if self.gain else [])]
 
     @property
     def outputs(self) -> list[str]:
-        return ["y", *(["i_next"] if self.current else []), "v_next"]
+        return ["y", *(["i_next"] if self.has_current else []), "v_next"]
 
     def describe(self) -> str:
         what = "the membrane" if not self.spiking else (
@@ -290,7 +282,7 @@ def _neuron_function(d: _Dynamics, opsets) -> onnx.FunctionProto:
         names.reserve(n, "a function input")
     b = _Builder(names)
     y, i_next, v_next = _neuron_body(b, d)
-    rename = {v_next: "v_next", **({i_next: "i_next"} if d.current else {})}
+    rename = {v_next: "v_next", **({i_next: "i_next"} if d.has_current else {})}
     if y == v_next:  # non-spiking: the output is the membrane
         b.op("Identity", v_next, hint="y")
         rename[b.nodes[-1].output[0]] = "y"
@@ -313,7 +305,7 @@ def _neuron_body(b: _Builder, d: _Dynamics) -> tuple[str, str | None, str]:
     """
     x = b.op("Mul", "x", "input_scale", hint="x_scaled") if d.gain else "x"
     i_next = None
-    if d.current:
+    if d.has_current:
         if d.decay_after:
             drive = b.op("Add", "i", x, hint="total")
             i_next = b.op("Mul", "alpha", drive, hint="i_decayed")
@@ -430,7 +422,7 @@ class _Exporter:
     def _states(self) -> list[_State]:
         """The carried states, in the order of ``NetworkModule.run``'s state dict:
         populations, then delayed sources."""
-        keys = [(n, n, ["i", "v"] if d.current else ["v"]) for n, d in self.dynamics.items()]
+        keys = [(n, n, ["i", "v"] if d.has_current else ["v"]) for n, d in self.dynamics.items()]
         keys += [(f"{src}:out", src, ["out"]) for src in sorted({s for s, _ in self.delayed})]
         states = []
         for key, node, parts in keys:
@@ -508,7 +500,7 @@ class _Exporter:
         attrs = {a: float({"scale": spec.scale, "v_rest": spec.v_rest, "v_reset": spec.v_reset}[a])
                  for a in d.attributes}
         args = [x, *state, *(params[p] for p in d.inputs if p in params)]
-        hints = [f"step/{name}"] + [f"step/{name}:{part}:next" for part in (["i", "v"] if d.current else ["v"])]
+        hints = [f"step/{name}"] + [f"step/{name}:{part}:next" for part in (["i", "v"] if d.has_current else ["v"])]
         outs = self.body.op(d.name, *args, hint=hints, domain=DOMAIN, name=name, **attrs)
         return outs[0], outs[1:]
 

@@ -3,7 +3,7 @@ self-contained HTML report (``snnopt inspect`` / ``tools/inspect_graph.py``).
 
     inspection = inspect_model(model, (x,), mode="sparse")
     write_report(inspection, "report.html")
-    print(format_table(inspection))
+    summary = format_table(inspection)   # the terminal table
 """
 
 from .page import render_page, write_report
