@@ -31,6 +31,15 @@ def _scaled(model, gain):
     return model
 
 
+def _assert_round_trip(model, x, path, dt, reset=lambda: None, **options):
+    """Export to NIR and back: the loaded network gives the model's spikes (which are not all zero)."""
+    loaded = snnopt.from_nir(snnopt.export(model, path, dt=dt, example_inputs=(x,), **options))
+    reset()
+    expected = model(x)
+    assert expected.sum() > 0
+    assert torch.equal(loaded(x), expected)
+
+
 def test_snntorch_init_hidden_conv_net(tmp_path):
     snntorch = pytest.importorskip("snntorch")
     from snntorch import utils
@@ -53,11 +62,7 @@ def test_snntorch_init_hidden_conv_net(tmp_path):
 
     torch.manual_seed(0)
     model = _scaled(Net(), 3.0)
-    x = spikes((80, 2, 2, 10, 10), p=0.3)
-    expected = model(x)
-    loaded = snnopt.from_nir(snnopt.export(model, tmp_path / "snn.nir", dt=1e-4, example_inputs=(x,)))
-    assert expected.sum() > 0
-    assert torch.equal(loaded(x), expected)
+    _assert_round_trip(model, spikes((80, 2, 2, 10, 10), p=0.3), tmp_path / "snn.nir", dt=1e-4)
 
 
 def test_spikingjelly_fires_on_ge_and_needs_the_extension(tmp_path, float64):
@@ -72,11 +77,7 @@ def test_spikingjelly_fires_on_ge_and_needs_the_extension(tmp_path, float64):
     x = spikes((100, 3, 12), p=0.3).double()
     with pytest.raises(NetworkError, match="v >= threshold"):
         snnopt.export(model, tmp_path / "sj.nir", dt=1e-3, example_inputs=(x,))
-    path = snnopt.export(model, tmp_path / "sj.nir", dt=1e-3, example_inputs=(x,), extensions=True)
-    functional.reset_net(model)
-    expected = model(x)
-    assert expected.sum() > 0
-    assert torch.equal(snnopt.from_nir(path)(x), expected)
+    _assert_round_trip(model, x, tmp_path / "sj.nir", 1e-3, lambda: functional.reset_net(model), extensions=True)
 
 
 def test_norse_cells(tmp_path, float64):
@@ -99,11 +100,7 @@ def test_norse_cells(tmp_path, float64):
 
     torch.manual_seed(2)
     model = _scaled(Net(), 20.0)
-    x = spikes((100, 3, 12), p=0.3).double()
-    expected = model(x)
-    loaded = snnopt.from_nir(snnopt.export(model, tmp_path / "norse.nir", dt=1e-3, example_inputs=(x,)))
-    assert expected.sum() > 0
-    assert torch.equal(loaded(x), expected)
+    _assert_round_trip(model, spikes((100, 3, 12), p=0.3).double(), tmp_path / "norse.nir", dt=1e-3)
 
 
 def test_spikingjelly_multi_step_conv_wrappers(tmp_path, float64):
@@ -115,9 +112,5 @@ def test_spikingjelly_multi_step_conv_wrappers(tmp_path, float64):
                           layer.Flatten(), layer.Linear(4 * 6 * 6, 5), neuron.IFNode(v_reset=0.0))
     functional.set_step_mode(model, "m")
     _scaled(model, 6.0)
-    x = spikes((40, 2, 2, 12, 12), p=0.3).double()
-    path = snnopt.export(model, tmp_path / "sjc.nir", dt=1e-3, example_inputs=(x,), extensions=True)
-    functional.reset_net(model)
-    expected = model(x)
-    assert expected.sum() > 0
-    assert torch.equal(snnopt.from_nir(path)(x), expected)
+    _assert_round_trip(model, spikes((40, 2, 2, 12, 12), p=0.3).double(), tmp_path / "sjc.nir", 1e-3,
+                       lambda: functional.reset_net(model), extensions=True)
