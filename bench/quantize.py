@@ -14,15 +14,14 @@ Nothing is written unless ``--output`` names a file to append the table to.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
-import snnopt
-from snnopt.data import make_loaders
-from snnopt.train.presets import WEIGHT_GAINS, SpikingMLP
+from snnopt.train import Trainer, TrainConfig
+from snnopt.train.presets import SpikingMLP
 from snnopt.export import NetworkModule, to_network
 from snnopt.export.hardware import PROFILES, check, get_profile, quantize
 
@@ -37,26 +36,16 @@ class SequenceMLP(SpikingMLP):
 
 def train(*, epochs: int, hidden: int, n_steps: int, batch_size: int, lr: float, seed: int,
           dataset_kwargs: dict | None = None):
-    """``(model, test_loader)``: :class:`SequenceMLP` trained with cross-entropy on the
-    time-mean of its output, Adam, dense mode, initialised as :func:`snnopt.train.presets.build_model`."""
-    train_loader, test_loader = make_loaders(batch_size=batch_size, n_steps=n_steps, seed=seed,
-                                             **(dataset_kwargs or {}))
-    data = train_loader.dataset
-    torch.manual_seed(seed)
-    model = SequenceMLP(data.sensor_size[0], hidden, data.n_classes)
-    with torch.no_grad():
-        model.fc1.weight.mul_(WEIGHT_GAINS[0])
-        model.fc2.weight.mul_(WEIGHT_GAINS[1])
-    x0, _ = next(iter(train_loader))
-    compiled = snnopt.compile(model, mode="dense", example_inputs=(x0,))
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(epochs):
-        for x, y in train_loader:
-            loss = F.cross_entropy(compiled(x).mean(0), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    return model.eval(), test_loader
+    """``(model, test_loader)``: the ``mlp`` preset trained by :class:`snnopt.train.Trainer`
+    (dense mode, cross-entropy on the time-mean of the readout, Adam), as a :class:`SequenceMLP`."""
+    trainer = Trainer(TrainConfig(model="mlp", mode="dense", epochs=epochs, batch_size=batch_size, lr=lr,
+                                  steps=n_steps, hidden=hidden, seed=seed, out=None, progress=False,
+                                  data_options=dict(dataset_kwargs or {})))
+    trainer.run()
+    data = trainer.train_loader.dataset
+    model = SequenceMLP(math.prod(data.sensor_size), hidden, data.n_classes)
+    model.load_state_dict(trainer.model.state_dict())
+    return model.eval(), trainer.test_loader
 
 
 def accuracy(module: torch.nn.Module, loader) -> float:
