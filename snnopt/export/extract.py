@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
+from torch.utils._pytree import tree_leaves
 
 from .. import kernels
 from ..passes.canonicalize import load_state
@@ -101,13 +102,16 @@ def _uses_shape_only(user: fx.Node, node: fx.Node, found: set) -> bool:
     return False
 
 
-def to_network(model: nn.Module, example_inputs) -> N.Network:
+def to_network(model: nn.Module | N.Network, example_inputs=None) -> N.Network:
     """The network ``model`` computes, read from a trace at the shapes of ``example_inputs``
     (time-major ``[T, B, ...]``; only the feature shape matters).  A ``CompiledSNN`` is read
-    through its source model, a ``NetworkModule`` gives its network directly."""
+    through its source model, a ``NetworkModule`` gives its network directly, and a
+    ``Network`` is returned as it is."""
     from ..compiler import CompiledSNN
     from .runtime import NetworkModule
 
+    if isinstance(model, N.Network):
+        return model
     if isinstance(model, CompiledSNN):
         model = model.source
     if isinstance(model, NetworkModule):
@@ -233,7 +237,7 @@ class _Reader:
         touching the spiking values has no network primitive."""
         args = self._value(node.args, node)
         kwargs = {k: self._value(v, node) for k, v in node.kwargs.items()}
-        if any(isinstance(a, (_Seq, _Scan)) for a in _flat(args) + _flat(list(kwargs.values()))):
+        if any(isinstance(a, (_Seq, _Scan)) for a in tree_leaves((args, kwargs))):
             raise N.NetworkError(f"{_where(node)} acts on a spiking value and has no exportable form; exportable: "
                                  "Linear, Conv1d/2d, AvgPool2d, Flatten, BatchNorm (eval, after a Conv/Linear), "
                                  "scaling by a constant, sums, neurons")
@@ -260,7 +264,7 @@ class _Reader:
         return _Seq((name,), shape)
 
     def _output(self, node):
-        outs = [self._value(a, node) for a in _flat(list(node.args))]
+        outs = [self._value(a, node) for a in tree_leaves(node.args)]
         for k, value in enumerate(outs):
             if not isinstance(value, _Seq):
                 raise N.NetworkError(f"model output {k} is {type(value).__name__}, not a spiking tensor; export "
@@ -501,15 +505,3 @@ def _clone(t):
 
 def _any(v) -> bool:
     return any(v) if isinstance(v, (tuple, list)) else bool(v)
-
-
-def _flat(items: list) -> list:
-    out = []
-    for a in items:
-        if isinstance(a, (tuple, list)):
-            out.extend(_flat(list(a)))
-        elif isinstance(a, dict):
-            out.extend(_flat(list(a.values())))
-        else:
-            out.append(a)
-    return out

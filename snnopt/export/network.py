@@ -236,6 +236,10 @@ class Network:
         """Sources of ``name`` in edge order (a source listed twice is summed twice)."""
         return [s for s, t in self.edges if t == name]
 
+    def successors(self, name: str) -> list[str]:
+        """Targets of ``name`` in edge order."""
+        return [t for s, t in self.edges if s == name]
+
     def graph(self) -> nx.MultiDiGraph:
         """The network as a networkx multigraph; nodes carry ``node`` (the :class:`Node`)."""
         g = nx.MultiDiGraph()

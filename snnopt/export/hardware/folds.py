@@ -12,7 +12,6 @@ import torch
 
 from .. import network as N
 from ..network import Network
-from .graph import _succs
 from .profiles import Profile
 
 log = logging.getLogger(__name__)
@@ -23,7 +22,7 @@ def _fold_into_producers(net: Network, shapes: dict, name: str, factor: torch.Te
     input's shape) by changing the predecessors' parameters; returns why not, or ``None``.
     Each predecessor must feed ``name`` alone."""
     for pred in dict.fromkeys(net.predecessors(name)):
-        others = [t for t in _succs(net, pred) if t != name]
+        others = [t for t in net.successors(pred) if t != name]
         if others:
             return f"{pred!r} also feeds {others[0]!r}"
         reason = _scale_output(net, shapes, pred, factor)
@@ -35,7 +34,7 @@ def _fold_into_producers(net: Network, shapes: dict, name: str, factor: torch.Te
 def _fold_into_consumers(net: Network, shapes: dict, name: str, factor: torch.Tensor) -> str | None:
     """Multiply the value ``name`` passes to each consumer by ``factor`` (of ``name``'s output
     shape) by changing the consumers' parameters; each consumer must take ``name`` alone."""
-    for succ in dict.fromkeys(_succs(net, name)):
+    for succ in dict.fromkeys(net.successors(name)):
         others = [s for s in net.predecessors(succ) if s != name]
         if others:
             return f"{succ!r} also sums {others[0]!r}"

@@ -11,18 +11,6 @@ PASS_THROUGH = (N.Flatten, N.Pool, N.Scale)
 """Linear nodes without weights of their own: a value keeps its unit through them."""
 
 
-def _as_network(model_or_network, example_inputs) -> Network:
-    if isinstance(model_or_network, Network):
-        return model_or_network
-    from ..extract import to_network
-
-    return to_network(model_or_network, example_inputs)
-
-
-def _succs(net: Network, name: str) -> list[str]:
-    return [t for s, t in net.edges if s == name]
-
-
 def _through(net: Network, name: str, step) -> list[str]:
     """The nodes ``step`` (predecessors or successors) reaches from ``name`` through
     pass-through nodes, in network order, each once; pass-through nodes are crossed, not
@@ -48,4 +36,4 @@ def _sources(net: Network, name: str) -> list[str]:
 
 def _sinks(net: Network, name: str) -> list[str]:
     """The weight nodes, neurons and outputs that ``name``'s output reaches."""
-    return _through(net, name, _succs)
+    return _through(net, name, Network.successors)

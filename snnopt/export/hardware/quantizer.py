@@ -12,7 +12,8 @@ import torch
 from .. import network as N
 from ..network import Network, NetworkError
 from .folds import _fold_all
-from .graph import SYNAPSES, _as_network, _sources
+from ..extract import to_network
+from .graph import SYNAPSES, _sources
 from .profiles import Profile, _weight_exponent, get_profile, quantize_decay
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ def quantize(model_or_network, target, *, example_inputs=None) -> Network:
     :func:`check` on the result reports it.  The input is not modified.
     """
     p = get_profile(target)
-    net = copy.deepcopy(_as_network(model_or_network, example_inputs))
+    net = copy.deepcopy(to_network(model_or_network, example_inputs))
     _fold_all(net, p)
     scaler = _Scaler(net, p)
     for layer in scaler.layers.values():

@@ -14,7 +14,8 @@ import torch
 from .. import network as N
 from ..network import Network, NetworkError
 from .folds import _fold_avg_pool, _fold_scale
-from .graph import SYNAPSES, _as_network, _sinks, _sources
+from ..extract import to_network
+from .graph import SYNAPSES, _sinks, _sources
 from .profiles import Profile, _decay_on_grid, _in_range, _on_grid, _weight_exponent, get_profile
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def check(model_or_network, target, *, example_inputs=None) -> HardwareReport:
     check a trained float network for what remains after quantization.
     """
     p = get_profile(target)
-    net = _as_network(model_or_network, example_inputs)
+    net = to_network(model_or_network, example_inputs)
     shapes = net.validate()
     violations = []
     for rule in (_check_layers, _check_neurons, _check_weights, _check_delays, _check_capacity):
