@@ -60,6 +60,42 @@ def test_dense_scan_matches_reference(kind, reset, timing, detach, decay, dtype,
         close(a, b, 1e-4 if dtype == torch.float32 else 1e-10)
 
 
+COMMON = [(k, r, t, d, sg) for k in ("lif", "if") for r in ("subtract", "zero") for t in ("same", "next")
+          for d in (False, True) for sg in ("atan", "fast_sigmoid")]
+"""The configurations with specialised float32 kernels (lif / if, subtract / zero reset, same- or
+next-step reset, atan / fast-sigmoid surrogate)."""
+
+
+def _common(kind, reset, timing, detach, sg, T=6, B=5, N=67, seed=0):
+    spec, x, v0, i0, beta, alpha, th = make(kind, reset, timing, detach, sg, T=T, B=B, N=N, seed=seed)
+    return Config(spec.op_config()), [None if t is None else t.detach() for t in (x, v0, beta, th)]
+
+
+@pytest.mark.parametrize("kind,reset,timing,detach,sg", COMMON)
+@pytest.mark.parametrize("with_v0", [True, False])
+def test_dense_input_gradient_path_matches_reference(kind, reset, timing, detach, sg, with_v0):
+    """The backward asked for dL/dx and dL/dv0 only (no parameter gradient, no recorded
+    membrane) on 335 elements: several tasks and a partial block."""
+    cfg, (x, v0, beta, th) = _common(kind, reset, timing, detach, sg)
+    v0 = v0 if with_v0 else None
+    ref = ref_dense.scan_forward(x, v0, None, beta, None, th, cfg, save=True)
+    g = torch.Generator().manual_seed(5)
+    g_out, g_v = torch.randn(x.shape, generator=g), torch.randn(x.shape[1:], generator=g)
+    args = (g_out, g_v, None, None, ref[4], ref[5], v0, None, beta, None, th, cfg,
+            [True, True, False, False, False, False])
+    for a, b in zip(native.scan_backward(*args), ref_dense.scan_backward(*args)):
+        close(a, b, 1e-5)
+
+
+@pytest.mark.parametrize("kind,reset,timing,detach,sg", COMMON)
+def test_rate_stats_float32_match_reference(kind, reset, timing, detach, sg):
+    cfg, (x, v0, beta, th) = _common(kind, reset, timing, detach, sg, T=9)
+    ref = ref_dense.rate_stats(x, v0, None, beta, None, th, cfg)
+    got = native.rate_stats(x, v0, None, beta, None, th, cfg)
+    for k, (a, b) in enumerate(zip(got, ref)):
+        assert same(a, b) if k < 4 else torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("kind,reset,timing,detach,decay", CASES)
 def test_rate_stats_match_reference(kind, reset, timing, detach, decay):
     cfg, (x, v0, i0, beta, alpha, th) = inputs(kind, reset, timing, detach, decay, T=11, dtype=torch.float64)

@@ -36,17 +36,27 @@ _DTYPES = (torch.float32, torch.float64)
 _state: dict = {}
 
 
+def _isa() -> tuple[str, list[str]]:
+    """``(name suffix, compiler flags)`` for the vector instructions of this CPU: AVX2 where
+    PyTorch finds it (x86-64), else the compiler's baseline.  The suffix keeps builds for
+    different instruction sets apart in a shared extension cache."""
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        return "_avx2", ["-mavx2"]
+    return "", []
+
+
 def _build():
     from torch.utils import cpp_extension
 
     with_cuda = torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
     sources = [_CSRC / "bindings.cpp", _CSRC / "cpu" / "scan.cpp", _CSRC / "cpu" / "synapse.cpp"]
-    flags = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp"]
+    suffix, isa = _isa()
+    flags = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp", *isa]
     if with_cuda:
         sources += [_CSRC / "cuda" / "scan.cu", _CSRC / "cuda" / "synapse.cu"]
         flags.append("-DSNNOPT_WITH_CUDA")
     return cpp_extension.load(
-        name="snnopt_kernels", sources=[str(s) for s in sources], extra_cflags=flags,
+        name=f"snnopt_kernels{suffix}", sources=[str(s) for s in sources], extra_cflags=flags,
         extra_cuda_cflags=["-O3", "--fmad=false", "-DSNNOPT_WITH_CUDA"], extra_ldflags=["-fopenmp"],
         extra_include_paths=[str(_CSRC)], with_cuda=with_cuda, verbose=False), with_cuda
 

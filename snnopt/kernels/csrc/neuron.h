@@ -73,6 +73,7 @@ struct Cfg {
 // branches on them (and vectorises); -1 keeps the runtime value.
 template <int KIND, int RESET, int TIMING, int SG>
 struct Fixed {
+  static constexpr bool fixed = KIND >= 0;  // a specialised configuration (not Runtime)
   static SNN_HD Cfg apply(Cfg c) {
     if (KIND >= 0) c.kind = KIND;
     if (RESET >= 0) c.reset = RESET;
@@ -109,6 +110,15 @@ void with_fixed(const Cfg& c, bool uses_sg, bool specialise, F&& f) {
   };
   if (c.kind == LIF) return by_reset(std::integral_constant<int, LIF>{});
   return by_reset(std::integral_constant<int, IF>{});
+}
+
+// Calls f(std::true_type{}) when c.detach, else f(std::false_type{}): a kernel that fixes
+// its Cfg's detach from the argument loses the select on it, which keeps a loop from
+// vectorising (the condition is a run-time scalar).
+template <class F>
+void with_detach(const Cfg& c, F&& f) {
+  if (c.detach) return f(std::true_type{});
+  return f(std::false_type{});
 }
 
 // H(u): 1 where u > 0, and at u = 0 when ge; 0 otherwise (NaN included).  Arithmetic

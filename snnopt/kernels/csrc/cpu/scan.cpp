@@ -90,6 +90,30 @@ inline T discarding_step(const Cfg& c, const Params<T>& p, int64_t m, T x, T& v,
   return heaviside(h - theta, c.fire_ge);
 }
 
+// One reverse step of a spiking neuron without synaptic current, for dL/dx only: from
+// dL/ds_t (g), the membrane h_t and h_{t-1} (h_prev), updates the carried dL/dv (carry)
+// and returns dL/dx_t.  The arithmetic of the general loop of dense_backward, term by term.
+template <typename T>
+inline T dense_input_step(const Cfg& c, T h, T h_prev, T g, T beta, T th, T scale, T& carry) {
+  const T u = h - th;
+  const T sp = sg_at(c, u);
+  T gh;
+  if (c.next()) {
+    gh = g * sp + carry;
+    carry = gh * state_jacobian(c, h_prev, beta, th);
+  } else {
+    const T s = heaviside(u, c.fire_ge);
+    T dpdh = 1, dpds = 0;
+    if (c.reset == SUBTRACT) dpds = -th;
+    if (c.reset == ZERO) dpdh = T(1) - s, dpds = T(c.v_reset) - h;
+    T gu = g;
+    if (!c.detach && c.reset != NONE) gu += carry * dpds;
+    gh = gu * sp + carry * dpdh;
+    carry = beta * gh;
+  }
+  return c.scale != 1.0 ? gh * scale : gh;
+}
+
 // The outputs every forward scan returns: {out, v_T, i_T (current kinds), v_seq (if record)}.
 std::vector<at::Tensor> scan_outputs(const at::Tensor& x, const Cfg& c, int64_t M, bool record) {
   return {at::empty_like(x), x.new_empty({M}), c.has_current() ? x.new_empty({M}) : empty_like0(x),
@@ -171,7 +195,35 @@ std::vector<at::Tensor> dense_backward(const at::Tensor& g_out, const at::Tensor
     T *gxp = mut_or_null<T>(gx), *gv0p = mut_or_null<T>(gv0), *gi0p = mut_or_null<T>(gi0);
     T *gbp = mut_or_null<T>(gb), *gap = mut_or_null<T>(ga), *gthp = mut_or_null<T>(gth);
     const T vr = T(rt.v_reset), vrest = T(rt.v_rest), scale = T(rt.scale);
+    // Only dL/dx (and dL/dv0) wanted: the loop without parameter sums or recorded states.
+    const bool inputs_only = gxp && !gsp && !gbp && !gap && !gthp;
     with_fixed(rt, true, std::is_same_v<T, float>, [&](auto fixed) {
+      if constexpr (decltype(fixed)::fixed) {
+        if (inputs_only) {
+          const T* zero = p.zeros.template data_ptr<T>();
+          with_detach(rt, [&](auto detach) {
+          at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
+            Cfg c = decltype(fixed)::apply(rt);
+            c.detach = decltype(detach)::value;
+            T carry[kBlock];
+            for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
+              const int64_t n = std::min(kBlock, end - m0);
+              const T *beta = p.b + m0, *th = p.theta + m0;
+              init_state(carry, gvp, m0, n);
+              for (int64_t t = T_ - 1; t >= 0; --t) {
+                const T *ht = hp + t * M + m0, *gr = go + t * M + m0;
+                const T* hprev = t > 0 ? hp + (t - 1) * M + m0 : (v0p ? v0p + m0 : zero);
+                T* out = gxp + t * M + m0;
+                for (int64_t j = 0; j < n; ++j)  // branch-free: vectorises
+                  out[j] = dense_input_step(c, ht[j], hprev[j], gr[j], beta[j], th[j], scale, carry[j]);
+              }
+              if (gv0p) std::copy(carry, carry + n, gv0p + m0);
+            }
+          });
+          });
+          return;
+        }
+      }
       at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
         const Cfg c = decltype(fixed)::apply(rt);  // inside the parallel body: constants propagate
         const bool nd = !c.detach, next = c.next(), cuba = c.has_current();
@@ -277,6 +329,44 @@ std::vector<at::Tensor> rate_stats(const at::Tensor& x, const at::Tensor& v0, co
     T *rp = rate.data_ptr<T>(), *ep = elig.data_ptr<T>(), *vbp = mut_or_null<T>(vbar), *evp = mut_or_null<T>(eligv);
     const T scale = T(rt.scale), inv_T = T(1) / T(std::max<int64_t>(T_, 1));
     with_fixed(rt, true, std::is_same_v<T, float>, [&](auto fixed) {
+      if constexpr (decltype(fixed)::fixed) {
+        if (!record) {  // the loop below without recorded states or synaptic current, by rows
+          with_detach(rt, [&](auto detach) {
+          at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
+            Cfg c = decltype(fixed)::apply(rt);
+            c.detach = decltype(detach)::value;
+            const T sc = scale;  // a local: a captured float could alias the stores below
+            T v_[kBlock], i_[kBlock], kappa_[kBlock], e_[kBlock], rs_[kBlock], hp_[kBlock];
+            for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
+              const int64_t n = std::min(kBlock, end - m0);
+              const T *beta = p.b + m0, *th = p.theta + m0;
+              init_state(v_, v0p, m0, n);
+              for (T* a : {i_, kappa_, e_, rs_, hp_}) std::fill(a, a + n, T(0));
+              for (int64_t t = 0; t < T_; ++t) {
+                const T* xr = xp + t * M + m0;
+                T* orow = op + t * M + m0;
+                const bool first = t == 0;
+                for (int64_t j = 0; j < n; ++j) {  // branch-free: vectorises
+                  T h, total;
+                  const T o = forward_step(c, p, m0 + j, xr[j], v_[j], i_[j], h, total);
+                  orow[j] = o;
+                  kappa_[j] = first ? sc : sc + state_jacobian(c, hp_[j], beta[j], th[j]) * kappa_[j];
+                  e_[j] += kappa_[j] * sg_at(c, h - th[j]);
+                  rs_[j] += o;
+                  hp_[j] = h;
+                }
+              }
+              for (int64_t j = 0; j < n; ++j) {
+                vTp[m0 + j] = v_[j];
+                rp[m0 + j] = rs_[j] * inv_T;
+                ep[m0 + j] = e_[j] * inv_T;
+              }
+            }
+          });
+          });
+          return;
+        }
+      }
       at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
         const Cfg c = decltype(fixed)::apply(rt);  // inside the parallel body: constants propagate
         T v_[kBlock], i_[kBlock], kappa_[kBlock], cur_[kBlock], e_[kBlock], ev_[kBlock], rs_[kBlock], vs_[kBlock],

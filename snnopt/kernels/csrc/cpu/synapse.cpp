@@ -13,6 +13,10 @@
 // same place and the result does not depend on the thread count.
 #include <ATen/Parallel.h>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cstring>
 
@@ -38,6 +42,28 @@ inline void for_each_bit(const uint8_t* bits, int64_t begin, int64_t end, F&& f)
     }
   }
 }
+
+// Bits (x[j] == 1) << j of eight values, and `bad` or-ed with a non-zero value where one
+// of them is neither 0 nor 1 (NaN included).
+template <typename T>
+inline unsigned pack8(const T* p, unsigned& bad) {
+  unsigned v = 0;
+  for (int j = 0; j < 8; ++j) {
+    v |= unsigned(p[j] == T(1)) << j;
+    bad |= unsigned(p[j] != T(0)) & unsigned(p[j] != T(1));
+  }
+  return v;
+}
+
+#if defined(__AVX2__)
+inline unsigned pack8(const float* p, unsigned& bad) {  // two compares and two movemasks
+  const __m256 x = _mm256_loadu_ps(p);
+  const unsigned one = _mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(1.f), _CMP_EQ_OQ));
+  const unsigned zero = _mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_EQ_OQ));
+  bad |= (one | zero) ^ 0xFFu;
+  return one;
+}
+#endif
 
 template <typename T>
 inline void add_row(T* __restrict__ dst, const T* __restrict__ src, int64_t n) {
@@ -67,28 +93,30 @@ std::vector<at::Tensor> pack_spikes(const at::Tensor& x) {
     uint8_t* pp = packed.data_ptr<uint8_t>();
     const int64_t full = n / 8;
     // Each byte is written by one task (8 elements), so the packing needs no atomics; the
-    // reduction counts the ones and the elements that are neither 0 nor 1 (NaN included).
-    using Acc = std::pair<int64_t, int64_t>;  // {ones, not binary}
-    auto pack_byte = [&](int64_t byte, int64_t e, Acc& acc) {
-      const T* p = xp + byte * 8;
-      unsigned v = 0, bad = 0;
-      for (int64_t j = 0; j < e; ++j) {
-        v |= unsigned(p[j] == T(1)) << j;
-        bad |= unsigned(p[j] != T(0)) & unsigned(p[j] != T(1));
-      }
-      pp[byte] = static_cast<uint8_t>(v);
-      acc.first += __builtin_popcount(v);
-      acc.second += bad;
-    };
+    // reduction counts the ones and the tasks that saw a value neither 0 nor 1 (NaN included).
+    using Acc = std::pair<int64_t, int64_t>;  // {ones, tasks with a value not binary}
     const Acc total = at::parallel_reduce(
         0, full, 8192, Acc{0, 0},
         [&](int64_t b0, int64_t b1, Acc acc) {
-          for (int64_t byte = b0; byte < b1; ++byte) pack_byte(byte, 8, acc);
+          unsigned bad = 0;
+          for (int64_t byte = b0; byte < b1; ++byte) {
+            const unsigned v = pack8(xp + byte * 8, bad);
+            pp[byte] = static_cast<uint8_t>(v);
+            acc.first += __builtin_popcount(v);
+          }
+          acc.second += bad != 0;
           return acc;
         },
         [](Acc a, Acc b) { return Acc{a.first + b.first, a.second + b.second}; });
     Acc tail{0, 0};
-    if (n % 8) pack_byte(full, n % 8, tail);
+    if (n % 8) {  // the last, partial byte
+      T last[8] = {};
+      std::copy(xp + full * 8, xp + n, last);
+      unsigned bad = 0;
+      const unsigned v = pack8(last, bad);
+      pp[full] = static_cast<uint8_t>(v);
+      tail = {__builtin_popcount(v), bad != 0};
+    }
     if (total.second + tail.second == 0) count = total.first + tail.first;
   });
   if (count < 0) return {x.new_empty({0}, x.options().dtype(at::kByte)), at::scalar_tensor(-1, at::kLong)};
