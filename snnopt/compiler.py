@@ -9,7 +9,8 @@ from torch import fx, nn
 from torch.utils._pytree import tree_map
 
 from .frontend.tracer import trace
-from .passes import PassError, PassManager, canonicalize_neurons, dce, lower_rate_pass, pipeline, reroll_time, verify
+from .passes import (PassError, PassManager, canonicalize_neurons, dce, lower_rate_pass, mark_binary_inputs, pipeline,
+                     reroll_time, verify)
 from .passes.infra import Note
 from .passes.lower import RateUnsupported, neuron_keys
 from .report import CompileReport, build_report
@@ -165,6 +166,7 @@ class CompiledSNN(nn.Module):
     def _build(self, inputs) -> _Program:
         model, mode = self._source, self.mode
         gm, specialised = trace(model, inputs)
+        mark_binary_inputs(gm, inputs)
         pm = PassManager(pipeline(mode, self.band), verifier=verify)
         gm = pm(gm, inputs)
         notes = list(pm.notes)

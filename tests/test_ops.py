@@ -141,11 +141,14 @@ def test_nan_input_does_not_crash(op):
 
 
 @pytest.mark.parametrize("syn", [0, 1])
-@pytest.mark.parametrize("binary", [True, False])
-def test_binary_synapse_matches_autograd(syn, binary):
+@pytest.mark.parametrize("density", [0.05, 0.3, None])
+def test_binary_synapse_matches_autograd(syn, density):
+    """Binary input below and above ``EVENT_DENSITY`` (event-driven and matrix-product Linear
+    on the native backend) and float input (``density`` None)."""
     torch.manual_seed(3)
+    binary = density is not None
     shape, wshape = ((5, 3, 2, 7, 7), (4, 2, 3, 3)) if syn else ((5, 3, 9), (4, 9))
-    x = ((torch.rand(shape) < 0.3).float() if binary else torch.randn(shape)).requires_grad_()
+    x = ((torch.rand(shape) < density).float() if binary else torch.randn(shape)).requires_grad_()
     w, b = torch.randn(wshape, requires_grad=True), torch.randn(4, requires_grad=True)
     conv = ([2, 1], [1, 0], [1, 1], 1)
     out, packed = kernels.binary_synapse(x, w, b, syn, *conv) if syn else \

@@ -19,15 +19,15 @@ from torch import fx, nn
 from .. import kernels
 from ..compiler import MODES
 from ..frontend.tracer import TraceFailure, trace
-from ..passes import PassError, PassManager, pipeline, verify
+from ..passes import PassError, PassManager, mark_binary_inputs, pipeline, verify
 from ..report import CompileReport, build_report
 
 log = logging.getLogger(__name__)
 
 OP_MODES = {"neuron_scan": "dense", "spiking_synapse": "dense", "neuron_scan_sparse": "sparse",
-            "spiking_synapse_sparse": "sparse", "binary_synapse": "sparse", "neuron_rate_stats": "rate",
+            "spiking_synapse_sparse": "sparse", "binary_synapse": "exact", "neuron_rate_stats": "rate",
             "rate_neuron": "rate", "rate_batch_norm": "rate"}
-"""The backward mode each snnopt op implements."""
+"""The backward mode each snnopt op implements (``exact``: the same in every mode)."""
 
 _KERNEL_OPS = {getattr(kernels, name): name for name in OP_MODES}
 
@@ -154,6 +154,7 @@ def inspect_model(model: nn.Module, example_inputs, mode: str = "dense", band: f
             log.info("tracing %s failed: %s", result.model, exc)
             return result
         traced = describe.graph(gm.graph)
+        mark_binary_inputs(gm, inputs)
         pm = PassManager(pipeline(mode, band), verifier=verify, snapshots=True)
         try:
             gm = pm(gm, inputs)

@@ -63,11 +63,14 @@ def spiking_synapse_sparse(x, weight, bias, v0, beta, threshold, syn, stride, pa
     return out, v_T, idx, packed
 
 
-def binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups, x_active=None):
+def binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups, x_active=None, event=True):
     """Synapse on spike input that keeps the input bit-packed for backward: ``(out, packed)``
-    (``x_active`` as in :func:`spiking_synapse_sparse`)."""
+    (``x_active`` as in :func:`spiking_synapse_sparse`).  ``event``: a Linear on sparse
+    binary input may run event-driven (equal to the module's value up to float rounding);
+    False keeps the module's matrix product, bit for bit."""
     save = _needs_save(x, weight, bias)
-    return torch.ops.snnopt.binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups, save, x_active)
+    return torch.ops.snnopt.binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups, save, x_active,
+                                           event)
 
 
 def neuron_rate_stats(x, v0, i0, beta, alpha, threshold, cfg, record=False):

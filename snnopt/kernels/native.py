@@ -105,6 +105,11 @@ def pack_spikes(x: torch.Tensor) -> tuple[torch.Tensor | None, int]:
     return (packed, count) if count >= 0 else (None, -1)
 
 
+def count_spikes(packed: torch.Tensor) -> int:
+    """The number of ones among the bits ``packed`` (reads it back: one device sync on CUDA)."""
+    return int(module().count_spikes(packed))
+
+
 def unpack_spikes(packed: torch.Tensor, shape, dtype) -> torch.Tensor:
     """:func:`.reference.sparse.unpack_bits`."""
     like = packed.new_empty(0, dtype=dtype)
@@ -129,6 +134,12 @@ def event_linear_backward(g: torch.Tensor, packed: torch.Tensor, weight: torch.T
     if needs[0]:
         dX = (dX if listed else g2 @ weight).reshape(x_shape)
     return (dX if needs[0] else None), (dW if needs[1] else None), (db if needs[2] else None)
+
+
+def active_linear_weight_grad(idx, g, packed, steps: int, batch: int, N: int, K: int, beta: float, need_b: bool):
+    """``(dW, db)`` from the sorted active set (CPU; see ``csrc/ops.h``)."""
+    dW, db = module().active_linear_weight_grad(idx, g, packed, steps, batch, N, K, float(beta), need_b)
+    return dW, db
 
 
 def _flat(t, like: torch.Tensor) -> torch.Tensor:

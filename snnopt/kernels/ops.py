@@ -16,7 +16,8 @@ neuron_scan_sparse              out, v_T, i_T, v_seq, idx, sg, gates  (active se
 neuron_scan_sparse_backward     gx, gv0, gi0
 spiking_synapse_sparse          out, v_T, idx, sg, gates, x_packed  (fused Linear/Conv2d + neuron)
 spiking_synapse_sparse_backward gx, gweight, gbias, gv0   (gx only at ``x_active`` if given)
-binary_synapse                  out, x_packed             (Linear/Conv2d keeping its spike input packed)
+binary_synapse                  out, x_packed             (Linear/Conv2d keeping its spike input packed;
+                                                          event-driven Linear forward if ``event``)
 binary_synapse_backward         gx, gweight, gbias        (gx only at ``x_active`` if given)
 neuron_rate_stats               out, v_T, i_T, v_seq, rate, eligibility, v_bar, e_v
                                 (spike pass of rate mode; the last two for a recorded membrane)
@@ -182,20 +183,21 @@ neuron_scan_sparse.register_autograd(_sparse_backward, setup_context=_sparse_set
 
 
 EVENT_DENSITY = 0.15
-"""Binary Linear inputs with fewer ones than this fraction run the event-driven forward
-(one weight row per spike) instead of the dense GEMM: the measured crossover of the CPU
-kernel against the BLAS GEMM is between 0.15 and 0.3 (2-16 threads, K, N in 256-1024)."""
+"""Binary Linear inputs with fewer ones than this fraction run event-driven (one weight row
+per spike forward, one gradient row per spike for ``dW``) instead of the BLAS matrix
+product.  Measured crossovers of the CPU kernels: forward between 0.15 and 0.3 (2-16
+threads, K, N in 256-1024), ``dW`` between 0.12 and 0.15 (2 threads, K 256-700, N 256)."""
 
 
-def _synapse_forward(x, weight, bias, syn, stride, padding, dilation, groups, save):
-    """``(I, saved)``: ``I = syn(x)`` (event-driven for a sparse binary input to a Linear) and
-    the input kept for backward (bit-packed when binary, else its raw bytes; empty unless
-    ``save``)."""
+def _synapse_forward(x, weight, bias, syn, stride, padding, dilation, groups, save, event=True):
+    """``(I, saved)``: ``I = syn(x)`` (event-driven for a sparse binary input to a Linear when
+    ``event``; else the matrix product, bit for bit that of the module) and the input kept
+    for backward (bit-packed when binary, else its raw bytes; empty unless ``save``)."""
     if not native.serves_synapse(x):
         current = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
         return current, (_pack_input(x) if save else x.new_empty(0, dtype=torch.uint8))
     packed, count = native.pack_spikes(x)
-    if packed is not None and syn == 0 and count < EVENT_DENSITY * x.numel():
+    if packed is not None and syn == 0 and event and count < EVENT_DENSITY * x.numel():
         current = native.event_linear(packed, list(x.shape), weight, bias)
     else:
         current = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
@@ -207,10 +209,39 @@ def _synapse_forward(x, weight, bias, syn, stride, padding, dilation, groups, sa
 def _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, groups, x_shape, needs, x_active):
     """``(dX, dW, db)`` of the synapse from ``dL/dI``; ``dX`` only at ``x_active`` (flat
     indices into ``x``) unless it is None, zero elsewhere."""
-    if syn == 0 and _is_packed(x_packed, x_shape) and native.serves_synapse(g_current):
+    if syn == 0 and _is_packed(x_packed, x_shape) and native.serves_synapse(g_current) and (
+            not needs[1] or native.count_spikes(x_packed) < EVENT_DENSITY * math.prod(x_shape)):
         return native.event_linear_backward(g_current, x_packed, weight, x_shape, x_active, needs)
     x = _unpack_input(x_packed, x_shape, g_current.dtype)
     return ref_sparse.synapse_backward(g_current, x, weight, syn, stride, padding, dilation, groups, needs, x_active)
+
+
+def _active_weight_grad(g_out, g_v, idx, sg, gates, x_packed, weight, beta, c: Config, syn, x_shape, needs):
+    """``(dW, db)`` of a fused Linear region from its active set and the input trace
+    (``native.active_linear_weight_grad``, the formula in ``ops.h``), or None where that
+    does not apply (a reset gate, per-neuron decay, a gradient of the final or initial
+    state, no packed input, not the CPU kernels) or costs more than the event-driven ``dW``
+    and the reverse scan it spares: ``R K + |A| K`` against ``spikes N + R N`` additions."""
+    need_x, need_w, need_b, need_v0 = needs
+    b = ref_dense._beta(beta, c)
+    if isinstance(b, Tensor):
+        if b.numel() != 1:
+            return None
+        b = float(b)
+    if (syn != 0 or not need_w or need_v0 or gates.numel() or g_out.device.type != "cpu"
+            or not _is_packed(x_packed, x_shape) or not native.serves_synapse(g_out) or bool(g_v.any())):
+        return None
+    steps, K, N = x_shape[0], x_shape[-1], weight.shape[0]
+    rows = math.prod(x_shape[:-1])
+    trace_cost = rows * K + idx.numel() * K
+    event_cost = native.count_spikes(x_packed) * N + (0 if need_x else rows * N)
+    if trace_cost >= event_cost:
+        return None
+    order, perm = idx.sort()
+    g_active = (g_out.reshape(-1)[order.long()] * sg[perm]) * c.scale
+    dW, db = native.active_linear_weight_grad(order, g_active.contiguous(), x_packed, steps, rows // steps, N, K, b,
+                                              need_b)
+    return dW, (db if need_b else None)
 
 
 @torch.library.custom_op(f"{LIB}::spiking_synapse_sparse", mutates_args=())
@@ -245,10 +276,21 @@ def spiking_synapse_sparse_backward(g_out: Tensor, g_v: Tensor, idx: Tensor, sg:
     need_x, need_w, need_b, need_v0 = needs
     c = Config(cfg)
     impl = native if native.serves(g_out, c, sparse=True) else ref_sparse
-    g_current, gv0, _ = impl.neuron_sparse_backward(g_out, g_v, None, None, idx, sg, gates, beta, None, c,
-                                                    list(g_out.shape), [True, need_v0, False])
-    dX, dW, db = _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, groups, x_shape,
-                                (need_x, need_w, need_b), x_active)
+    from_active = _active_weight_grad(g_out, g_v, idx, sg, gates, x_packed, weight, beta, c, syn, x_shape, needs)
+    if from_active is not None:  # dW, db from the active set; the reverse scan only for dX
+        dW, db = from_active
+        dX = None
+        if need_x:
+            g_current, _, _ = impl.neuron_sparse_backward(g_out, g_v, None, None, idx, sg, gates, beta, None, c,
+                                                          list(g_out.shape), [True, False, False])
+            dX, _, _ = _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, groups, x_shape,
+                                      (True, False, False), x_active)
+        gv0 = None
+    else:
+        g_current, gv0, _ = impl.neuron_sparse_backward(g_out, g_v, None, None, idx, sg, gates, beta, None, c,
+                                                        list(g_out.shape), [True, need_v0, False])
+        dX, dW, db = _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, groups, x_shape,
+                                    (need_x, need_w, need_b), x_active)
     empty = g_out.new_empty(0)
     return (empty if dX is None else dX, empty.clone() if dW is None else dW,
             empty.clone() if db is None else db, empty.clone() if not need_v0 else gv0.contiguous())
@@ -286,12 +328,13 @@ spiking_synapse_sparse.register_autograd(_synapse_backward, setup_context=_synap
 
 @torch.library.custom_op(f"{LIB}::binary_synapse", mutates_args=())
 def binary_synapse(x: Tensor, weight: Tensor, bias: Tensor | None, syn: int, stride: list[int], padding: list[int],
-                   dilation: list[int], groups: int, save: bool, x_active: Tensor | None) -> tuple[Tensor, Tensor]:
-    return _synapse_forward(x, weight, bias, syn, stride, padding, dilation, groups, save)
+                   dilation: list[int], groups: int, save: bool, x_active: Tensor | None,
+                   event: bool = True) -> tuple[Tensor, Tensor]:
+    return _synapse_forward(x, weight, bias, syn, stride, padding, dilation, groups, save, event)
 
 
 @binary_synapse.register_fake
-def _(x, weight, bias, syn, stride, padding, dilation, groups, save, x_active):
+def _(x, weight, bias, syn, stride, padding, dilation, groups, save, x_active, event=True):
     out = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
     size = torch.library.get_ctx().new_dynamic_size() if save else 0
     return torch.empty_like(out), x.new_empty(size, dtype=torch.uint8)
@@ -313,7 +356,7 @@ def _(g, x_packed, weight, syn, stride, padding, dilation, groups, x_shape, need
 
 
 def _binary_setup(ctx, inputs, output):
-    x, weight, bias, syn, stride, padding, dilation, groups, save, x_active = inputs
+    x, weight, bias, syn, stride, padding, dilation, groups, save, x_active, event = inputs
     ctx.static, ctx.x_shape = (syn, stride, padding, dilation, groups), list(x.shape)
     ctx.save_for_backward(output[1], weight, x_active)
 
@@ -322,7 +365,7 @@ def _binary_backward(ctx, g, _gp):
     packed, weight, active = ctx.saved_tensors
     needs = [bool(n) for n in ctx.needs_input_grad[:3]]
     gx, gw, gb = torch.ops.snnopt.binary_synapse_backward(g, packed, weight, *ctx.static, ctx.x_shape, needs, active)
-    return (gx if needs[0] else None, gw if needs[1] else None, gb if needs[2] else None) + (None,) * 7
+    return (gx if needs[0] else None, gw if needs[1] else None, gb if needs[2] else None) + (None,) * 8
 
 
 binary_synapse.register_autograd(_binary_backward, setup_context=_binary_setup)

@@ -1,5 +1,6 @@
 """Graph passes over the canonical IR (invariants: README.md in this folder)."""
 
+from .binary import binary_synapses, mark_binary_inputs
 from .canonicalize import canonicalize_neurons
 from .dce import dce
 from .fuse import fuse_synapses
@@ -14,8 +15,9 @@ def pipeline(mode: str, band: float = 0.05) -> list:
     passes = [canonicalize_neurons, reroll_time]
     if mode == "sparse":
         passes.append(fuse_synapses)
-    return passes + [lower(mode, band), expose_aux, dce]
+    return passes + [binary_synapses(event=mode != "dense"), lower(mode, band), expose_aux, dce]
 
 
-__all__ = ["canonicalize_neurons", "reroll_time", "fuse_synapses", "lower", "lower_rate_pass", "expose_aux", "dce",
-           "verify", "pipeline", "PassManager", "PassResult", "PassError", "Note", "VerificationError"]
+__all__ = ["canonicalize_neurons", "reroll_time", "fuse_synapses", "binary_synapses", "mark_binary_inputs", "lower",
+           "lower_rate_pass", "expose_aux", "dce", "verify", "pipeline", "PassManager", "PassResult", "PassError", "Note",
+           "VerificationError"]

@@ -6,11 +6,7 @@
 Only where the region can later run sparse: a ``lif``/``if`` neuron (no synaptic current)
 with closed-form dynamics, no learnable neuron parameter and no recorded membrane, and
 a synapse whose output feeds nothing else.  Regions let the sparse backward keep the input spikes bit-packed
-and visit only the active set for ``dW``.
-
-A synapse left unfused whose input ``S`` is the spike output of a neuron becomes
-``binary_synapse(S, W, b, ...)``, which keeps ``S`` bit-packed for its backward instead of
-as floats (e.g. the Linear before a dense readout).
+and visit only the active set for ``dW``.  (A synapse left unfused is :mod:`.binary`'s.)
 """
 
 from __future__ import annotations
@@ -51,7 +47,7 @@ def _is_call(node, function, method: str) -> bool:
         (node.op == "call_function" and node.target is function) or (node.op == "call_method" and node.target == method))
 
 
-def _synapse_of(gm: fx.GraphModule, node: fx.Node):
+def synapse_of(gm: fx.GraphModule, node: fx.Node):
     """``(S, module_target, syn, nodes)`` if ``node`` is a Linear or time-distributed Conv2d
     output computed from ``S`` (``nodes``: the synapse's own nodes, each used only once)."""
     if not isinstance(node, fx.Node):
@@ -70,7 +66,7 @@ def _synapse_of(gm: fx.GraphModule, node: fx.Node):
     return None
 
 
-def _conv_args(m: nn.Module, syn: int) -> tuple:
+def conv_args(m: nn.Module, syn: int) -> tuple:
     return (list(m.stride), list(m.padding), list(m.dilation), m.groups) if syn else ([1], [0], [1], 1)
 
 
@@ -80,7 +76,7 @@ def is_spike_output(node) -> bool:
         and node.args[1] == 0 and "snn" in node.args[0].meta and node.args[0].meta["snn"].spiking
 
 
-def _weights(b: Builder, m: nn.Module, target: str, absorbed):
+def weights(b: Builder, m: nn.Module, target: str, absorbed):
     w = b.get_attr(f"{target}.weight", from_=absorbed)
     return w, (b.get_attr(f"{target}.bias", from_=absorbed) if m.bias is not None else None)
 
@@ -94,15 +90,15 @@ def fuse_synapses(gm: fx.GraphModule) -> PassResult:
         spec = scan.meta["snn"]
         if sparse_ineligibility(spec, scan) is not None or spec.has_current or records_membrane(scan):
             continue
-        match = _synapse_of(gm, scan.args[0])
+        match = synapse_of(gm, scan.args[0])
         if match is None or not _single_user(scan.args[0], scan):
             continue
         src, target, syn, absorbed = match
         m = gm.get_submodule(target)
         with gm.graph.inserting_before(scan):
-            w, bias = _weights(b, m, target, absorbed)
+            w, bias = weights(b, m, target, absorbed)
             region = b.call(kernels.spiking_synapse, (src, w, bias, scan.args[1], scan.args[3], scan.args[5], syn,
-                                                      *_conv_args(m, syn), scan.args[6]), from_=[scan, *absorbed])
+                                                      *conv_args(m, syn), scan.args[6]), from_=[scan, *absorbed])
         region.meta.update(snn=spec, snn_module=scan.meta["snn_module"], snn_synapse=target)
         for user in list(scan.users):
             if user.target is operator.getitem and user.args[1] in (0, 1):
@@ -115,19 +111,4 @@ def fuse_synapses(gm: fx.GraphModule) -> PassResult:
         modified = True
         notes.append(Note("rewritten", region.name, f"`{target}` + `{scan.meta['snn_module']}` fused into one "
                                                     f"{'Linear' if syn == 0 else 'Conv2d'} region"))
-    for node in list(gm.graph.nodes):
-        match = _synapse_of(gm, node)
-        if match is None or not is_spike_output(match[0]):
-            continue
-        src, target, syn, absorbed = match
-        m = gm.get_submodule(target)
-        with gm.graph.inserting_before(node):
-            w, bias = _weights(b, m, target, absorbed)
-            packed = b.call(kernels.binary_synapse, (src, w, bias, syn, *_conv_args(m, syn)), from_=absorbed)
-            out = b.call(operator.getitem, (packed, 0), from_=absorbed)
-        node.replace_all_uses_with(out)
-        for n in absorbed:
-            gm.graph.erase_node(n)
-        modified = True
-        notes.append(Note("rewritten", packed.name, f"`{target}` keeps its spike input bit-packed"))
     return PassResult(gm, modified, notes)

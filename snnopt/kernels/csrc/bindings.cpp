@@ -52,6 +52,8 @@ std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tenso
 
 std::vector<at::Tensor> pack_spikes(const at::Tensor& x) { return SNNOPT_DISPATCH(pack_spikes, x, x); }
 
+at::Tensor count_spikes(const at::Tensor& packed) { return SNNOPT_DISPATCH(count_spikes, packed, packed); }
+
 at::Tensor unpack_spikes(const at::Tensor& packed, int64_t n, const at::Tensor& like) {
   return SNNOPT_DISPATCH(unpack_spikes, like, packed, n, like);
 }
@@ -65,6 +67,13 @@ std::vector<at::Tensor> event_linear_backward(const at::Tensor& g, const at::Ten
   return SNNOPT_DISPATCH(event_linear_backward, g, g, packed, weight, x_active, needs);
 }
 
+std::vector<at::Tensor> active_linear_weight_grad(const at::Tensor& idx, const at::Tensor& g, const at::Tensor& packed,
+                                                  int64_t steps, int64_t batch, int64_t N, int64_t K, double beta,
+                                                  bool need_b) {
+  TORCH_CHECK(!g.is_cuda(), "snnopt active_linear_weight_grad runs on the CPU only");
+  return cpu::active_linear_weight_grad(idx, g, packed, steps, batch, N, K, beta, need_b);
+}
+
 }  // namespace
 }  // namespace snnopt
 
@@ -76,7 +85,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_forward", &snnopt::sparse_forward);
   m.def("sparse_backward", &snnopt::sparse_backward);
   m.def("pack_spikes", &snnopt::pack_spikes);
+  m.def("count_spikes", &snnopt::count_spikes);
   m.def("unpack_spikes", &snnopt::unpack_spikes);
   m.def("event_linear", &snnopt::event_linear);
   m.def("event_linear_backward", &snnopt::event_linear_backward);
+  m.def("active_linear_weight_grad", &snnopt::active_linear_weight_grad);
 }

@@ -202,24 +202,24 @@ std::vector<at::Tensor> dense_backward(const at::Tensor& g_out, const at::Tensor
         if (inputs_only) {
           const T* zero = p.zeros.template data_ptr<T>();
           with_detach(rt, [&](auto detach) {
-          at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
-            Cfg c = decltype(fixed)::apply(rt);
-            c.detach = decltype(detach)::value;
-            T carry[kBlock];
-            for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
-              const int64_t n = std::min(kBlock, end - m0);
-              const T *beta = p.b + m0, *th = p.theta + m0;
-              init_state(carry, gvp, m0, n);
-              for (int64_t t = T_ - 1; t >= 0; --t) {
-                const T *ht = hp + t * M + m0, *gr = go + t * M + m0;
-                const T* hprev = t > 0 ? hp + (t - 1) * M + m0 : (v0p ? v0p + m0 : zero);
-                T* out = gxp + t * M + m0;
-                for (int64_t j = 0; j < n; ++j)  // branch-free: vectorises
-                  out[j] = dense_input_step(c, ht[j], hprev[j], gr[j], beta[j], th[j], scale, carry[j]);
+            at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
+              Cfg c = decltype(fixed)::apply(rt);
+              c.detach = decltype(detach)::value;
+              T carry[kBlock];
+              for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
+                const int64_t n = std::min(kBlock, end - m0);
+                const T *beta = p.b + m0, *th = p.theta + m0;
+                init_state(carry, gvp, m0, n);
+                for (int64_t t = T_ - 1; t >= 0; --t) {
+                  const T *ht = hp + t * M + m0, *gr = go + t * M + m0;
+                  const T* hprev = t > 0 ? hp + (t - 1) * M + m0 : (v0p ? v0p + m0 : zero);
+                  T* out = gxp + t * M + m0;
+                  for (int64_t j = 0; j < n; ++j)  // branch-free: vectorises
+                    out[j] = dense_input_step(c, ht[j], hprev[j], gr[j], beta[j], th[j], scale, carry[j]);
+                }
+                if (gv0p) std::copy(carry, carry + n, gv0p + m0);
               }
-              if (gv0p) std::copy(carry, carry + n, gv0p + m0);
-            }
-          });
+            });
           });
           return;
         }
@@ -332,37 +332,37 @@ std::vector<at::Tensor> rate_stats(const at::Tensor& x, const at::Tensor& v0, co
       if constexpr (decltype(fixed)::fixed) {
         if (!record) {  // the loop below without recorded states or synaptic current, by rows
           with_detach(rt, [&](auto detach) {
-          at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
-            Cfg c = decltype(fixed)::apply(rt);
-            c.detach = decltype(detach)::value;
-            const T sc = scale;  // a local: a captured float could alias the stores below
-            T v_[kBlock], i_[kBlock], kappa_[kBlock], e_[kBlock], rs_[kBlock], hp_[kBlock];
-            for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
-              const int64_t n = std::min(kBlock, end - m0);
-              const T *beta = p.b + m0, *th = p.theta + m0;
-              init_state(v_, v0p, m0, n);
-              for (T* a : {i_, kappa_, e_, rs_, hp_}) std::fill(a, a + n, T(0));
-              for (int64_t t = 0; t < T_; ++t) {
-                const T* xr = xp + t * M + m0;
-                T* orow = op + t * M + m0;
-                const bool first = t == 0;
-                for (int64_t j = 0; j < n; ++j) {  // branch-free: vectorises
-                  T h, total;
-                  const T o = forward_step(c, p, m0 + j, xr[j], v_[j], i_[j], h, total);
-                  orow[j] = o;
-                  kappa_[j] = first ? sc : sc + state_jacobian(c, hp_[j], beta[j], th[j]) * kappa_[j];
-                  e_[j] += kappa_[j] * sg_at(c, h - th[j]);
-                  rs_[j] += o;
-                  hp_[j] = h;
+            at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
+              Cfg c = decltype(fixed)::apply(rt);
+              c.detach = decltype(detach)::value;
+              const T sc = scale;  // a local: a captured float could alias the stores below
+              T v_[kBlock], i_[kBlock], kappa_[kBlock], e_[kBlock], rs_[kBlock], hp_[kBlock];
+              for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
+                const int64_t n = std::min(kBlock, end - m0);
+                const T *beta = p.b + m0, *th = p.theta + m0;
+                init_state(v_, v0p, m0, n);
+                for (T* a : {i_, kappa_, e_, rs_, hp_}) std::fill(a, a + n, T(0));
+                for (int64_t t = 0; t < T_; ++t) {
+                  const T* xr = xp + t * M + m0;
+                  T* orow = op + t * M + m0;
+                  const bool first = t == 0;
+                  for (int64_t j = 0; j < n; ++j) {  // branch-free: vectorises
+                    T h, total;
+                    const T o = forward_step(c, p, m0 + j, xr[j], v_[j], i_[j], h, total);
+                    orow[j] = o;
+                    kappa_[j] = first ? sc : sc + state_jacobian(c, hp_[j], beta[j], th[j]) * kappa_[j];
+                    e_[j] += kappa_[j] * sg_at(c, h - th[j]);
+                    rs_[j] += o;
+                    hp_[j] = h;
+                  }
+                }
+                for (int64_t j = 0; j < n; ++j) {
+                  vTp[m0 + j] = v_[j];
+                  rp[m0 + j] = rs_[j] * inv_T;
+                  ep[m0 + j] = e_[j] * inv_T;
                 }
               }
-              for (int64_t j = 0; j < n; ++j) {
-                vTp[m0 + j] = v_[j];
-                rp[m0 + j] = rs_[j] * inv_T;
-                ep[m0 + j] = e_[j] * inv_T;
-              }
-            }
-          });
+            });
           });
           return;
         }
