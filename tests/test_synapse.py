@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import snnopt
 from snnopt import kernels
 from snnopt.frontend.tracer import trace
 from snnopt.kernels import native, ops
@@ -150,55 +149,3 @@ def test_lowering_hands_synapses_their_producer_active_set_without_changing_grad
     for name, want in without.items():
         close(with_active[name], want)
 
-
-@needs_native
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("T,B,K,N,active", [(1, 1, 1, 1, 1), (9, 3, 37, 11, 20), (30, 5, 70, 40, 0), (6, 4, 33, 8, 192)])
-def test_active_linear_weight_grad_equals_the_reverse_scan_product(dtype, T, B, K, N, active):
-    """``dW = sum_t delta_t^T x_t`` (``delta_t = g_t + b delta_{t+1}``) and ``db = sum delta``
-    from the sorted active set and the input trace, with every active count from none to all."""
-    torch.manual_seed(T * K + N)
-    x = spikes((T, B, K), p=0.1).to(dtype)
-    idx = torch.randperm(T * B * N)[:active].sort().values.int()
-    g_active = torch.randn(active, dtype=dtype)
-    g = torch.zeros(T * B * N, dtype=dtype).index_put_((idx.long(),), g_active).reshape(T, B, N)
-    beta = 0.8
-    delta, carry = torch.empty_like(g), torch.zeros_like(g[0])
-    for t in range(T - 1, -1, -1):
-        delta[t] = g[t] + carry
-        carry = beta * delta[t]
-    packed, _ = native.pack_spikes(x)
-    dW, db = native.active_linear_weight_grad(idx, g_active, packed, T, B, N, K, beta, True)
-    rtol = 1e-5 if dtype == torch.float32 else 1e-12
-    close(dW, delta.reshape(-1, N).t() @ x.reshape(-1, K), rtol)
-    close(db, delta.reshape(-1, N).sum(0), rtol)
-
-
-@pytest.mark.parametrize("need_x", [True, False])
-def test_fused_region_weight_gradient_from_the_active_set_matches_the_reference(monkeypatch, need_x):
-    """A sparse Linear region with few active states takes ``dW``/``db`` from the active set
-    (native) and agrees with the reference backend's reverse scan + matrix product."""
-    if native.backend("cpu") != "native":
-        pytest.skip("the fused CPU kernels did not build")
-    calls = []
-    real = native.active_linear_weight_grad
-    monkeypatch.setattr(native, "active_linear_weight_grad", lambda *a: calls.append(1) or real(*a))
-    torch.manual_seed(4)
-    spec = snnopt.nn.LIF(0.9).spec()
-    x = spikes((40, 6, 120), p=0.05, seed=1).requires_grad_(need_x)
-    w, b = (torch.randn(30, 120) * 0.3).requires_grad_(), torch.zeros(30, requires_grad=True)
-    beta, th = torch.tensor(0.9), torch.tensor(1.0)
-    args = (0, [1], [0], [1], 1, spec.op_config(), 0.05)
-
-    def grads():
-        out = kernels.spiking_synapse_sparse(x, w, b, None, beta, th, *args)[0]
-        proj = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
-        inputs = (x, w, b) if need_x else (w, b)
-        return torch.autograd.grad((out * proj).sum(), inputs)
-
-    got = grads()
-    assert calls, "the active-set weight gradient was not chosen"
-    monkeypatch.setattr(native, "serves", lambda *a, **k: False)
-    monkeypatch.setattr(native, "serves_synapse", lambda x: False)
-    for a, want in zip(got, grads()):
-        close(a, want, 1e-4)

@@ -136,12 +136,6 @@ def event_linear_backward(g: torch.Tensor, packed: torch.Tensor, weight: torch.T
     return (dX if needs[0] else None), (dW if needs[1] else None), (db if needs[2] else None)
 
 
-def active_linear_weight_grad(idx, g, packed, steps: int, batch: int, N: int, K: int, beta: float, need_b: bool):
-    """``(dW, db)`` from the sorted active set (CPU; see ``csrc/ops.h``)."""
-    dW, db = module().active_linear_weight_grad(idx, g, packed, steps, batch, N, K, float(beta), need_b)
-    return dW, db
-
-
 def _flat(t, like: torch.Tensor) -> torch.Tensor:
     """``t`` broadcast to ``like`` ([B, ...]), in its dtype, contiguous and flat; empty if None."""
     if t is None:

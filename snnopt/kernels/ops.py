@@ -216,34 +216,6 @@ def _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, 
     return ref_sparse.synapse_backward(g_current, x, weight, syn, stride, padding, dilation, groups, needs, x_active)
 
 
-def _active_weight_grad(g_out, g_v, idx, sg, gates, x_packed, weight, beta, c: Config, syn, x_shape, needs):
-    """``(dW, db)`` of a fused Linear region from its active set and the input trace
-    (``native.active_linear_weight_grad``, the formula in ``ops.h``), or None where that
-    does not apply (a reset gate, per-neuron decay, a gradient of the final or initial
-    state, no packed input, not the CPU kernels) or costs more than the event-driven ``dW``
-    and the reverse scan it spares: ``R K + |A| K`` against ``spikes N + R N`` additions."""
-    need_x, need_w, need_b, need_v0 = needs
-    b = ref_dense._beta(beta, c)
-    if isinstance(b, Tensor):
-        if b.numel() != 1:
-            return None
-        b = float(b)
-    if (syn != 0 or not need_w or need_v0 or gates.numel() or g_out.device.type != "cpu"
-            or not _is_packed(x_packed, x_shape) or not native.serves_synapse(g_out) or bool(g_v.any())):
-        return None
-    steps, K, N = x_shape[0], x_shape[-1], weight.shape[0]
-    rows = math.prod(x_shape[:-1])
-    trace_cost = rows * K + idx.numel() * K
-    event_cost = native.count_spikes(x_packed) * N + (0 if need_x else rows * N)
-    if trace_cost >= event_cost:
-        return None
-    order, perm = idx.sort()
-    g_active = (g_out.reshape(-1)[order.long()] * sg[perm]) * c.scale
-    dW, db = native.active_linear_weight_grad(order, g_active.contiguous(), x_packed, steps, rows // steps, N, K, b,
-                                              need_b)
-    return dW, (db if need_b else None)
-
-
 @torch.library.custom_op(f"{LIB}::spiking_synapse_sparse", mutates_args=())
 def spiking_synapse_sparse(x: Tensor, weight: Tensor, bias: Tensor | None, v0: Tensor | None, beta: Tensor | None,
                            threshold: Tensor | None, syn: int, stride: list[int], padding: list[int],
@@ -276,21 +248,10 @@ def spiking_synapse_sparse_backward(g_out: Tensor, g_v: Tensor, idx: Tensor, sg:
     need_x, need_w, need_b, need_v0 = needs
     c = Config(cfg)
     impl = native if native.serves(g_out, c, sparse=True) else ref_sparse
-    from_active = _active_weight_grad(g_out, g_v, idx, sg, gates, x_packed, weight, beta, c, syn, x_shape, needs)
-    if from_active is not None:  # dW, db from the active set; the reverse scan only for dX
-        dW, db = from_active
-        dX = None
-        if need_x:
-            g_current, _, _ = impl.neuron_sparse_backward(g_out, g_v, None, None, idx, sg, gates, beta, None, c,
-                                                          list(g_out.shape), [True, False, False])
-            dX, _, _ = _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, groups, x_shape,
-                                      (True, False, False), x_active)
-        gv0 = None
-    else:
-        g_current, gv0, _ = impl.neuron_sparse_backward(g_out, g_v, None, None, idx, sg, gates, beta, None, c,
-                                                        list(g_out.shape), [True, need_v0, False])
-        dX, dW, db = _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, groups, x_shape,
-                                    (need_x, need_w, need_b), x_active)
+    g_current, gv0, _ = impl.neuron_sparse_backward(g_out, g_v, None, None, idx, sg, gates, beta, None, c,
+                                                    list(g_out.shape), [True, need_v0, False])
+    dX, dW, db = _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, groups, x_shape,
+                                (need_x, need_w, need_b), x_active)
     empty = g_out.new_empty(0)
     return (empty if dX is None else dX, empty.clone() if dW is None else dW,
             empty.clone() if db is None else db, empty.clone() if not need_v0 else gv0.contiguous())

@@ -67,13 +67,6 @@ std::vector<at::Tensor> event_linear_backward(const at::Tensor& g, const at::Ten
   return SNNOPT_DISPATCH(event_linear_backward, g, g, packed, weight, x_active, needs);
 }
 
-std::vector<at::Tensor> active_linear_weight_grad(const at::Tensor& idx, const at::Tensor& g, const at::Tensor& packed,
-                                                  int64_t steps, int64_t batch, int64_t N, int64_t K, double beta,
-                                                  bool need_b) {
-  TORCH_CHECK(!g.is_cuda(), "snnopt active_linear_weight_grad runs on the CPU only");
-  return cpu::active_linear_weight_grad(idx, g, packed, steps, batch, N, K, beta, need_b);
-}
-
 }  // namespace
 }  // namespace snnopt
 
@@ -89,5 +82,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("unpack_spikes", &snnopt::unpack_spikes);
   m.def("event_linear", &snnopt::event_linear);
   m.def("event_linear_backward", &snnopt::event_linear_backward);
-  m.def("active_linear_weight_grad", &snnopt::active_linear_weight_grad);
 }

@@ -216,54 +216,5 @@ std::vector<at::Tensor> event_linear_backward(const at::Tensor& g, const at::Ten
   return {dX, dW, db};
 }
 
-std::vector<at::Tensor> active_linear_weight_grad(const at::Tensor& idx, const at::Tensor& g, const at::Tensor& packed,
-                                                  int64_t steps, int64_t batch, int64_t N, int64_t K, double beta,
-                                                  bool need_b) {
-  TORCH_CHECK(packed.numel() * 8 >= steps * batch * K, "snnopt active_linear_weight_grad: ", packed.numel(),
-              " packed bytes for ", steps, " x ", batch, " x ", K, " inputs");
-  auto dW = at::zeros({N, K}, g.options());
-  auto db = need_b ? at::zeros({N}, g.options()) : g.new_empty({0});
-  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "snnopt_active_linear_weight_grad", [&] {
-    using T = scalar_t;
-    const int64_t n = idx.numel(), per_step = batch * N;
-    const int32_t* ip = idx.data_ptr<int32_t>();
-    const T* gp = g.data_ptr<T>();
-    const uint8_t* bits = packed.data_ptr<uint8_t>();
-    const T b = T(beta);
-    T* dp = dW.data_ptr<T>();
-    // Each task owns the columns [i0, i1) of dW and the input traces of those features.
-    at::parallel_for(0, K, 32, [&](int64_t i0, int64_t i1) {
-      const int64_t w = i1 - i0;
-      std::vector<T> trace(batch * w, T(0));
-      int64_t a = 0;
-      for (int64_t t = 0; t < steps; ++t) {
-        for (int64_t r = 0; r < batch; ++r) {
-          T* e = trace.data() + r * w;
-          for (int64_t i = 0; i < w; ++i) e[i] *= b;
-          const int64_t row = (t * batch + r) * K;
-          for_each_bit(bits, row + i0, row + i1, [&](int64_t i) { e[i] += T(1); });
-        }
-        for (; a < n && ip[a] < (t + 1) * per_step; ++a) {  // the active entries of step t
-          const int64_t flat = ip[a] - t * per_step, r = flat / N, j = flat % N;
-          const T* e = trace.data() + r * w;
-          T* d = dp + j * K + i0;
-          const T gv = gp[a];
-          for (int64_t i = 0; i < w; ++i) d[i] += gv * e[i];
-        }
-      }
-    });
-    if (need_b) {  // the trace of a constant input: c_t = b c_{t-1} + 1
-      T* bp = db.data_ptr<T>();
-      T c = T(0);
-      int64_t a = 0;
-      for (int64_t t = 0; t < steps; ++t) {
-        c = b * c + T(1);
-        for (; a < n && ip[a] < (t + 1) * per_step; ++a) bp[ip[a] % N] += gp[a] * c;
-      }
-    }
-  });
-  return {dW, db};
-}
-
 }  // namespace cpu
 }  // namespace snnopt
