@@ -85,12 +85,10 @@ struct Fixed {
 };
 using Runtime = Fixed<-1, -1, -1, -1>;
 
-// Calls f(Fixed<...>{}) for the common configurations (lif / if, subtract or zero reset,
-// same or next step, atan or fast-sigmoid surrogate when `uses_sg`) and f(Runtime{})
-// otherwise, or when `specialise` is false (e.g. float64, which is not worth the code).
+// with_fixed's dispatch over the common configurations (see below).
 template <class F>
-void with_fixed(const Cfg& c, bool uses_sg, bool specialise, F&& f) {
-  const bool common = specialise && (c.kind == LIF || c.kind == IF) && (c.reset == SUBTRACT || c.reset == ZERO) &&
+void with_common(const Cfg& c, bool uses_sg, F&& f) {
+  const bool common = (c.kind == LIF || c.kind == IF) && (c.reset == SUBTRACT || c.reset == ZERO) &&
                       (c.timing == SAME || c.timing == NEXT) && !c.discards_input &&
                       (!uses_sg || c.sg == ATAN || c.sg == FAST_SIGMOID);
   if (!common) return f(Runtime{});
@@ -110,6 +108,19 @@ void with_fixed(const Cfg& c, bool uses_sg, bool specialise, F&& f) {
   };
   if (c.kind == LIF) return by_reset(std::integral_constant<int, LIF>{});
   return by_reset(std::integral_constant<int, IF>{});
+}
+
+// Calls f(Fixed<...>{}) for the common configurations (lif / if, subtract or zero reset,
+// same or next step, atan or fast-sigmoid surrogate when `uses_sg`) and f(Runtime{})
+// otherwise.  Without Specialise (e.g. float64, which is not worth the code) only
+// f(Runtime{}) is instantiated.
+template <bool Specialise, class F>
+void with_fixed(const Cfg& c, bool uses_sg, F&& f) {
+  if constexpr (!Specialise) {
+    return f(Runtime{});
+  } else {
+    with_common(c, uses_sg, f);
+  }
 }
 
 // Calls f(std::true_type{}) when c.detach, else f(std::false_type{}): a kernel that fixes

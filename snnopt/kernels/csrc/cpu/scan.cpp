@@ -142,7 +142,7 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& x, const at::Tensor& v0,
     const T *xp = x.data_ptr<T>(), *v0p = ptr_or_null<T>(v0), *i0p = ptr_or_null<T>(i0);
     T *op = out.data_ptr<T>(), *vTp = vT.data_ptr<T>(), *iTp = mut_or_null<T>(iT);
     T *vsp = mut_or_null<T>(vseq), *hp = mut_or_null<T>(hs), *isp = mut_or_null<T>(iseq);
-    with_fixed(rt, false, std::is_same_v<T, float>, [&](auto fixed) {
+    with_fixed<std::is_same_v<T, float>>(rt, false, [&](auto fixed) {
       at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
         // Built here, inside the (outlined) parallel body, so that its constants propagate.
         const Cfg c = decltype(fixed)::apply(rt);
@@ -197,7 +197,7 @@ std::vector<at::Tensor> dense_backward(const at::Tensor& g_out, const at::Tensor
     const T vr = T(rt.v_reset), vrest = T(rt.v_rest), scale = T(rt.scale);
     // Only dL/dx (and dL/dv0) wanted: the loop without parameter sums or recorded states.
     const bool inputs_only = gxp && !gsp && !gbp && !gap && !gthp;
-    with_fixed(rt, true, std::is_same_v<T, float>, [&](auto fixed) {
+    with_fixed<std::is_same_v<T, float>>(rt, true, [&](auto fixed) {
       if constexpr (decltype(fixed)::fixed) {
         if (inputs_only) {
           const T* zero = p.zeros.template data_ptr<T>();
@@ -328,7 +328,7 @@ std::vector<at::Tensor> rate_stats(const at::Tensor& x, const at::Tensor& v0, co
     T *op = out.data_ptr<T>(), *vTp = vT.data_ptr<T>(), *iTp = mut_or_null<T>(iT), *vsp = mut_or_null<T>(vseq);
     T *rp = rate.data_ptr<T>(), *ep = elig.data_ptr<T>(), *vbp = mut_or_null<T>(vbar), *evp = mut_or_null<T>(eligv);
     const T scale = T(rt.scale), inv_T = T(1) / T(std::max<int64_t>(T_, 1));
-    with_fixed(rt, true, std::is_same_v<T, float>, [&](auto fixed) {
+    with_fixed<std::is_same_v<T, float>>(rt, true, [&](auto fixed) {
       if constexpr (decltype(fixed)::fixed) {
         if (!record) {  // the loop below without recorded states or synaptic current, by rows
           with_detach(rt, [&](auto detach) {
@@ -439,7 +439,7 @@ std::vector<at::Tensor> sparse_forward(const at::Tensor& x, const at::Tensor& v0
     auto set_bit = [gp](int64_t k) {
       __atomic_fetch_or(gp + (k >> 3), static_cast<uint8_t>(1u << (k & 7)), __ATOMIC_RELAXED);
     };
-    with_fixed(rt, true, std::is_same_v<T, float>, [&](auto fixed) {
+    with_fixed<std::is_same_v<T, float>>(rt, true, [&](auto fixed) {
       at::parallel_for(0, tasks, 1, [&](int64_t tb, int64_t te) {
         const Cfg c = decltype(fixed)::apply(rt);  // inside the parallel body: constants propagate
         for (int64_t task = tb; task < te; ++task) {
