@@ -167,7 +167,8 @@ class CompiledSNN(nn.Module):
         model, mode = self._source, self.mode
         gm, specialised = trace(model, inputs)
         mark_binary_inputs(gm, inputs)
-        pm = PassManager(pipeline(mode, self.band), verifier=verify)
+        device = next((x.device.type for x in inputs if isinstance(x, torch.Tensor)), "cpu")
+        pm = PassManager(pipeline(mode, self.band, device), verifier=verify)
         gm = pm(gm, inputs)
         notes = list(pm.notes)
         rate_gm = None

@@ -67,3 +67,14 @@ def test_binary_example_then_float_input_is_still_exact():
     got = grads_of(model, compiled(x))
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6)
+
+
+def test_dense_mode_off_the_cpu_leaves_synapses_to_the_blas():
+    from snnopt.passes import pipeline
+
+    def names(mode, device):
+        return [p.__name__ for p in pipeline(mode, device=device)]
+
+    assert "binary_synapses" in names("dense", "cpu")
+    assert "binary_synapses" not in names("dense", "cuda")
+    assert "binary_synapses" in names("sparse", "cuda") and "binary_synapses" in names("rate", "cuda")

@@ -173,7 +173,7 @@ def test_failing_pass_is_a_report_page(monkeypatch):
     def broken(gm):
         raise RuntimeError("cannot lower <this>")
 
-    monkeypatch.setattr("snnopt.inspect.record.pipeline", lambda mode, band: [canonicalize_neurons, broken])
+    monkeypatch.setattr("snnopt.inspect.record.pipeline", lambda mode, band, device: [canonicalize_neurons, broken])
     inspection = inspect_model(LoopConvNet(), (spikes(CONV_SHAPE),))
     assert not inspection.ok and inspection.failure.stage == "broken"
     assert [p.name for p in inspection.passes] == ["canonicalize_neurons"]

@@ -1,6 +1,6 @@
 """Run the compiler's pass pipeline on a model and record every graph it goes through.
 
-:func:`inspect_model` traces the model and runs ``pipeline(mode, band)`` through the
+:func:`inspect_model` traces the model and runs ``pipeline(mode, band, device)`` through the
 same :class:`~snnopt.passes.PassManager` (lint, recompile, shape propagation, verifier)
 that ``snnopt.compile`` uses, with snapshots on.  Each graph is kept as plain data
 (:class:`GraphSnapshot`): names, ops, targets, shapes, provenance, neuron specs and
@@ -155,7 +155,7 @@ def inspect_model(model: nn.Module, example_inputs, mode: str = "dense", band: f
             return result
         traced = describe.graph(gm.graph)
         mark_binary_inputs(gm, inputs)
-        pm = PassManager(pipeline(mode, band), verifier=verify, snapshots=True)
+        pm = PassManager(pipeline(mode, band, device), verifier=verify, snapshots=True)
         try:
             gm = pm(gm, inputs)
         except PassError as exc:

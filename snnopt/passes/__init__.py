@@ -10,12 +10,16 @@ from .reroll import reroll_time
 from .verify import VerificationError, verify
 
 
-def pipeline(mode: str, band: float = 0.05) -> list:
-    """The passes ``snnopt.compile`` runs for ``mode`` on the time-major graph."""
+def pipeline(mode: str, band: float = 0.05, device: str = "cpu") -> list:
+    """The passes ``snnopt.compile`` runs for ``mode`` on the time-major graph of inputs on
+    ``device`` (a device type).  Dense mode off the CPU leaves synapses to the BLAS: there
+    the matrix products are cheap and telling binary input apart costs a device sync."""
     passes = [canonicalize_neurons, reroll_time]
     if mode == "sparse":
         passes.append(fuse_synapses)
-    return passes + [binary_synapses(event=mode != "dense"), lower(mode, band), expose_aux, dce]
+    if mode != "dense" or device == "cpu":
+        passes.append(binary_synapses(event=mode != "dense"))
+    return passes + [lower(mode, band), expose_aux, dce]
 
 
 __all__ = ["canonicalize_neurons", "reroll_time", "fuse_synapses", "binary_synapses", "mark_binary_inputs", "lower",
