@@ -193,6 +193,9 @@ def _synapse_forward(x, weight, bias, syn, stride, padding, dilation, groups, sa
     """``(I, saved)``: ``I = syn(x)`` (event-driven for a sparse binary input to a Linear when
     ``event``; else the matrix product, bit for bit that of the module) and the input kept
     for backward (bit-packed when binary, else its raw bytes; empty unless ``save``)."""
+    if not (save or (event and syn == 0)):  # nothing to pack for
+        return ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups), x.new_empty(
+            0, dtype=torch.uint8)
     if not native.serves_synapse(x):
         current = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
         return current, (_pack_input(x) if save else x.new_empty(0, dtype=torch.uint8))
