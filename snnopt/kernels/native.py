@@ -106,7 +106,7 @@ def pack_spikes(x: torch.Tensor) -> tuple[torch.Tensor | None, int]:
 
 
 def count_spikes(packed: torch.Tensor) -> int:
-    """The number of ones among the bits ``packed`` (reads it back: one device sync on CUDA)."""
+    """The number of ones among the bits ``packed`` (a CPU tensor)."""
     return int(module().count_spikes(packed))
 
 

@@ -193,10 +193,7 @@ def _synapse_forward(x, weight, bias, syn, stride, padding, dilation, groups, sa
     """``(I, saved)``: ``I = syn(x)`` (event-driven for a sparse binary input to a Linear when
     ``event``; else the matrix product, bit for bit that of the module) and the input kept
     for backward (bit-packed when binary, else its raw bytes; empty unless ``save``)."""
-    if not (save or (event and syn == 0)):  # nothing to pack for
-        return ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups), x.new_empty(
-            0, dtype=torch.uint8)
-    if not native.serves_synapse(x):
+    if not native.serves_synapse(x) or not (save or (event and syn == 0)):  # (the latter: nothing to pack for)
         current = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
         return current, (_pack_input(x) if save else x.new_empty(0, dtype=torch.uint8))
     packed, count = native.pack_spikes(x)
@@ -213,7 +210,8 @@ def _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, 
     """``(dX, dW, db)`` of the synapse from ``dL/dI``; ``dX`` only at ``x_active`` (flat
     indices into ``x``) unless it is None, zero elsewhere."""
     if syn == 0 and _is_packed(x_packed, x_shape) and native.serves_synapse(g_current) and (
-            not needs[1] or native.count_spikes(x_packed) < EVENT_DENSITY * math.prod(x_shape)):
+            not needs[1] or g_current.device.type != "cpu"  # the dW crossover is the CPU kernel's
+            or native.count_spikes(x_packed) < EVENT_DENSITY * math.prod(x_shape)):
         return native.event_linear_backward(g_current, x_packed, weight, x_shape, x_active, needs)
     x = _unpack_input(x_packed, x_shape, g_current.dtype)
     return ref_sparse.synapse_backward(g_current, x, weight, syn, stride, padding, dilation, groups, needs, x_active)

@@ -52,7 +52,10 @@ std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tenso
 
 std::vector<at::Tensor> pack_spikes(const at::Tensor& x) { return SNNOPT_DISPATCH(pack_spikes, x, x); }
 
-at::Tensor count_spikes(const at::Tensor& packed) { return SNNOPT_DISPATCH(count_spikes, packed, packed); }
+at::Tensor count_spikes(const at::Tensor& packed) {
+  TORCH_CHECK(!packed.is_cuda(), "snnopt count_spikes runs on the CPU only");
+  return cpu::count_spikes(packed);
+}
 
 at::Tensor unpack_spikes(const at::Tensor& packed, int64_t n, const at::Tensor& like) {
   return SNNOPT_DISPATCH(unpack_spikes, like, packed, n, like);

@@ -125,6 +125,71 @@ void init_state(T* dst, const T* src, int64_t m0, int64_t n) {
   for (int64_t k = 0; k < n; ++k) dst[k] = src ? src[m0 + k] : T(0);
 }
 
+// dense_backward when only dL/dx (and dL/dv0) are wanted, for a fixed configuration Fx
+// and detach flag Dt: dense_input_step over rows of contiguous elements, branch-free so
+// that it vectorises.
+template <class Fx, class Dt, typename T>
+void dense_input_backward(const Cfg& rt, const Params<T>& p, const T* go, const T* hp, const T* v0p, const T* gvp,
+                          T scale, int64_t T_, int64_t M, T* gxp, T* gv0p) {
+  const T* zero = p.zeros.template data_ptr<T>();
+  at::parallel_for(0, M, kGrain, [&, scale](int64_t begin, int64_t end) {  // scale by value: no alias of a store
+    Cfg c = Fx::apply(rt);
+    c.detach = Dt::value;
+    T carry[kBlock];
+    for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
+      const int64_t n = std::min(kBlock, end - m0);
+      const T *beta = p.b + m0, *th = p.theta + m0;
+      init_state(carry, gvp, m0, n);
+      for (int64_t t = T_ - 1; t >= 0; --t) {
+        const T *ht = hp + t * M + m0, *gr = go + t * M + m0;
+        const T* hprev = t > 0 ? hp + (t - 1) * M + m0 : (v0p ? v0p + m0 : zero);
+        T* out = gxp + t * M + m0;
+        for (int64_t j = 0; j < n; ++j)
+          out[j] = dense_input_step(c, ht[j], hprev[j], gr[j], beta[j], th[j], scale, carry[j]);
+      }
+      if (gv0p) std::copy(carry, carry + n, gv0p + m0);
+    }
+  });
+}
+
+// rate_stats without recorded states (and without synaptic current), for a fixed
+// configuration Fx and detach flag Dt: the general loop by rows, branch-free so that it
+// vectorises.
+template <class Fx, class Dt, typename T>
+void rate_stats_rows(const Cfg& rt, const Params<T>& p, const T* xp, const T* v0p, T scale, T inv_T, int64_t T_,
+                     int64_t M, T* op, T* vTp, T* rp, T* ep) {
+  at::parallel_for(0, M, kGrain, [&, scale](int64_t begin, int64_t end) {  // scale by value: no alias of a store
+    Cfg c = Fx::apply(rt);
+    c.detach = Dt::value;
+    T v_[kBlock], i_[kBlock], kappa_[kBlock], e_[kBlock], rs_[kBlock], hp_[kBlock];
+    for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
+      const int64_t n = std::min(kBlock, end - m0);
+      const T *beta = p.b + m0, *th = p.theta + m0;
+      init_state(v_, v0p, m0, n);
+      for (T* a : {i_, kappa_, e_, rs_, hp_}) std::fill(a, a + n, T(0));
+      for (int64_t t = 0; t < T_; ++t) {
+        const T* xr = xp + t * M + m0;
+        T* orow = op + t * M + m0;
+        const bool first = t == 0;
+        for (int64_t j = 0; j < n; ++j) {
+          T h, total;
+          const T o = forward_step(c, p, m0 + j, xr[j], v_[j], i_[j], h, total);
+          orow[j] = o;
+          kappa_[j] = first ? scale : scale + state_jacobian(c, hp_[j], beta[j], th[j]) * kappa_[j];
+          e_[j] += kappa_[j] * sg_at(c, h - th[j]);
+          rs_[j] += o;
+          hp_[j] = h;
+        }
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        vTp[m0 + j] = v_[j];
+        rp[m0 + j] = rs_[j] * inv_T;
+        ep[m0 + j] = e_[j] * inv_T;
+      }
+    }
+  });
+}
+
 }  // namespace
 
 std::vector<at::Tensor> dense_forward(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& i0,
@@ -200,26 +265,8 @@ std::vector<at::Tensor> dense_backward(const at::Tensor& g_out, const at::Tensor
     with_fixed<std::is_same_v<T, float>>(rt, true, [&](auto fixed) {
       if constexpr (decltype(fixed)::fixed) {
         if (inputs_only) {
-          const T* zero = p.zeros.template data_ptr<T>();
           with_detach(rt, [&](auto detach) {
-            at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
-              Cfg c = decltype(fixed)::apply(rt);
-              c.detach = decltype(detach)::value;
-              T carry[kBlock];
-              for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
-                const int64_t n = std::min(kBlock, end - m0);
-                const T *beta = p.b + m0, *th = p.theta + m0;
-                init_state(carry, gvp, m0, n);
-                for (int64_t t = T_ - 1; t >= 0; --t) {
-                  const T *ht = hp + t * M + m0, *gr = go + t * M + m0;
-                  const T* hprev = t > 0 ? hp + (t - 1) * M + m0 : (v0p ? v0p + m0 : zero);
-                  T* out = gxp + t * M + m0;
-                  for (int64_t j = 0; j < n; ++j)  // branch-free: vectorises
-                    out[j] = dense_input_step(c, ht[j], hprev[j], gr[j], beta[j], th[j], scale, carry[j]);
-                }
-                if (gv0p) std::copy(carry, carry + n, gv0p + m0);
-              }
-            });
+            dense_input_backward<decltype(fixed), decltype(detach)>(rt, p, go, hp, v0p, gvp, scale, T_, M, gxp, gv0p);
           });
           return;
         }
@@ -330,39 +377,9 @@ std::vector<at::Tensor> rate_stats(const at::Tensor& x, const at::Tensor& v0, co
     const T scale = T(rt.scale), inv_T = T(1) / T(std::max<int64_t>(T_, 1));
     with_fixed<std::is_same_v<T, float>>(rt, true, [&](auto fixed) {
       if constexpr (decltype(fixed)::fixed) {
-        if (!record) {  // the loop below without recorded states or synaptic current, by rows
+        if (!record) {
           with_detach(rt, [&](auto detach) {
-            at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
-              Cfg c = decltype(fixed)::apply(rt);
-              c.detach = decltype(detach)::value;
-              const T sc = scale;  // a local: a captured float could alias the stores below
-              T v_[kBlock], i_[kBlock], kappa_[kBlock], e_[kBlock], rs_[kBlock], hp_[kBlock];
-              for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
-                const int64_t n = std::min(kBlock, end - m0);
-                const T *beta = p.b + m0, *th = p.theta + m0;
-                init_state(v_, v0p, m0, n);
-                for (T* a : {i_, kappa_, e_, rs_, hp_}) std::fill(a, a + n, T(0));
-                for (int64_t t = 0; t < T_; ++t) {
-                  const T* xr = xp + t * M + m0;
-                  T* orow = op + t * M + m0;
-                  const bool first = t == 0;
-                  for (int64_t j = 0; j < n; ++j) {  // branch-free: vectorises
-                    T h, total;
-                    const T o = forward_step(c, p, m0 + j, xr[j], v_[j], i_[j], h, total);
-                    orow[j] = o;
-                    kappa_[j] = first ? sc : sc + state_jacobian(c, hp_[j], beta[j], th[j]) * kappa_[j];
-                    e_[j] += kappa_[j] * sg_at(c, h - th[j]);
-                    rs_[j] += o;
-                    hp_[j] = h;
-                  }
-                }
-                for (int64_t j = 0; j < n; ++j) {
-                  vTp[m0 + j] = v_[j];
-                  rp[m0 + j] = rs_[j] * inv_T;
-                  ep[m0 + j] = e_[j] * inv_T;
-                }
-              }
-            });
+            rate_stats_rows<decltype(fixed), decltype(detach)>(rt, p, xp, v0p, scale, inv_T, T_, M, op, vTp, rp, ep);
           });
           return;
         }

@@ -109,14 +109,6 @@ __global__ void pack_count_kernel(const unsigned long long* state, int64_t* coun
   *count = state[1] ? int64_t(-1) : static_cast<int64_t>(state[0]);
 }
 
-// *count += the set bits of `bits` (grid-stride over the bytes; one atomic per warp).
-__global__ void count_kernel(const uint8_t* bits, int64_t bytes, unsigned long long* count) {
-  unsigned long long ones = 0;
-  for (int64_t k = element(); k < bytes; k += int64_t(gridDim.x) * blockDim.x) ones += __popc(bits[k]);
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) ones += __shfl_down_sync(kFullMask, ones, offset);
-  if ((threadIdx.x & (kWarp - 1)) == 0 && ones) atomicAdd(count, ones);
-}
-
 template <typename T>
 __global__ void unpack_kernel(const uint8_t* bits, int64_t n, T* x) {
   const int64_t k = element();
@@ -255,21 +247,6 @@ std::vector<at::Tensor> pack_spikes(const at::Tensor& x) {
   pack_count_kernel<<<1, 1, 0, stream()>>>(sp, count.mutable_data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {packed, count};
-}
-
-at::Tensor count_spikes(const at::Tensor& packed) {
-  TORCH_CHECK(packed.is_cuda(), "snnopt.cuda.count_spikes: packed must be a CUDA tensor");
-  const c10::cuda::CUDAGuard guard(packed.device());
-  const int64_t bytes = packed.numel();
-  at::Tensor count = at::zeros({}, packed.options().dtype(at::kLong));
-  if (bytes > 0) {
-    const unsigned int grid = static_cast<unsigned int>(std::min<int64_t>(blocks(bytes), kMaxPackBlocks));
-    count_kernel<<<grid, kThreads, 0, stream()>>>(
-        packed.contiguous().const_data_ptr<uint8_t>(), bytes,
-        reinterpret_cast<unsigned long long*>(count.mutable_data_ptr<int64_t>()));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  return count;
 }
 
 at::Tensor unpack_spikes(const at::Tensor& packed, int64_t n, const at::Tensor& like) {
