@@ -49,7 +49,8 @@ def _build():
     from torch.utils import cpp_extension
 
     with_cuda = torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
-    sources = [_CSRC / "bindings.cpp", _CSRC / "cpu" / "scan.cpp", _CSRC / "cpu" / "synapse.cpp"]
+    sources = [_CSRC / "bindings.cpp", _CSRC / "cpu" / "scan.cpp", _CSRC / "cpu" / "synapse.cpp",
+               _CSRC / "cpu" / "trace.cpp"]
     suffix, isa = _isa()
     flags = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp", *isa]
     if with_cuda:
@@ -134,6 +135,21 @@ def event_linear_backward(g: torch.Tensor, packed: torch.Tensor, weight: torch.T
     if needs[0]:
         dX = (dX if listed else g2 @ weight).reshape(x_shape)
     return (dX if needs[0] else None), (dW if needs[1] else None), (db if needs[2] else None)
+
+
+def trace_linear_backward(g_out: torch.Tensor, g_v: torch.Tensor, idx: torch.Tensor, sg: torch.Tensor,
+                          packed: torch.Tensor, weight: torch.Tensor, x_shape, x_active: torch.Tensor | None,
+                          beta: float, cfg: Config, needs):
+    """``(dX, dW, db, dL/dv_0)`` (None where ``needs`` = (x, weight, bias, v0) is False) of a
+    fused Linear -> LIF/IF in sparse mode with one decay ``beta`` and no reset gate, from
+    the active set and the bit-packed binary input of ``x_shape`` through traces
+    (``csrc/cpu/trace.cpp``; CPU only); ``dX`` only at ``x_active`` unless it is None."""
+    every = x_active is None
+    dX, dW, db, gv0 = module().trace_linear_backward(
+        _seq(g_out), g_v.contiguous().reshape(-1), idx, sg, packed, weight, idx if every else x_active, every,
+        math.prod(x_shape[1:-1]), float(beta), cfg.scale, list(needs))
+    return ((dX.reshape(x_shape) if needs[0] else None), (dW if needs[1] else None), (db if needs[2] else None),
+            (gv0.reshape(g_out.shape[1:]) if needs[3] else None))
 
 
 def _flat(t, like: torch.Tensor) -> torch.Tensor:

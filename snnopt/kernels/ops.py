@@ -217,6 +217,19 @@ def _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, 
     return ref_sparse.synapse_backward(g_current, x, weight, syn, stride, padding, dilation, groups, needs, x_active)
 
 
+def _traced(g_out, idx, x_packed, weight, beta, syn, x_shape, c: Config) -> bool:
+    """Whether the sparse backward runs through traces (``native.trace_linear_backward``:
+    work ``|A| x K``, no ``[T, B, N]`` tensor) rather than through the input gradient
+    ``delta`` on every state and the synapse backward over the input spikes (work
+    ``spikes x N``): a Linear on packed binary input on the CPU kernels, into a LIF/IF
+    with one decay and no reset gate, when ``|A| x K`` is the smaller."""
+    if not (syn == 0 and g_out.device.type == "cpu" and native.serves(g_out, c, sparse=True) and c.spiking
+            and c.kind in ("lif", "if") and not ref_sparse.gated(c) and not c.discards_input
+            and (beta is None or beta.numel() == 1) and _is_packed(x_packed, x_shape) and g_out.dtype == weight.dtype):
+        return False
+    return idx.numel() * x_shape[-1] <= native.count_spikes(x_packed) * weight.shape[0]
+
+
 @torch.library.custom_op(f"{LIB}::spiking_synapse_sparse", mutates_args=())
 def spiking_synapse_sparse(x: Tensor, weight: Tensor, bias: Tensor | None, v0: Tensor | None, beta: Tensor | None,
                            threshold: Tensor | None, syn: int, stride: list[int], padding: list[int],
@@ -249,10 +262,14 @@ def spiking_synapse_sparse_backward(g_out: Tensor, g_v: Tensor, idx: Tensor, sg:
     need_x, need_w, need_b, need_v0 = needs
     c = Config(cfg)
     impl = native if native.serves(g_out, c, sparse=True) else ref_sparse
-    g_current, gv0, _ = impl.neuron_sparse_backward(g_out, g_v, None, None, idx, sg, gates, beta, None, c,
-                                                    list(g_out.shape), [True, need_v0, False])
-    dX, dW, db = _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, groups, x_shape,
-                                (need_x, need_w, need_b), x_active)
+    if _traced(g_out, idx, x_packed, weight, beta, syn, x_shape, c):
+        dX, dW, db, gv0 = native.trace_linear_backward(g_out, g_v, idx, sg, x_packed, weight, x_shape, x_active,
+                                                       ref_dense._beta(beta, c), c, needs)
+    else:
+        g_current, gv0, _ = impl.neuron_sparse_backward(g_out, g_v, None, None, idx, sg, gates, beta, None, c,
+                                                        list(g_out.shape), [True, need_v0, False])
+        dX, dW, db = _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, groups, x_shape,
+                                    (need_x, need_w, need_b), x_active)
     empty = g_out.new_empty(0)
     return (empty if dX is None else dX, empty.clone() if dW is None else dW,
             empty.clone() if db is None else db, empty.clone() if not need_v0 else gv0.contiguous())

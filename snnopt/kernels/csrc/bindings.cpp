@@ -57,6 +57,14 @@ at::Tensor count_spikes(const at::Tensor& packed) {
   return cpu::count_spikes(packed);
 }
 
+std::vector<at::Tensor> trace_linear_backward(const at::Tensor& g_out, const at::Tensor& g_v, const at::Tensor& idx,
+                                              const at::Tensor& sg, const at::Tensor& packed, const at::Tensor& weight,
+                                              const at::Tensor& x_active, bool every_x, int64_t batch, double beta,
+                                              double scale, const std::vector<bool>& needs) {
+  TORCH_CHECK(!g_out.is_cuda(), "snnopt trace_linear_backward runs on the CPU only");
+  return cpu::trace_linear_backward(g_out, g_v, idx, sg, packed, weight, x_active, every_x, batch, beta, scale, needs);
+}
+
 at::Tensor unpack_spikes(const at::Tensor& packed, int64_t n, const at::Tensor& like) {
   return SNNOPT_DISPATCH(unpack_spikes, like, packed, n, like);
 }
@@ -82,6 +90,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_backward", &snnopt::sparse_backward);
   m.def("pack_spikes", &snnopt::pack_spikes);
   m.def("count_spikes", &snnopt::count_spikes);
+  m.def("trace_linear_backward", &snnopt::trace_linear_backward);
   m.def("unpack_spikes", &snnopt::unpack_spikes);
   m.def("event_linear", &snnopt::event_linear);
   m.def("event_linear_backward", &snnopt::event_linear_backward);

@@ -19,6 +19,16 @@ namespace cpu {
 
 // Number of set bits in packed (int64 scalar): the ones of the binary input it holds.  CPU only.
 at::Tensor count_spikes(const at::Tensor& packed);
+
+// {dX [T x batch, K], dW [N, K], db [N], dL/dv0 [M]} (needs = (x, weight, bias, v0)) of a
+// Linear -> LIF/IF layer in sparse mode with one decay beta and no reset gate, from the
+// active set (idx, sg) of g_out [T, M] (M = batch x N) and dL/dv_T g_v ([M] or empty),
+// through traces (cpu/trace.cpp): dW from the input x [T, batch, K] bit-packed, dX at the
+// flat indices x_active (int32, into [T x batch, K]) or, if every_x, everywhere.  CPU only.
+std::vector<at::Tensor> trace_linear_backward(const at::Tensor& g_out, const at::Tensor& g_v, const at::Tensor& idx,
+                                              const at::Tensor& sg, const at::Tensor& packed, const at::Tensor& weight,
+                                              const at::Tensor& x_active, bool every_x, int64_t batch, double beta,
+                                              double scale, const std::vector<bool>& needs);
 }  // namespace cpu
 
 #if defined(SNNOPT_WITH_CUDA)
