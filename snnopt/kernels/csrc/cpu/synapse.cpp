@@ -55,6 +55,52 @@ inline void add_row(T* __restrict__ dst, const T* __restrict__ src, int64_t n) {
   for (int64_t k = 0; k < n; ++k) dst[k] += src[k];
 }
 
+// A 32-byte vector of T (GCC / Clang vector extension): the partial sums of sum_rows stay
+// in registers.
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  typedef float type __attribute__((vector_size(32)));
+};
+template <>
+struct VecOf<double> {
+  typedef double type __attribute__((vector_size(32)));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+template <typename T>
+constexpr int64_t kLanes = 32 / sizeof(T);
+constexpr int64_t kVectors = 8;
+
+template <typename T>
+inline Vec<T> load(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// out[:w] = bias[:w] (or 0) + sum_s rows[idx[s] * stride + :w], in the order of idx: with
+// w = kVectors vectors, the partial sums in registers; any other w (a last, narrower
+// chunk) element by element.
+template <typename T>
+inline void sum_rows(T* out, const T* bias, const T* rows, int64_t stride, const int32_t* idx, int32_t n, int64_t w) {
+  constexpr int64_t L = kLanes<T>;
+  static_assert(sizeof(Vec<T>) == L * sizeof(T), "one vector holds kLanes values");
+  if (w != kVectors * L) {
+    for (int64_t k = 0; k < w; ++k) out[k] = bias ? bias[k] : T(0);
+    for (int32_t s = 0; s < n; ++s) add_row(out, rows + idx[s] * stride, w);
+    return;
+  }
+  Vec<T> acc[kVectors];
+  for (int64_t v = 0; v < kVectors; ++v) acc[v] = bias ? load(bias + v * L) : Vec<T>{};
+  for (int32_t s = 0; s < n; ++s) {
+    const T* row = rows + idx[s] * stride;
+    for (int64_t v = 0; v < kVectors; ++v) acc[v] += load(row + v * L);
+  }
+  std::memcpy(out, acc, sizeof(acc));
+}
+
 // <a, b> over n values, with eight partial sums (so that it vectorises).
 template <typename T>
 inline T dot(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
@@ -149,13 +195,13 @@ at::Tensor event_linear(const at::Tensor& packed, int64_t rows, const at::Tensor
     const T *wp = wt.data_ptr<T>(), *bp = bias.numel() ? bias.data_ptr<T>() : nullptr;
     T* yp = y.data_ptr<T>();
     at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+      std::vector<int32_t> spikes(K);
       for (int64_t r = r0; r < r1; ++r) {
-        T* out = yp + r * N;
-        if (bp)
-          std::copy(bp, bp + N, out);
-        else
-          std::fill(out, out + N, T(0));
-        for_each_bit(bits, r * K, (r + 1) * K, [&](int64_t i) { add_row(out, wp + i * N, N); });
+        int32_t n = 0;
+        for_each_bit(bits, r * K, (r + 1) * K, [&](int64_t i) { spikes[n++] = static_cast<int32_t>(i); });
+        for (int64_t c0 = 0; c0 < N; c0 += kVectors * kLanes<T>)
+          sum_rows(yp + r * N + c0, bp ? bp + c0 : nullptr, wp + c0, N, spikes.data(), n,
+                   std::min(kVectors * kLanes<T>, N - c0));
       }
     });
   });
