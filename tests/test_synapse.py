@@ -52,7 +52,7 @@ def test_pack_spikes_refuses_non_binary_input(bad):
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("rows,K,N,p", [(1, 1, 1, 1.0), (37, 13, 9, 0.1), (50, 64, 33, 0.02), (20, 70, 5, 0.0),
-                                        (8, 9, 4, 1.0)])
+                                        (8, 9, 4, 1.0), (30, 40, 130, 0.1)])  # (the last: whole vector chunks + a tail)
 @pytest.mark.parametrize("bias", [True, False])
 def test_event_linear_matches_linear(dtype, rows, K, N, p, bias):
     torch.manual_seed(rows * K + N)
