@@ -101,3 +101,13 @@ def test_op_takes_the_trace_route_on_sparse_input_with_the_same_gradients(monkey
     assert via_trace[0].abs().sum() > 0
     for a, b_ in zip(via_trace, via_delta):
         close(a, b_, 1e-5)
+
+    monkeypatch.undo()
+    beta, cfg = torch.tensor(0.9), spec.op_config()
+    out, _, idx, sg, gates, packed = torch.ops.snnopt.spiking_synapse_sparse(
+        x, w.detach(), b.detach(), None, beta, torch.tensor(1.0), 0, [1], [0], [1], 1, cfg, 0.05, True, None)
+    args = (torch.randn_like(out), torch.zeros_like(out[0]), idx, sg, gates, packed, w.detach(), beta, 0, [1], [0],
+            [1], 1, list(x.shape), cfg, [True, True, True, False], None)
+    assert ops._traced(args[0], idx, packed, w, beta, 0, list(x.shape), Config(cfg))
+    torch.library.opcheck(torch.ops.snnopt.spiking_synapse_sparse_backward.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
