@@ -1,6 +1,6 @@
 """The fused C++ / CUDA kernels: just-in-time build, and calls in the reference's layout.
 
-The sources in ``csrc/`` (``cpu/scan.cpp``, ``cuda/scan.cu`` when CUDA is available,
+The sources in ``csrc/`` (``cpu/*.cpp``, ``cuda/*.cu`` when CUDA is available,
 ``bindings.cpp``) are compiled on first use by :func:`torch.utils.cpp_extension.load`
 with ninja and cached by PyTorch (``TORCH_EXTENSIONS_DIR``; a changed source rebuilds).
 Floating-point contraction is off (``-ffp-contract=off``, ``--fmad=false``) so that the

@@ -1,5 +1,5 @@
 // Host entry points of the fused neuron kernels and the event-driven synapse:
-// snnopt::cpu (cpu/scan.cpp, cpu/synapse.cpp) and snnopt::cuda (cuda/scan.cu,
+// snnopt::cpu (cpu/scan.cpp, cpu/synapse.cpp, cpu/trace.cpp) and snnopt::cuda (cuda/scan.cu,
 // cuda/synapse.cu, built when SNNOPT_WITH_CUDA) have the same signatures and give the
 // same results.
 //
