@@ -223,9 +223,9 @@ def _traced(g_out, idx, x_packed, weight, beta, syn, x_shape, c: Config) -> bool
     ``delta`` on every state and the synapse backward over the input spikes (work
     ``spikes x N``): a Linear on packed binary input on the CPU kernels, into a LIF/IF
     with one decay and no reset gate, when ``|A| x K`` is the smaller."""
-    if not (syn == 0 and g_out.device.type == "cpu" and native.serves(g_out, c, sparse=True) and c.spiking
-            and c.kind in ("lif", "if") and not ref_sparse.gated(c) and not c.discards_input
-            and (beta is None or beta.numel() == 1) and _is_packed(x_packed, x_shape) and g_out.dtype == weight.dtype):
+    if not (syn == 0 and g_out.device.type == "cpu" and native.serves(g_out, c, sparse=True)
+            and c.kind in ("lif", "if") and not ref_sparse.gated(c) and (beta is None or beta.numel() == 1)
+            and _is_packed(x_packed, x_shape) and g_out.dtype == weight.dtype):
         return False
     return idx.numel() * x_shape[-1] <= native.count_spikes(x_packed) * weight.shape[0]
 
