@@ -261,11 +261,11 @@ def spiking_synapse_sparse_backward(g_out: Tensor, g_v: Tensor, idx: Tensor, sg:
                                     x_active: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     need_x, need_w, need_b, need_v0 = needs
     c = Config(cfg)
-    impl = native if native.serves(g_out, c, sparse=True) else ref_sparse
     if _traced(g_out, idx, x_packed, weight, beta, syn, x_shape, c):
         dX, dW, db, gv0 = native.trace_linear_backward(g_out, g_v, idx, sg, x_packed, weight, x_shape, x_active,
                                                        ref_dense._beta(beta, c), c, needs)
     else:
+        impl = native if native.serves(g_out, c, sparse=True) else ref_sparse
         g_current, gv0, _ = impl.neuron_sparse_backward(g_out, g_v, None, None, idx, sg, gates, beta, None, c,
                                                         list(g_out.shape), [True, need_v0, False])
         dX, dW, db = _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, groups, x_shape,
