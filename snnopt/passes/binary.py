@@ -9,7 +9,8 @@ reshaped (flatten, view, permute, ...).  The op's value and gradients are those 
 Linear / Conv2d, in every mode; what changes is the work and the memory.  Kept for
 backward: the input as bits (1/32 of the floats) when it is binary at run time, else as
 it is.  Computed, for a Linear on binary input with fewer than
-``snnopt.kernels.ops.EVENT_DENSITY`` ones (measured at run time): ``dW[:, i] = sum_{r : x[r, i] = 1} g[r]`` and, unless the pass is built with
+``snnopt.kernels.ops.EVENT_DENSITY`` ones (measured at run time):
+``dW[:, i] = sum_{r : x[r, i] = 1} g[r]`` and, unless the pass is built with
 ``event=False`` (dense mode, whose forward reproduces the model bit for bit),
 ``y[r] = b + sum_{i : x[r, i] = 1} W[:, i]``: one gradient row / weight column per spike
 instead of a matrix product.  Denser inputs use the matrix product.
