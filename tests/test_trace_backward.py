@@ -48,7 +48,7 @@ def reference(cfg, x, w, beta, current, g_out, g_v, idx, sg, gates, x_active, ne
 
 @pytest.mark.parametrize("kind,reset,scale", [("lif", "subtract", 1.0), ("lif", "none", 0.5),
                                               ("if", "subtract", 1.0)])
-@pytest.mark.parametrize("x_shape,N", [((13, 3, 37), 11), ((1, 4, 9), 5), ((6, 2, 3, 70), 17)])
+@pytest.mark.parametrize("x_shape,N", [((13, 3, 37), 11), ((1, 4, 9), 5), ((6, 2, 3, 70), 17), ((5, 3, 128), 7)])
 @pytest.mark.parametrize("band", [0.3, 0.0, math.inf])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_trace_route_matches_reference(kind, reset, scale, x_shape, N, band, dtype):

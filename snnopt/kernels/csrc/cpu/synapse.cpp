@@ -23,6 +23,7 @@
 
 #include "../ops.h"
 #include "bits.h"
+#include "vec.h"
 
 namespace snnopt {
 namespace cpu {
@@ -55,30 +56,7 @@ inline void add_row(T* __restrict__ dst, const T* __restrict__ src, int64_t n) {
   for (int64_t k = 0; k < n; ++k) dst[k] += src[k];
 }
 
-// A 32-byte vector of T (GCC / Clang vector extension): the partial sums of sum_rows stay
-// in registers.
-template <typename T>
-struct VecOf;
-template <>
-struct VecOf<float> {
-  typedef float type __attribute__((vector_size(32)));
-};
-template <>
-struct VecOf<double> {
-  typedef double type __attribute__((vector_size(32)));
-};
-template <typename T>
-using Vec = typename VecOf<T>::type;
-template <typename T>
-constexpr int64_t kLanes = 32 / sizeof(T);
-constexpr int64_t kVectors = 8;
-
-template <typename T>
-inline Vec<T> load(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
+constexpr int64_t kVectors = 8;  // vectors of partial sums that sum_rows keeps in registers
 
 // out[:w] = bias[:w] (or 0) + sum_s rows[idx[s] * stride + :w], in the order of idx: with
 // w = kVectors vectors, the partial sums in registers; any other w (a last, narrower

@@ -14,25 +14,33 @@
 //
 // E is the presynaptic trace (forward in time), P the input gradient carried backward in
 // time; the work is |A| x K plus the trace updates, against spikes x N and a scan of every
-// state for the input-gradient route.  The entries are bucketed by row (t, b).  dW is
-// computed in tiles of kTile input features, each tile's [N, kTile] block of dW and its
-// trace staying in cache while all the entries pass; dX per sample.  Both split the work
-// so that every output has one writer: the result does not depend on the thread count.
+// state for the input-gradient route.  The entries are bucketed by row, sample-major
+// (key b T + t), so that each sample's steps are visited in memory order.  dW is computed
+// in tiles of kTile = 64 input features: the tile's spikes of every row are first gathered
+// into one 64-bit word per row, then each sample's trace of the tile is kept in registers
+// while its steps pass, and the tile's [N, kTile] block of dW stays in cache.  dX is
+// computed per sample.  Both split the work so that every output has one writer: the
+// result does not depend on the thread count.
 #include <ATen/Parallel.h>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <numeric>
 
 #include "../ops.h"
 #include "bits.h"
+#include "vec.h"
 
 namespace snnopt {
 namespace cpu {
 namespace {
 
-constexpr int64_t kTile = 64;
+constexpr int64_t kTile = 64;  // input features per dW tile: one 64-bit word of spikes per row
 
-// Items grouped by row r = t B + b (counting sort): for s in [start[r], start[r + 1]) the
+// Items grouped by key r in [0, R) (counting sort): for s in [start[r], start[r + 1]) the
 // column col[s] and the value val[s] (val empty when no values are given).
 template <typename T>
 struct Buckets {
@@ -40,66 +48,88 @@ struct Buckets {
   std::vector<int32_t> col;
   std::vector<T> val;
 
-  Buckets(int64_t R, const std::vector<int64_t>& rows, const std::vector<int32_t>& cols, const std::vector<T>& vals)
+  Buckets(int64_t R, const std::vector<int64_t>& keys, const std::vector<int32_t>& cols, const std::vector<T>& vals)
       : start(R + 1, 0), col(cols.size()), val(vals.size()) {
-    for (int64_t r : rows) ++start[r + 1];
+    for (int64_t r : keys) ++start[r + 1];
     std::partial_sum(start.begin(), start.end(), start.begin());
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
-    for (size_t a = 0; a < rows.size(); ++a) {
-      const int64_t slot = fill[rows[a]]++;
+    for (size_t a = 0; a < keys.size(); ++a) {
+      const int64_t slot = fill[keys[a]]++;
       col[slot] = cols[a];
       if (!vals.empty()) val[slot] = vals[a];
     }
   }
 };
 
-// acc[j, :w] += sum over the entries (t, b, j) of g E[b, t, k0 : k0 + w], w = W or, for W = 0,
-// width; acc is [N, w], zeroed by the caller; last[b] is sample b's last step with an entry.
-template <typename T, int64_t W>
-void trace_tile(const Buckets<T>& e, const uint8_t* bits, const std::vector<int64_t>& last, int64_t K, int64_t k0,
-                int64_t width, T beta, T* __restrict__ acc) {
-  const int64_t w = W ? W : width, B = static_cast<int64_t>(last.size());
-  T trace[kTile];
+// tr[k / L][k % L] += 1 for every set bit k of w: the 64 values of a tile as 0 / 1.
+template <typename T>
+inline void add_bits(Vec<T>* tr, uint64_t w) {
+  constexpr int64_t L = kLanes<T>;
+  for (int64_t v = 0; v < kTile / L; ++v)
+    for (int64_t l = 0; l < L; ++l) tr[v][l] += T((w >> (v * L + l)) & 1u);
+}
+
+#if defined(__AVX2__)
+template <>
+inline void add_bits<float>(Vec<float>* tr, uint64_t w) {  // per byte: a broadcast, an and, a compare
+  const __m256i select = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256 one = _mm256_set1_ps(1.f);
+  for (int v = 0; v < 8; ++v) {
+    const __m256i byte = _mm256_set1_epi32(static_cast<int>((w >> (8 * v)) & 0xFFu));
+    const __m256i hit = _mm256_cmpeq_epi32(_mm256_and_si256(byte, select), select);
+    tr[v] += Vec<float>(_mm256_and_ps(_mm256_castsi256_ps(hit), one));
+  }
+}
+#endif
+
+// acc[j, :] += sum over the entries (t, b, j) of g E[b, t, tile] for one tile, from the
+// tile's spike word of each row (words[b T + t]); acc is [N, kTile], zeroed by the caller;
+// last[b] is sample b's last step with an entry.
+template <typename T>
+void trace_tile(const Buckets<T>& e, const uint64_t* words, const std::vector<int64_t>& last, int64_t T_, T beta,
+                T* __restrict__ acc) {
+  constexpr int64_t L = kLanes<T>, V = kTile / L;
+  const int64_t B = static_cast<int64_t>(last.size());
   for (int64_t b = 0; b < B; ++b) {
-    if (last[b] < 0) continue;
-    std::fill(trace, trace + w, T(0));
+    Vec<T> trace[V];
+    for (int64_t v = 0; v < V; ++v) trace[v] = Vec<T>{};
     for (int64_t t = 0; t <= last[b]; ++t) {
-      const int64_t r = t * B + b;
-#pragma omp simd
-      for (int64_t k = 0; k < w; ++k) trace[k] *= beta;
-      for_each_bit(bits, r * K + k0, r * K + k0 + w, [&](int64_t i) { trace[i] += T(1); });
+      const int64_t r = b * T_ + t;
+      for (int64_t v = 0; v < V; ++v) trace[v] *= beta;
+      if (words[r]) add_bits<T>(trace, words[r]);
       for (int64_t s = e.start[r]; s < e.start[r + 1]; ++s) {
-        T* __restrict__ row = acc + e.col[s] * w;
+        T* row = acc + e.col[s] * kTile;
         const T g = e.val[s];
-#pragma omp simd
-        for (int64_t k = 0; k < w; ++k) row[k] += g * trace[k];
+        for (int64_t v = 0; v < V; ++v) store(row + v * L, load(row + v * L) + g * trace[v]);
       }
     }
   }
 }
 
 template <typename T>
-void weight_grad(const Buckets<T>& e, const uint8_t* bits, const std::vector<int64_t>& last, int64_t N, int64_t K,
-                 T beta, T* dw) {
+void weight_grad(const Buckets<T>& e, const uint8_t* bits, int64_t nbytes, const std::vector<int64_t>& last, int64_t T_,
+                 int64_t N, int64_t K, T beta, T* dw) {
+  const int64_t B = static_cast<int64_t>(last.size());
   at::parallel_for(0, (K + kTile - 1) / kTile, 1, [&](int64_t tile0, int64_t tile1) {
     std::vector<T> acc(N * kTile);
+    std::vector<uint64_t> words(B * T_);
     for (int64_t tile = tile0; tile < tile1; ++tile) {
       const int64_t k0 = tile * kTile, w = std::min(kTile, K - k0);
+      const uint64_t mask = w == kTile ? ~uint64_t(0) : (uint64_t(1) << w) - 1;
+      for (int64_t t = 0; t < T_; ++t)  // the rows in memory order
+        for (int64_t b = 0; b < B; ++b) words[b * T_ + t] = bits64(bits, nbytes, (t * B + b) * K + k0) & mask;
       std::fill(acc.begin(), acc.end(), T(0));
-      if (w == kTile)
-        trace_tile<T, kTile>(e, bits, last, K, k0, w, beta, acc.data());
-      else
-        trace_tile<T, 0>(e, bits, last, K, k0, w, beta, acc.data());
-      for (int64_t j = 0; j < N; ++j) std::copy(acc.data() + j * w, acc.data() + (j + 1) * w, dw + j * K + k0);
+      trace_tile<T>(e, words.data(), last, T_, beta, acc.data());
+      for (int64_t j = 0; j < N; ++j) std::copy(acc.data() + j * kTile, acc.data() + j * kTile + w, dw + j * K + k0);
     }
   });
 }
 
-// dX from P, per sample backward in time: at the listed positions (bucketed by row, col = i),
-// or everywhere when listed is null.
+// dX from P, per sample backward in time: at the listed positions (bucketed like the
+// entries, col = i), or everywhere when listed is null.
 template <typename T>
-void input_grad(const Buckets<T>& e, const Buckets<T>* listed, const std::vector<int64_t>& last, const T* w, int64_t K,
-                T beta, T* dx) {
+void input_grad(const Buckets<T>& e, const Buckets<T>* listed, const std::vector<int64_t>& last, const T* w, int64_t T_,
+                int64_t K, T beta, T* dx) {
   const int64_t B = static_cast<int64_t>(last.size());
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> carried(K);
@@ -107,7 +137,8 @@ void input_grad(const Buckets<T>& e, const Buckets<T>* listed, const std::vector
     for (int64_t b = b0; b < b1; ++b) {
       std::fill(p, p + K, T(0));
       for (int64_t t = last[b]; t >= 0; --t) {
-        const int64_t r = t * B + b;
+        const int64_t r = b * T_ + t;
+        T* out = dx + (t * B + b) * K;
 #pragma omp simd
         for (int64_t k = 0; k < K; ++k) p[k] *= beta;
         for (int64_t s = e.start[r]; s < e.start[r + 1]; ++s) {
@@ -117,10 +148,9 @@ void input_grad(const Buckets<T>& e, const Buckets<T>* listed, const std::vector
           for (int64_t k = 0; k < K; ++k) p[k] += g * wj[k];
         }
         if (!listed)
-          std::copy(p, p + K, dx + r * K);
+          std::copy(p, p + K, out);
         else
-          for (int64_t s = listed->start[r]; s < listed->start[r + 1]; ++s)
-            dx[r * K + listed->col[s]] = p[listed->col[s]];
+          for (int64_t s = listed->start[r]; s < listed->start[r + 1]; ++s) out[listed->col[s]] = p[listed->col[s]];
       }
     }
   });
@@ -150,52 +180,63 @@ std::vector<at::Tensor> trace_linear_backward(const at::Tensor& g_out, const at:
     const int32_t* ip = idx.data_ptr<int32_t>();
     const T *sgp = sg.data_ptr<T>(), *go = g_out.data_ptr<T>(), *gvp = g_v.numel() ? g_v.data_ptr<T>() : nullptr;
 
-    // The entries (t, m = b N + j, g), and dL/dv_T at t = T - 1 (delta[T-1] = g[T-1] + dL/dv_T).
-    std::vector<int64_t> step(n), state(n);
+    // The entries (t, b, j) with g = dL/ds f', keyed b T + t, and dL/dv_T at t = T - 1
+    // (delta[T-1] = g[T-1] + dL/dv_T); the entry value is scale g.
+    std::vector<int64_t> keys(n);
+    std::vector<int32_t> cols(n);
     std::vector<T> g(n);
-    at::parallel_for(0, n, 4096, [&](int64_t a0, int64_t a1) {  // a gather: in parallel
-      for (int64_t a = a0; a < a1; ++a) step[a] = ip[a] / M, state[a] = ip[a] % M, g[a] = go[ip[a]] * sgp[a];
+    const uint32_t M32 = static_cast<uint32_t>(M), N32 = static_cast<uint32_t>(N);  // int32 indices: 32-bit division
+    at::parallel_for(0, n, 4096, [&](int64_t a0, int64_t a1) {                      // a gather: in parallel
+      for (int64_t a = a0; a < a1; ++a) {
+        const uint32_t flat = static_cast<uint32_t>(ip[a]), t = flat / M32, m = flat - t * M32, b = m / N32;
+        keys[a] = int64_t(b) * T_ + t, cols[a] = static_cast<int32_t>(m - b * N32), g[a] = go[flat] * sgp[a];
+      }
     });
     for (int64_t m = 0; gvp && m < M; ++m)
-      if (gvp[m] != T(0)) step.push_back(T_ - 1), state.push_back(m), g.push_back(gvp[m]);
-    const size_t count = step.size();
-    std::vector<int64_t> rows(count);
-    std::vector<int32_t> cols(count);
+      if (gvp[m] != T(0)) keys.push_back((m / N) * T_ + T_ - 1), cols.push_back(m % N), g.push_back(gvp[m]);
+    const size_t count = keys.size();
     std::vector<T> vals(count);
-    for (size_t a = 0; a < count; ++a)
-      rows[a] = step[a] * B + state[a] / N, cols[a] = static_cast<int32_t>(state[a] % N), vals[a] = g[a] * sc;
-    const Buckets<T> e(R, rows, cols, vals);
+    for (size_t a = 0; a < count; ++a) vals[a] = g[a] * sc;
+    const Buckets<T> e(R, keys, cols, vals);
     std::vector<int64_t> last(B, -1);  // the last step of each sample with an entry
-    for (int64_t r = 0; r < R; ++r)
-      if (e.start[r + 1] > e.start[r]) last[r % B] = r / B;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = T_ - 1; t >= 0 && last[b] < 0; --t)
+        if (e.start[b * T_ + t + 1] > e.start[b * T_ + t]) last[b] = t;
 
     if (need_v0) {
       std::vector<T> decay(T_ + 1, T(1));  // beta^t
       for (int64_t t = 1; t <= T_; ++t) decay[t] = decay[t - 1] * bt;
       T* v0p = gv0.data_ptr<T>();
-      for (size_t a = 0; a < count; ++a) v0p[state[a]] += g[a] * decay[step[a] + 1];
+      for (size_t a = 0; a < count; ++a) {
+        const int64_t b = keys[a] / T_, t = keys[a] - b * T_;
+        v0p[b * N + cols[a]] += g[a] * decay[t + 1];
+      }
     }
     if (need_b) {
       T* bp = db.data_ptr<T>();
       T c = T(0);
       for (int64_t t = 0; t < T_; ++t) {
         c = bt * c + T(1);
-        for (int64_t s = e.start[t * B]; s < e.start[(t + 1) * B]; ++s) bp[e.col[s]] += e.val[s] * c;
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t s = e.start[b * T_ + t]; s < e.start[b * T_ + t + 1]; ++s) bp[e.col[s]] += e.val[s] * c;
       }
     }
-    if (need_w) weight_grad<T>(e, packed.data_ptr<uint8_t>(), last, N, K, bt, dW.data_ptr<T>());
+    if (need_w) weight_grad<T>(e, packed.data_ptr<uint8_t>(), packed.numel(), last, T_, N, K, bt, dW.data_ptr<T>());
     if (need_x) {
       const auto w = weight.contiguous();
       if (every_x) {
-        input_grad<T>(e, nullptr, last, w.data_ptr<T>(), K, bt, dX.data_ptr<T>());
+        input_grad<T>(e, nullptr, last, w.data_ptr<T>(), T_, K, bt, dX.data_ptr<T>());
       } else {
         const int64_t nl = x_active.numel();
         const int32_t* xa = x_active.data_ptr<int32_t>();
-        std::vector<int64_t> lrows(nl);
+        std::vector<int64_t> lkeys(nl);
         std::vector<int32_t> lcols(nl);
-        for (int64_t l = 0; l < nl; ++l) lrows[l] = xa[l] / K, lcols[l] = static_cast<int32_t>(xa[l] % K);
-        const Buckets<T> listed(R, lrows, lcols, {});
-        input_grad<T>(e, &listed, last, w.data_ptr<T>(), K, bt, dX.data_ptr<T>());
+        for (int64_t l = 0; l < nl; ++l) {
+          const int64_t row = xa[l] / K;
+          lkeys[l] = (row % B) * T_ + row / B, lcols[l] = static_cast<int32_t>(xa[l] % K);
+        }
+        const Buckets<T> listed(R, lkeys, lcols, {});
+        input_grad<T>(e, &listed, last, w.data_ptr<T>(), T_, K, bt, dX.data_ptr<T>());
       }
     }
   });
