@@ -8,23 +8,6 @@
 namespace snnopt {
 namespace cpu {
 
-// Calls f(i) for every set bit i in [begin, end) of the packed bits, i relative to begin.
-template <class F>
-inline void for_each_bit(const uint8_t* bits, int64_t begin, int64_t end, F&& f) {
-  for (int64_t byte = begin >> 3; byte <= (end - 1) >> 3 && begin < end; ++byte) {
-    unsigned v = bits[byte];
-    if (!v) continue;
-    const int64_t base = byte << 3;
-    if (base < begin) v &= ~0u << (begin - base);
-    if (base + 8 > end) v &= (1u << (end - base)) - 1u;
-    while (v) {
-      const int bit = __builtin_ctz(v);
-      f(base + bit - begin);
-      v &= v - 1;
-    }
-  }
-}
-
 // The 64 bits from bit `begin` on (bit k of the result = flat element begin + k), zeros past
 // the nbytes bytes of the packed bits.
 inline uint64_t bits64(const uint8_t* bits, int64_t nbytes, int64_t begin) {
@@ -37,6 +20,20 @@ inline uint64_t bits64(const uint8_t* bits, int64_t nbytes, int64_t begin) {
   }
   for (int64_t k = byte; k < nbytes && k < byte + 8; ++k) word |= uint64_t(bits[k]) << (8 * (k - byte));
   return (word >> shift) | (shift && byte + 8 < nbytes ? uint64_t(bits[byte + 8]) << (64 - shift) : 0);
+}
+
+// Calls f(i) for every set bit i in [begin, end) of the nbytes bytes of packed bits, i
+// relative to begin, in increasing order; 64 bits at a time.
+template <class F>
+inline void for_each_bit(const uint8_t* bits, int64_t nbytes, int64_t begin, int64_t end, F&& f) {
+  for (int64_t k = begin; k < end; k += 64) {
+    uint64_t word = bits64(bits, nbytes, k);
+    if (end - k < 64) word &= (uint64_t(1) << (end - k)) - 1;
+    while (word) {
+      f(k - begin + __builtin_ctzll(word));
+      word &= word - 1;
+    }
+  }
 }
 
 }  // namespace cpu

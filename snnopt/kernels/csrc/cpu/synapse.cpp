@@ -170,13 +170,14 @@ at::Tensor event_linear(const at::Tensor& packed, int64_t rows, const at::Tensor
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "snnopt_event_linear", [&] {
     using T = scalar_t;
     const uint8_t* bits = packed.data_ptr<uint8_t>();
+    const int64_t nbytes = packed.numel();
     const T *wp = wt.data_ptr<T>(), *bp = bias.numel() ? bias.data_ptr<T>() : nullptr;
     T* yp = y.data_ptr<T>();
     at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
       std::vector<int32_t> spikes(K);
       for (int64_t r = r0; r < r1; ++r) {
         int32_t n = 0;
-        for_each_bit(bits, r * K, (r + 1) * K, [&](int64_t i) { spikes[n++] = static_cast<int32_t>(i); });
+        for_each_bit(bits, nbytes, r * K, (r + 1) * K, [&](int64_t i) { spikes[n++] = static_cast<int32_t>(i); });
         for (int64_t c0 = 0; c0 < N; c0 += kVectors * kLanes<T>)
           sum_rows(yp + r * N + c0, bp ? bp + c0 : nullptr, wp + c0, N, spikes.data(), n,
                    std::min(kVectors * kLanes<T>, N - c0));
@@ -200,10 +201,12 @@ std::vector<at::Tensor> event_linear_backward(const at::Tensor& g, const at::Ten
                   R, " x ", K, " inputs");
       auto dwt = at::zeros({K, N}, g.options());
       const uint8_t* bits = packed.data_ptr<uint8_t>();
+      const int64_t nbytes = packed.numel();
       T* dp = dwt.data_ptr<T>();
       at::parallel_for(0, K, 8, [&](int64_t i0, int64_t i1) {
         for (int64_t r = 0; r < R; ++r)
-          for_each_bit(bits, r * K + i0, r * K + i1, [&](int64_t i) { add_row(dp + (i0 + i) * N, gp + r * N, N); });
+          for_each_bit(bits, nbytes, r * K + i0, r * K + i1,
+                       [&](int64_t i) { add_row(dp + (i0 + i) * N, gp + r * N, N); });
       });
       dW = dwt.t().contiguous();
     }
