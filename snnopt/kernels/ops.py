@@ -89,6 +89,7 @@ def _(g_out, g_v, g_i, g_vseq, h, i_seq, v0, i0, beta, alpha, threshold, cfg, ne
 
 def _scan_setup(ctx, inputs, output):
     x, v0, i0, beta, alpha, threshold, cfg, save, record = inputs
+    ctx.set_materialize_grads(False)  # an output without gradient arrives as None, not as a tensor of zeros
     ctx.cfg = cfg
     ctx.save_for_backward(output[4], output[5], v0, i0, beta, alpha, threshold)
 
@@ -163,6 +164,7 @@ def _(g_out, g_v, g_i, g_vseq, idx, sg, gates, beta, alpha, cfg, shape, needs):
 
 def _sparse_setup(ctx, inputs, output):
     x, v0, i0, beta, alpha, threshold, cfg, band, save, record = inputs
+    ctx.set_materialize_grads(False)
     ctx.cfg, ctx.shape = cfg, list(x.shape)
     ctx.save_for_backward(output[4], output[5], output[6], beta, alpha)
 
@@ -285,6 +287,7 @@ def _(g_out, g_v, idx, sg, gates, x_packed, weight, beta, syn, stride, padding, 
 
 def _synapse_setup(ctx, inputs, output):
     x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save, x_active = inputs
+    ctx.set_materialize_grads(False)
     ctx.static = (syn, stride, padding, dilation, groups)
     ctx.cfg, ctx.x_shape, ctx.out_shape = cfg, list(x.shape), list(output[0].shape)
     ctx.save_for_backward(output[2], output[3], output[4], output[5], weight, beta, x_active)
@@ -336,6 +339,7 @@ def _(g, x_packed, weight, syn, stride, padding, dilation, groups, x_shape, need
 
 def _binary_setup(ctx, inputs, output):
     x, weight, bias, syn, stride, padding, dilation, groups, save, x_active, event = inputs
+    ctx.set_materialize_grads(False)
     ctx.static, ctx.x_shape = (syn, stride, padding, dilation, groups), list(x.shape)
     ctx.save_for_backward(output[1], weight, x_active)
 
