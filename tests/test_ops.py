@@ -101,6 +101,11 @@ def test_opcheck_sparse_ops():
     torch.library.opcheck(torch.ops.snnopt.spiking_synapse_sparse.default,
                           (xs, w, torch.zeros(5, requires_grad=True), None, beta.detach()[:1], th.detach()[:1],
                            0, [1], [0], [1], 1, cfg, 0.5, True, None), test_utils=test_utils)
+    active = torch.arange(0, xs.numel(), 3, dtype=torch.int32)  # with a tap (its gradient: dL/dx there)
+    torch.library.opcheck(torch.ops.snnopt.spiking_synapse_sparse.default,
+                          (xs.requires_grad_(), w, torch.zeros(5, requires_grad=True), None, beta.detach()[:1],
+                           th.detach()[:1], 0, [1], [0], [1], 1, cfg, 0.5, True, active,
+                           torch.rand(active.numel(), requires_grad=True)), test_utils=test_utils)
 
 
 def test_opcheck_rate_ops():

@@ -91,8 +91,8 @@ def test_finite_band_matches_closed_form(band, binary):
     b = (torch.randn(N) * 0.1).requires_grad_()
     sg = surrogate.fast_sigmoid(10.0)
     spec = NeuronSpec(beta=beta, threshold=theta, detach_reset=True, surrogate=sg)
-    out, _, idx, _ = kernels.spiking_synapse_sparse(x, W, b, None, torch.tensor(beta), torch.tensor(theta), 0, [1],
-                                                    [0], [1], 1, spec.op_config(), band)
+    out, _, idx, _, _ = kernels.spiking_synapse_sparse(x, W, b, None, torch.tensor(beta), torch.tensor(theta), 0,
+                                                       [1], [0], [1], 1, spec.op_config(), band)
     G = torch.randn(out.shape)
     gx, gW, gb = torch.autograd.grad((out * G).sum(), (x, W, b))
     s_ref, dW, db, dX = closed_form(x.detach(), W.detach(), b.detach(), beta, theta, G, band, sg)

@@ -19,6 +19,7 @@ from snnopt.kernels.reference import sparse as ref_sparse
 from snnopt.passes import (PassManager, binary_synapses, canonicalize_neurons, dce, expose_aux, fuse_synapses,
                            lower, reroll_time)
 from snnopt.passes.verify import verify
+from snnopt.spec import NeuronSpec
 
 from .models import MLP, LoopMLP, spikes
 
@@ -113,6 +114,55 @@ def test_input_gradient_only_on_the_producer_active_set(syn):
     close(gb, rb)
     torch.library.opcheck(torch.ops.snnopt.binary_synapse.default, (x, w, b, syn, *conv, True, active),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    # through the tap: dL/dx at the active set, one value per entry, as the tap's gradient
+    tap = torch.rand(active.numel(), requires_grad=True)
+    out, _ = kernels.binary_synapse(x, w, b, syn, *conv, x_active=active, x_tap=tap)
+    gx, gw, gb, gt = torch.autograd.grad((out * g).sum(), (x, w, b, tap), allow_unused=True)
+    assert gx is None
+    close(gt, rx.reshape(-1)[active.long()])
+    close(gw, rw)
+    close(gb, rb)
+    torch.library.opcheck(torch.ops.snnopt.binary_synapse.default, (x, w, b, syn, *conv, True, active, True, tap),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@pytest.mark.parametrize("producer", ["neuron", "fused"])
+@pytest.mark.parametrize("consumer", ["binary", "fused"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_tap_carries_the_input_gradient_back_to_the_producer(producer, consumer, dtype):
+    """A sparse neuron (alone or fused with its Linear) feeding a synapse, the loss reading the
+    spikes directly too: every gradient is the same whether the synapse's input gradient
+    flows back compactly through the tap or as a ``[T, B, K]`` tensor zero off the active set."""
+    torch.manual_seed(11)
+    cfg = NeuronSpec(beta=0.9, detach_reset=True).op_config()
+    beta, theta = torch.tensor(0.9, dtype=dtype), torch.tensor(1.0, dtype=dtype)
+    T, B, K, N, O = 15, 3, 24, 20, 7
+    x = spikes((T, B, K), p=0.2).to(dtype)
+    w1 = (torch.randn(N, K, dtype=dtype) * 0.6).requires_grad_()
+    b1 = torch.full((N,), 0.3, dtype=dtype, requires_grad=True)
+    w2 = (torch.randn(O, N, dtype=dtype) * 0.6).requires_grad_()
+    b2 = torch.full((O,), 0.3, dtype=dtype, requires_grad=True)
+    g = torch.Generator().manual_seed(0)
+    proj_s, proj_y = torch.randn(T, B, N, generator=g, dtype=dtype), torch.randn(T, B, O, generator=g, dtype=dtype)
+
+    def grads(tapped):
+        if producer == "neuron":
+            s, _, _, _, idx, sg = kernels.neuron_scan_sparse(F.linear(x, w1, b1), None, None, beta, None, theta, cfg,
+                                                             0.4)
+        else:
+            s, _, idx, _, sg = kernels.spiking_synapse_sparse(x, w1, b1, None, beta, theta, 0, [1], [0], [1], 1, cfg,
+                                                              0.4)
+        tap = sg if tapped else None
+        if consumer == "binary":
+            y, _ = kernels.binary_synapse(s, w2, b2, 0, [1], [0], [1], 1, x_active=idx, x_tap=tap)
+        else:
+            y = kernels.spiking_synapse_sparse(s, w2, b2, None, beta, theta, 0, [1], [0], [1], 1, cfg, 0.4,
+                                               x_active=idx, x_tap=tap)[0]
+        assert idx.numel() > 0
+        return torch.autograd.grad((y * proj_y).sum() + (s * proj_s).sum(), (w1, b1, w2, b2))
+
+    for a, b in zip(grads(True), grads(False)):
+        close(a, b, 1e-5 if dtype == torch.float32 else 1e-12)
 
 
 def _sparse_graph(model, x):
@@ -132,6 +182,7 @@ def test_lowering_hands_synapses_their_producer_active_set_without_changing_grad
     assert fed, gm.code
     for n in fed:
         assert n.kwargs["x_active"].meta["snn_aux"].startswith("active:")
+        assert n.kwargs["x_tap"].args == (n.kwargs["x_active"].args[0], n.kwargs["x_tap"].args[1])
     assert not lower("sparse")(gm).modified  # idempotent: the active sets are handed over once
 
     def grads(graph):

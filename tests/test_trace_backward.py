@@ -60,16 +60,28 @@ def test_trace_route_matches_reference(kind, reset, scale, x_shape, N, band, dty
     g_out = torch.randn(current.shape, generator=g, dtype=dtype)
     packed, _ = native.pack_spikes(x)
     rtol = 1e-4 if dtype == torch.float32 else 1e-10
+    decay = 1.0 if beta is None else beta
+    at_active = g_out.reshape(-1)[idx.long()]  # dL/ds on the active set: all the backward reads
+    rest = g_out.reshape(-1).index_add(0, idx.long(), -0.25 * at_active).reshape(g_out.shape)
     for g_v in (torch.zeros_like(current[0]), torch.randn(current[0].shape, generator=g, dtype=dtype)):
         for x_active in (None, torch.randperm(x.numel(), generator=g)[: x.numel() // 3].sort().values.int()):
             needs = (True, True, True, True)
-            got = native.trace_linear_backward(g_out, g_v, idx, sg, packed, w, list(x.shape), x_active,
-                                               1.0 if beta is None else beta, cfg, needs)
             want = reference(cfg, x, w, beta, current, g_out, g_v, idx, sg, gates, x_active, needs)
+            got = native.trace_linear_backward(g_out, None, g_v, idx, sg, packed, w, list(x.shape), x_active, decay,
+                                               cfg, needs)
             for a, b in zip(got, want):
                 close(a, b, rtol)
-    dX, dW, db, gv0 = native.trace_linear_backward(g_out, g_v, idx, sg, packed, w, list(x.shape), None,
-                                                   1.0 if beta is None else beta, cfg, (False, True, False, False))
+            if x_active is None:
+                continue
+            # dL/ds through the tap alone, or split between the tap and g_out; dX compact
+            for out_part, tap in ((None, at_active), (rest, 0.25 * at_active)):
+                got = native.trace_linear_backward(out_part, tap, g_v, idx, sg, packed, w, list(x.shape), x_active,
+                                                   decay, cfg, needs, compact=True)
+                close(got[0], want[0].reshape(-1)[x_active.long()], rtol)
+                for a, b in zip(got[1:], want[1:]):
+                    close(a, b, rtol)
+    dX, dW, db, gv0 = native.trace_linear_backward(g_out, None, g_v, idx, sg, packed, w, list(x.shape), None, decay,
+                                                   cfg, (False, True, False, False))
     assert dX is None and db is None and gv0 is None and dW.shape == w.shape
 
 
@@ -88,8 +100,8 @@ def test_op_takes_the_trace_route_on_sparse_input_with_the_same_gradients(monkey
     monkeypatch.setattr(native, "trace_linear_backward", lambda *a: calls.append(1) or traced(*a))
 
     def grads():
-        out, _, _, _ = kernels.spiking_synapse_sparse(x, w, b, None, torch.tensor(0.9), torch.tensor(1.0), 0, [1],
-                                                      [0], [1], 1, spec.op_config(), 0.05)
+        out = kernels.spiking_synapse_sparse(x, w, b, None, torch.tensor(0.9), torch.tensor(1.0), 0, [1], [0], [1],
+                                             1, spec.op_config(), 0.05)[0]
         return torch.autograd.grad((out * torch.linspace(-1, 1, N)).sum(), (w, b))
 
     via_trace = grads()
@@ -107,7 +119,7 @@ def test_op_takes_the_trace_route_on_sparse_input_with_the_same_gradients(monkey
     out, _, idx, sg, gates, packed = torch.ops.snnopt.spiking_synapse_sparse(
         x, w.detach(), b.detach(), None, beta, torch.tensor(1.0), 0, [1], [0], [1], 1, cfg, 0.05, True, None)
     args = (torch.randn_like(out), torch.zeros_like(out[0]), idx, sg, gates, packed, w.detach(), beta, 0, [1], [0],
-            [1], 1, list(x.shape), cfg, [True, True, True, False], None)
-    assert ops._traced(args[0], idx, packed, w, beta, 0, list(x.shape), Config(cfg))
+            [1], 1, list(x.shape), list(out.shape), cfg, [True, True, True, False], None)
+    assert ops._traced(sg, idx, packed, w, beta, 0, list(x.shape), Config(cfg))
     torch.library.opcheck(torch.ops.snnopt.spiking_synapse_sparse_backward.default, args,
                           test_utils=("test_schema", "test_faketensor"))

@@ -44,33 +44,36 @@ def spiking_synapse(x, weight, bias, v0, beta, threshold, syn, stride, padding, 
 
 
 def neuron_scan_sparse(x, v0, i0, beta, alpha, threshold, cfg, band, record=False):
-    """Sparse-gradient scan: ``(out, v_T, i_T, v_seq, active_indices)``; ``v_seq`` empty
-    unless ``record``."""
+    """Sparse-gradient scan: ``(out, v_T, i_T, v_seq, active_indices, surrogate)``; ``v_seq``
+    empty unless ``record``; ``surrogate`` (f' on the active set) is the tap a synapse fed by
+    ``out`` may take (``x_tap``, :mod:`.ops`)."""
     save = _needs_save(x, v0, i0)
-    out, v_T, i_T, v_seq, idx, _, _ = torch.ops.snnopt.neuron_scan_sparse(x, v0, i0, beta, alpha, threshold, cfg,
-                                                                          band, save, record)
-    return out, v_T, i_T, v_seq, idx
+    out, v_T, i_T, v_seq, idx, sg, _ = torch.ops.snnopt.neuron_scan_sparse(x, v0, i0, beta, alpha, threshold, cfg,
+                                                                           band, save, record)
+    return out, v_T, i_T, v_seq, idx, sg
 
 
 def spiking_synapse_sparse(x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band,
-                           x_active=None):
-    """Fused synapse + sparse-gradient scan: ``(out, v_T, active_indices, packed_input)``.
-    ``x_active``: the active set of the sparse neuron producing ``x``, the only entries of
-    ``dL/dx`` its backward reads (``dL/dx`` is computed there only)."""
+                           x_active=None, x_tap=None):
+    """Fused synapse + sparse-gradient scan: ``(out, v_T, active_indices, packed_input,
+    surrogate)``.  ``x_active``: the active set of the sparse neuron producing ``x``, the only
+    entries of ``dL/dx`` its backward reads (``dL/dx`` is computed there only); ``x_tap``: that
+    neuron's surrogate output, through which ``dL/dx`` then flows back compactly (the tap,
+    :mod:`.ops`)."""
     save = _needs_save(x, weight, bias, v0)
-    out, v_T, idx, _, _, packed = torch.ops.snnopt.spiking_synapse_sparse(
-        x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save, x_active)
-    return out, v_T, idx, packed
+    out, v_T, idx, sg, _, packed = torch.ops.snnopt.spiking_synapse_sparse(
+        x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save, x_active, x_tap)
+    return out, v_T, idx, packed, sg
 
 
-def binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups, x_active=None, event=True):
+def binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups, x_active=None, event=True, x_tap=None):
     """Synapse on spike input that keeps the input bit-packed for backward: ``(out, packed)``
-    (``x_active`` as in :func:`spiking_synapse_sparse`).  ``event``: a Linear on sparse
-    binary input may run event-driven (equal to the module's value up to float rounding);
-    False keeps the module's matrix product, bit for bit."""
+    (``x_active``, ``x_tap`` as in :func:`spiking_synapse_sparse`).  ``event``: a Linear on
+    sparse binary input may run event-driven (equal to the module's value up to float
+    rounding); False keeps the module's matrix product, bit for bit."""
     save = _needs_save(x, weight, bias)
     return torch.ops.snnopt.binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups, save, x_active,
-                                           event)
+                                           event, x_tap)
 
 
 def neuron_rate_stats(x, v0, i0, beta, alpha, threshold, cfg, record=False):

@@ -125,31 +125,39 @@ def event_linear(packed: torch.Tensor, shape, weight: torch.Tensor, bias: torch.
 
 
 def event_linear_backward(g: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor, x_shape,
-                          x_active: torch.Tensor | None, needs):
+                          x_active: torch.Tensor | None, needs, compact: bool = False):
     """:func:`.reference.sparse.synapse_backward` of a Linear on packed binary input (``dX``
-    only at ``x_active`` unless it is None: then the full matrix product)."""
+    only at ``x_active`` unless it is None: then the full matrix product; ``compact``: one
+    value per index of ``x_active``)."""
     g2 = g.contiguous().reshape(-1, g.shape[-1])
     listed = needs[0] and x_active is not None
     active = x_active if listed else g.new_empty(0, dtype=torch.int32)
-    dX, dW, db = module().event_linear_backward(g2, packed, weight.contiguous(), active, [listed, needs[1], needs[2]])
-    if needs[0]:
+    dX, dW, db = module().event_linear_backward(g2, packed, weight.contiguous(), active, listed and compact,
+                                                [listed, needs[1], needs[2]])
+    if needs[0] and not (listed and compact):
         dX = (dX if listed else g2 @ weight).reshape(x_shape)
     return (dX if needs[0] else None), (dW if needs[1] else None), (db if needs[2] else None)
 
 
-def trace_linear_backward(g_out: torch.Tensor, g_v: torch.Tensor, idx: torch.Tensor, sg: torch.Tensor,
-                          packed: torch.Tensor, weight: torch.Tensor, x_shape, x_active: torch.Tensor | None,
-                          beta: float, cfg: Config, needs):
+def trace_linear_backward(g_out: torch.Tensor | None, g_tap: torch.Tensor | None, g_v: torch.Tensor,
+                          idx: torch.Tensor, sg: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor, x_shape,
+                          x_active: torch.Tensor | None, beta: float, cfg: Config, needs, compact: bool = False):
     """``(dX, dW, db, dL/dv_0)`` (None where ``needs`` = (x, weight, bias, v0) is False) of a
     fused Linear -> LIF/IF in sparse mode with one decay ``beta`` and no reset gate, from
-    the active set and the bit-packed binary input of ``x_shape`` through traces
-    (``csrc/cpu/trace.cpp``; CPU only); ``dX`` only at ``x_active`` unless it is None."""
+    the active set (``idx``, ``sg``; ``dL/ds`` there: ``g_out`` [T, B, N] read at ``idx``
+    plus ``g_tap``, one value per entry; either may be None) and the bit-packed binary input
+    of ``x_shape``, through traces (``csrc/cpu/trace.cpp``; CPU only); ``dX`` only at
+    ``x_active`` unless it is None, one value per index of ``x_active`` if ``compact``."""
     every = x_active is None
+    empty = sg.new_empty(0)
     dX, dW, db, gv0 = module().trace_linear_backward(
-        _seq(g_out), g_v.contiguous().reshape(-1), idx, sg, packed, weight, idx if every else x_active, every,
-        math.prod(x_shape[1:-1]), float(beta), cfg.scale, list(needs))
-    return ((dX.reshape(x_shape) if needs[0] else None), (dW if needs[1] else None), (db if needs[2] else None),
-            (gv0.reshape(g_out.shape[1:]) if needs[3] else None))
+        empty if g_out is None else g_out.contiguous(), empty if g_tap is None else g_tap.contiguous(),
+        g_v.contiguous().reshape(-1), idx, sg, packed, weight, idx if every else x_active, every,
+        compact and not every, x_shape[0], math.prod(x_shape[1:-1]), float(beta), cfg.scale, list(needs))
+    if needs[0] and not (compact and not every):
+        dX = dX.reshape(x_shape)
+    return ((dX if needs[0] else None), (dW if needs[1] else None), (db if needs[2] else None),
+            (gv0.reshape(g_v.shape) if needs[3] else None))
 
 
 def _flat(t, like: torch.Tensor) -> torch.Tensor:

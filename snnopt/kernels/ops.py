@@ -23,6 +23,14 @@ neuron_rate_stats               out, v_T, i_T, v_seq, rate, eligibility, v_bar, 
                                 (spike pass of rate mode; the last two for a recorded membrane)
 rate_batch_norm                 y                         (RateBN)
 ==============================  ==============================================================
+
+**The tap.**  A synapse op fed by the spikes of a sparse neuron op reads ``dL/dx`` only at
+that neuron's active set, so it may take the neuron's active set ``idx`` as ``x_active``
+and its surrogate values ``sg`` as ``x_tap``.  Its backward then returns ``dL/dx`` at
+``x_active`` compactly, one value per entry, as the gradient of ``x_tap`` (and none for
+``x``); the neuron's backward reads the gradient arriving at its ``sg`` output as more
+``dL/ds`` on its active set, added to whatever reaches its spike output.  No
+``[T, B, features]`` gradient passes between the two.
 """
 
 from __future__ import annotations
@@ -44,6 +52,15 @@ LIB = "snnopt"
 
 def _opt(t: Tensor) -> Tensor | None:
     return None if t.numel() == 0 else t
+
+
+def _dense_ds(g_out: Tensor, g_tap: Tensor | None, idx: Tensor, like: Tensor, shape) -> Tensor:
+    """``dL/ds`` of a sparse neuron as one tensor of ``shape``: ``g_out`` (empty: none) plus
+    the tap's gradient, one value per entry of the active set ``idx``."""
+    g = g_out if g_out.numel() else like.new_zeros(shape)
+    if g_tap is None:
+        return g
+    return g.reshape(-1).index_add(0, idx.long(), g_tap).reshape(shape)
 
 
 # --------------------------------------------------------------------------- dense
@@ -147,8 +164,10 @@ def _(x, v0, i0, beta, alpha, threshold, cfg, band, save, record):
 @torch.library.custom_op(f"{LIB}::neuron_scan_sparse_backward", mutates_args=())
 def neuron_scan_sparse_backward(g_out: Tensor, g_v: Tensor, g_i: Tensor, g_vseq: Tensor, idx: Tensor, sg: Tensor,
                                 gates: Tensor, beta: Tensor | None, alpha: Tensor | None, cfg: list[float],
-                                shape: list[int], needs: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+                                shape: list[int], needs: list[bool],
+                                g_tap: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     c = Config(cfg)
+    g_out = _dense_ds(g_out, g_tap, idx, sg, shape)
     impl = native if native.serves(g_out, c, sparse=True) else ref_sparse
     grads = impl.neuron_sparse_backward(g_out, g_v, _opt(g_i), _opt(g_vseq), idx, sg, gates, beta, alpha, c, shape,
                                         needs)
@@ -156,10 +175,10 @@ def neuron_scan_sparse_backward(g_out: Tensor, g_v: Tensor, g_i: Tensor, g_vseq:
 
 
 @neuron_scan_sparse_backward.register_fake
-def _(g_out, g_v, g_i, g_vseq, idx, sg, gates, beta, alpha, cfg, shape, needs):
-    return (g_out.new_empty(shape) if needs[0] else g_out.new_empty(0),
-            g_out.new_empty(shape[1:]) if needs[1] else g_out.new_empty(0),
-            g_out.new_empty(shape[1:]) if needs[2] else g_out.new_empty(0))
+def _(g_out, g_v, g_i, g_vseq, idx, sg, gates, beta, alpha, cfg, shape, needs, g_tap=None):
+    return (sg.new_empty(shape) if needs[0] else sg.new_empty(0),
+            sg.new_empty(shape[1:]) if needs[1] else sg.new_empty(0),
+            sg.new_empty(shape[1:]) if needs[2] else sg.new_empty(0))
 
 
 def _sparse_setup(ctx, inputs, output):
@@ -169,15 +188,15 @@ def _sparse_setup(ctx, inputs, output):
     ctx.save_for_backward(output[4], output[5], output[6], beta, alpha)
 
 
-def _sparse_backward(ctx, g_out, g_v, g_i, g_vseq, _gidx, _gsg, _ggates):
+def _sparse_backward(ctx, g_out, g_v, g_i, g_vseq, _gidx, g_tap, _ggates):
     idx, sg, gates, beta, alpha = ctx.saved_tensors
     needs = [bool(ctx.needs_input_grad[i]) for i in range(3)]
-    g_out = sg.new_zeros(ctx.shape) if g_out is None else g_out
+    g_out = sg.new_empty(0) if g_out is None else g_out
     g_v = sg.new_zeros(ctx.shape[1:]) if g_v is None else g_v
     g_i = sg.new_empty(0) if g_i is None or not Config(ctx.cfg).has_current else g_i
     g_vseq = sg.new_empty(0) if g_vseq is None or g_vseq.numel() == 0 else g_vseq
     grads = torch.ops.snnopt.neuron_scan_sparse_backward(g_out, g_v, g_i, g_vseq, idx, sg, gates, beta, alpha,
-                                                         ctx.cfg, ctx.shape, needs)
+                                                         ctx.cfg, ctx.shape, needs, g_tap)
     return tuple(g if n else None for g, n in zip(grads, needs)) + (None,) * 7
 
 
@@ -208,26 +227,30 @@ def _synapse_forward(x, weight, bias, syn, stride, padding, dilation, groups, sa
     return current, (packed if packed is not None else _raw_bytes(x))
 
 
-def _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, groups, x_shape, needs, x_active):
+def _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, groups, x_shape, needs, x_active,
+                   compact=False):
     """``(dX, dW, db)`` of the synapse from ``dL/dI``; ``dX`` only at ``x_active`` (flat
-    indices into ``x``) unless it is None, zero elsewhere."""
+    indices into ``x``) unless it is None: zero elsewhere, or one value per index if
+    ``compact``."""
     if syn == 0 and _is_packed(x_packed, x_shape) and native.serves_synapse(g_current) and (
             not needs[1] or g_current.device.type != "cpu"  # the dW crossover is the CPU kernel's
             or native.count_spikes(x_packed) < EVENT_DENSITY * math.prod(x_shape)):
-        return native.event_linear_backward(g_current, x_packed, weight, x_shape, x_active, needs)
+        return native.event_linear_backward(g_current, x_packed, weight, x_shape, x_active, needs, compact)
     x = _unpack_input(x_packed, x_shape, g_current.dtype)
-    return ref_sparse.synapse_backward(g_current, x, weight, syn, stride, padding, dilation, groups, needs, x_active)
+    return ref_sparse.synapse_backward(g_current, x, weight, syn, stride, padding, dilation, groups, needs, x_active,
+                                       compact)
 
 
-def _traced(g_out, idx, x_packed, weight, beta, syn, x_shape, c: Config) -> bool:
+def _traced(sg, idx, x_packed, weight, beta, syn, x_shape, c: Config) -> bool:
     """Whether the sparse backward runs through traces (``native.trace_linear_backward``:
     work ``|A| x K``, no ``[T, B, N]`` tensor) rather than through the input gradient
     ``delta`` on every state and the synapse backward over the input spikes (work
     ``spikes x N``): a Linear on packed binary input on the CPU kernels, into a LIF/IF
-    with one decay and no reset gate, when ``|A| x K`` is the smaller."""
-    if not (syn == 0 and g_out.device.type == "cpu" and native.serves(g_out, c, sparse=True)
+    with one decay and no reset gate, with an active set (surrogate values ``sg``) whose
+    ``|A| x K`` is the smaller."""
+    if not (syn == 0 and sg.device.type == "cpu" and native.serves(sg, c, sparse=True)
             and c.kind in ("lif", "if") and not ref_sparse.gated(c) and (beta is None or beta.numel() == 1)
-            and _is_packed(x_packed, x_shape) and g_out.dtype == weight.dtype):
+            and _is_packed(x_packed, x_shape) and sg.dtype == weight.dtype):
         return False
     return idx.numel() * x_shape[-1] <= native.count_spikes(x_packed) * weight.shape[0]
 
@@ -236,7 +259,8 @@ def _traced(g_out, idx, x_packed, weight, beta, syn, x_shape, c: Config) -> bool
 def spiking_synapse_sparse(x: Tensor, weight: Tensor, bias: Tensor | None, v0: Tensor | None, beta: Tensor | None,
                            threshold: Tensor | None, syn: int, stride: list[int], padding: list[int],
                            dilation: list[int], groups: int, cfg: list[float], band: float, save: bool,
-                           x_active: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                           x_active: Tensor | None,
+                           x_tap: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     current, packed = _synapse_forward(x, weight, bias, syn, stride, padding, dilation, groups, save)
     c = Config(cfg)
     impl = native if native.serves(current, c, sparse=True) else ref_sparse
@@ -245,7 +269,8 @@ def spiking_synapse_sparse(x: Tensor, weight: Tensor, bias: Tensor | None, v0: T
 
 
 @spiking_synapse_sparse.register_fake
-def _(x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save, x_active):
+def _(x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save, x_active,
+      x_tap=None):
     current = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
     idx, sg, gates = _fake_saved(current, save, cfg)
     if save:
@@ -259,50 +284,64 @@ def _(x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, grou
 def spiking_synapse_sparse_backward(g_out: Tensor, g_v: Tensor, idx: Tensor, sg: Tensor, gates: Tensor,
                                     x_packed: Tensor, weight: Tensor, beta: Tensor | None, syn: int,
                                     stride: list[int], padding: list[int], dilation: list[int], groups: int,
-                                    x_shape: list[int], cfg: list[float], needs: list[bool],
-                                    x_active: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                                    x_shape: list[int], out_shape: list[int], cfg: list[float], needs: list[bool],
+                                    x_active: Tensor | None, g_tap: Tensor | None = None,
+                                    compact: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     need_x, need_w, need_b, need_v0 = needs
     c = Config(cfg)
-    if _traced(g_out, idx, x_packed, weight, beta, syn, x_shape, c):
-        dX, dW, db, gv0 = native.trace_linear_backward(g_out, g_v, idx, sg, x_packed, weight, x_shape, x_active,
-                                                       ref_dense._beta(beta, c), c, needs)
+    if _traced(sg, idx, x_packed, weight, beta, syn, x_shape, c):
+        dX, dW, db, gv0 = native.trace_linear_backward(_opt(g_out), g_tap, g_v, idx, sg, x_packed, weight, x_shape,
+                                                       x_active, ref_dense._beta(beta, c), c, needs, compact)
     else:
+        g_out = _dense_ds(g_out, g_tap, idx, sg, out_shape)
         impl = native if native.serves(g_out, c, sparse=True) else ref_sparse
         g_current, gv0, _ = impl.neuron_sparse_backward(g_out, g_v, None, None, idx, sg, gates, beta, None, c,
-                                                        list(g_out.shape), [True, need_v0, False])
+                                                        out_shape, [True, need_v0, False])
         dX, dW, db = _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, groups, x_shape,
-                                    (need_x, need_w, need_b), x_active)
-    empty = g_out.new_empty(0)
+                                    (need_x, need_w, need_b), x_active, compact)
+    empty = sg.new_empty(0)
     return (empty if dX is None else dX, empty.clone() if dW is None else dW,
             empty.clone() if db is None else db, empty.clone() if not need_v0 else gv0.contiguous())
 
 
 @spiking_synapse_sparse_backward.register_fake
-def _(g_out, g_v, idx, sg, gates, x_packed, weight, beta, syn, stride, padding, dilation, groups, x_shape, cfg,
-      needs, x_active):
-    e = g_out.new_empty
-    return (e(x_shape) if needs[0] else e(0), torch.empty_like(weight) if needs[1] else e(0),
-            e(weight.shape[0]) if needs[2] else e(0), e(g_out.shape[1:]) if needs[3] else e(0))
+def _(g_out, g_v, idx, sg, gates, x_packed, weight, beta, syn, stride, padding, dilation, groups, x_shape, out_shape,
+      cfg, needs, x_active, g_tap=None, compact=False):
+    e = sg.new_empty
+    dx_shape = x_active.shape if compact and x_active is not None else x_shape
+    return (e(dx_shape) if needs[0] else e(0), torch.empty_like(weight) if needs[1] else e(0),
+            e(weight.shape[0]) if needs[2] else e(0), e(out_shape[1:]) if needs[3] else e(0))
+
+
+def _tapped(ctx, x_active, x_tap, tap_position: int) -> bool:
+    """Whether the backward returns ``dL/dx`` compactly, as the gradient of ``x_tap`` (the tap,
+    module docstring)."""
+    return x_active is not None and x_tap is not None and bool(ctx.needs_input_grad[tap_position])
 
 
 def _synapse_setup(ctx, inputs, output):
-    x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save, x_active = inputs
+    (x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save, x_active,
+     x_tap) = inputs
     ctx.set_materialize_grads(False)
     ctx.static = (syn, stride, padding, dilation, groups)
     ctx.cfg, ctx.x_shape, ctx.out_shape = cfg, list(x.shape), list(output[0].shape)
+    ctx.compact = _tapped(ctx, x_active, x_tap, 15)
     ctx.save_for_backward(output[2], output[3], output[4], output[5], weight, beta, x_active)
 
 
-def _synapse_backward(ctx, g_out, g_v, _gi, _gs, _gg, _gp):
+def _synapse_backward(ctx, g_out, g_v, _gi, g_tap, _gg, _gp):
     idx, sg, gates, packed, weight, beta, active = ctx.saved_tensors
     nig = ctx.needs_input_grad
-    needs = [bool(nig[0]), bool(nig[1]), bool(nig[2]), bool(nig[3])]
-    g_out = sg.new_zeros(ctx.out_shape) if g_out is None else g_out
+    needs = [bool(nig[0]) or ctx.compact, bool(nig[1]), bool(nig[2]), bool(nig[3])]
+    g_out = sg.new_empty(0) if g_out is None else g_out
     g_v = sg.new_zeros(ctx.out_shape[1:]) if g_v is None else g_v
     gx, gw, gb, gv0 = torch.ops.snnopt.spiking_synapse_sparse_backward(
-        g_out, g_v, idx, sg, gates, packed, weight, beta, *ctx.static, ctx.x_shape, ctx.cfg, needs, active)
+        g_out, g_v, idx, sg, gates, packed, weight, beta, *ctx.static, ctx.x_shape, ctx.out_shape, ctx.cfg, needs,
+        active, g_tap, ctx.compact)
     grads = [g if n else None for g, n in zip((gx, gw, gb, gv0), needs)]
-    return tuple(grads) + (None,) * 11
+    if ctx.compact:
+        return (None,) + tuple(grads[1:]) + (None,) * 11 + (gx,)
+    return tuple(grads) + (None,) * 12
 
 
 spiking_synapse_sparse.register_autograd(_synapse_backward, setup_context=_synapse_setup)
@@ -311,12 +350,12 @@ spiking_synapse_sparse.register_autograd(_synapse_backward, setup_context=_synap
 @torch.library.custom_op(f"{LIB}::binary_synapse", mutates_args=())
 def binary_synapse(x: Tensor, weight: Tensor, bias: Tensor | None, syn: int, stride: list[int], padding: list[int],
                    dilation: list[int], groups: int, save: bool, x_active: Tensor | None,
-                   event: bool = True) -> tuple[Tensor, Tensor]:
+                   event: bool = True, x_tap: Tensor | None = None) -> tuple[Tensor, Tensor]:
     return _synapse_forward(x, weight, bias, syn, stride, padding, dilation, groups, save, event)
 
 
 @binary_synapse.register_fake
-def _(x, weight, bias, syn, stride, padding, dilation, groups, save, x_active, event=True):
+def _(x, weight, bias, syn, stride, padding, dilation, groups, save, x_active, event=True, x_tap=None):
     out = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
     size = torch.library.get_ctx().new_dynamic_size() if save else 0
     return torch.empty_like(out), x.new_empty(size, dtype=torch.uint8)
@@ -325,30 +364,37 @@ def _(x, weight, bias, syn, stride, padding, dilation, groups, save, x_active, e
 @torch.library.custom_op(f"{LIB}::binary_synapse_backward", mutates_args=())
 def binary_synapse_backward(g: Tensor, x_packed: Tensor, weight: Tensor, syn: int, stride: list[int],
                             padding: list[int], dilation: list[int], groups: int, x_shape: list[int],
-                            needs: list[bool], x_active: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    grads = _synapse_grads(g, x_packed, weight, syn, stride, padding, dilation, groups, x_shape, needs, x_active)
+                            needs: list[bool], x_active: Tensor | None,
+                            compact: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    grads = _synapse_grads(g, x_packed, weight, syn, stride, padding, dilation, groups, x_shape, needs, x_active,
+                           compact)
     return tuple(g.new_empty(0) if t is None else t for t in grads)
 
 
 @binary_synapse_backward.register_fake
-def _(g, x_packed, weight, syn, stride, padding, dilation, groups, x_shape, needs, x_active):
+def _(g, x_packed, weight, syn, stride, padding, dilation, groups, x_shape, needs, x_active, compact=False):
     e = g.new_empty
-    return (e(x_shape) if needs[0] else e(0), torch.empty_like(weight) if needs[1] else e(0),
+    dx_shape = x_active.shape if compact and x_active is not None else x_shape
+    return (e(dx_shape) if needs[0] else e(0), torch.empty_like(weight) if needs[1] else e(0),
             e(weight.shape[0]) if needs[2] else e(0))
 
 
 def _binary_setup(ctx, inputs, output):
-    x, weight, bias, syn, stride, padding, dilation, groups, save, x_active, event = inputs
+    x, weight, bias, syn, stride, padding, dilation, groups, save, x_active, event, x_tap = inputs
     ctx.set_materialize_grads(False)
     ctx.static, ctx.x_shape = (syn, stride, padding, dilation, groups), list(x.shape)
+    ctx.compact = _tapped(ctx, x_active, x_tap, 11)
     ctx.save_for_backward(output[1], weight, x_active)
 
 
 def _binary_backward(ctx, g, _gp):
     packed, weight, active = ctx.saved_tensors
-    needs = [bool(n) for n in ctx.needs_input_grad[:3]]
-    gx, gw, gb = torch.ops.snnopt.binary_synapse_backward(g, packed, weight, *ctx.static, ctx.x_shape, needs, active)
-    return (gx if needs[0] else None, gw if needs[1] else None, gb if needs[2] else None) + (None,) * 8
+    needs = [bool(ctx.needs_input_grad[0]) or ctx.compact, bool(ctx.needs_input_grad[1]),
+             bool(ctx.needs_input_grad[2])]
+    gx, gw, gb = torch.ops.snnopt.binary_synapse_backward(g, packed, weight, *ctx.static, ctx.x_shape, needs, active,
+                                                          ctx.compact)
+    grads = (gw if needs[1] else None, gb if needs[2] else None) + (None,) * 8
+    return (None,) + grads + (gx,) if ctx.compact else (gx if needs[0] else None,) + grads + (None,)
 
 
 binary_synapse.register_autograd(_binary_backward, setup_context=_binary_setup)

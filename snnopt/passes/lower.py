@@ -7,6 +7,7 @@
             (active set and spikes tagged ``snn_aux = "active:<key>"``, ``"spikes:<key>"``;
             ineligible neurons stay dense); a synapse fed by a sparse neuron's spikes gets
             that neuron's active set as ``x_active`` (its input gradient is needed there only)
+            and surrogate output as ``x_tap`` (that gradient flows back compactly)
     rate    neuron_scan -> neuron_rate_stats (rate and eligibility tagged as aux
             ``rate:<key>``, ``elig:<key>``, and for a recorded membrane its time average
             and eligibility ``vbar:<key>``, ``eligv:<key>``); each BatchNorm in training mode gets its
@@ -133,11 +134,16 @@ def _lower_sparse(gm, b: Builder, band: float):
                 and "x_active" not in n.kwargs:
             active = _producer_active_set(n.args[0])
             if active is not None:
-                n.kwargs = {**n.kwargs, "x_active": active}
+                producer = active.args[0]
+                n.kwargs = {**n.kwargs, "x_active": active, "x_tap": _surrogate_output(b, producer, active)}
                 notes.append(Note("rewritten", n.name, f"input gradient computed only on the active set of "
-                                                       f"`{active.args[0].meta['snn_module']}`"))
+                                                       f"`{producer.meta['snn_module']}` and passed back compactly"))
                 modified = True
     return PassResult(gm, modified, notes)
+
+
+_SURROGATE_OUTPUT = {kernels.neuron_scan_sparse: 5, kernels.spiking_synapse_sparse: 4}
+"""Output index of the surrogate values on the active set (the tap, :mod:`snnopt.kernels.ops`)."""
 
 
 def _producer_active_set(x) -> fx.Node | None:
@@ -146,9 +152,19 @@ def _producer_active_set(x) -> fx.Node | None:
     if not (isinstance(x, fx.Node) and x.target is operator.getitem and x.args[1] == 0):
         return None
     producer = x.args[0]
-    if producer.target not in (kernels.neuron_scan_sparse, kernels.spiking_synapse_sparse):
+    if producer.target not in _SURROGATE_OUTPUT:
         return None
     return next((u for u in producer.users if str(u.meta.get("snn_aux", "")).startswith("active:")), None)
+
+
+def _surrogate_output(b: Builder, producer: fx.Node, after: fx.Node) -> fx.Node:
+    """The node of ``producer``'s surrogate output (the tap), made after ``after`` if absent."""
+    index = _SURROGATE_OUTPUT[producer.target]
+    found = next((u for u in producer.users if u.target is operator.getitem and u.args[1] == index), None)
+    if found is not None:
+        return found
+    with b.graph.inserting_after(after):
+        return b.call(operator.getitem, (producer, index), from_=[producer])
 
 
 def non_affine_nodes(gm: fx.GraphModule) -> list[fx.Node]:

@@ -57,12 +57,14 @@ at::Tensor count_spikes(const at::Tensor& packed) {
   return cpu::count_spikes(packed);
 }
 
-std::vector<at::Tensor> trace_linear_backward(const at::Tensor& g_out, const at::Tensor& g_v, const at::Tensor& idx,
-                                              const at::Tensor& sg, const at::Tensor& packed, const at::Tensor& weight,
-                                              const at::Tensor& x_active, bool every_x, int64_t batch, double beta,
-                                              double scale, const std::vector<bool>& needs) {
-  TORCH_CHECK(!g_out.is_cuda(), "snnopt trace_linear_backward runs on the CPU only");
-  return cpu::trace_linear_backward(g_out, g_v, idx, sg, packed, weight, x_active, every_x, batch, beta, scale, needs);
+std::vector<at::Tensor> trace_linear_backward(const at::Tensor& g_out, const at::Tensor& g_tap, const at::Tensor& g_v,
+                                              const at::Tensor& idx, const at::Tensor& sg, const at::Tensor& packed,
+                                              const at::Tensor& weight, const at::Tensor& x_active, bool every_x,
+                                              bool compact, int64_t steps, int64_t batch, double beta, double scale,
+                                              const std::vector<bool>& needs) {
+  TORCH_CHECK(!sg.is_cuda(), "snnopt trace_linear_backward runs on the CPU only");
+  return cpu::trace_linear_backward(g_out, g_tap, g_v, idx, sg, packed, weight, x_active, every_x, compact, steps,
+                                    batch, beta, scale, needs);
 }
 
 at::Tensor unpack_spikes(const at::Tensor& packed, int64_t n, const at::Tensor& like) {
@@ -74,8 +76,9 @@ at::Tensor event_linear(const at::Tensor& packed, int64_t rows, const at::Tensor
 }
 
 std::vector<at::Tensor> event_linear_backward(const at::Tensor& g, const at::Tensor& packed, const at::Tensor& weight,
-                                              const at::Tensor& x_active, const std::vector<bool>& needs) {
-  return SNNOPT_DISPATCH(event_linear_backward, g, g, packed, weight, x_active, needs);
+                                              const at::Tensor& x_active, bool compact,
+                                              const std::vector<bool>& needs) {
+  return SNNOPT_DISPATCH(event_linear_backward, g, g, packed, weight, x_active, compact, needs);
 }
 
 }  // namespace

@@ -20,15 +20,18 @@ namespace cpu {
 // Number of set bits in packed (int64 scalar): the ones of the binary input it holds.  CPU only.
 at::Tensor count_spikes(const at::Tensor& packed);
 
-// {dX [T x batch, K], dW [N, K], db [N], dL/dv0 [M]} (needs = (x, weight, bias, v0)) of a
-// Linear -> LIF/IF layer in sparse mode with one decay beta and no reset gate, from the
-// active set (idx, sg) of g_out [T, M] (M = batch x N) and dL/dv_T g_v ([M] or empty),
-// through traces (cpu/trace.cpp): dW from the input x [T, batch, K] bit-packed, dX at the
-// flat indices x_active (int32, into [T x batch, K]) or, if every_x, everywhere.  CPU only.
-std::vector<at::Tensor> trace_linear_backward(const at::Tensor& g_out, const at::Tensor& g_v, const at::Tensor& idx,
-                                              const at::Tensor& sg, const at::Tensor& packed, const at::Tensor& weight,
-                                              const at::Tensor& x_active, bool every_x, int64_t batch, double beta,
-                                              double scale, const std::vector<bool>& needs);
+// {dX, dW [N, K], db [N], dL/dv0 [M]} (needs = (x, weight, bias, v0)) of a Linear -> LIF/IF
+// layer in sparse mode with one decay beta and no reset gate, through traces
+// (cpu/trace.cpp), from the active set (idx, sg), dL/ds there (g_out [T, M] read at idx,
+// M = batch x N, plus g_tap, one value per entry of idx; either may be empty) and dL/dv_T
+// g_v ([M] or empty), for `steps` steps of `batch` samples.  dW from the input x [T, batch, K] bit-packed; dX [T x
+// batch, K] at the flat indices x_active (int32, into [T x batch, K]), zero elsewhere, or everywhere if every_x, or, if
+// compact, one value per index of x_active.  CPU only.
+std::vector<at::Tensor> trace_linear_backward(const at::Tensor& g_out, const at::Tensor& g_tap, const at::Tensor& g_v,
+                                              const at::Tensor& idx, const at::Tensor& sg, const at::Tensor& packed,
+                                              const at::Tensor& weight, const at::Tensor& x_active, bool every_x,
+                                              bool compact, int64_t steps, int64_t batch, double beta, double scale,
+                                              const std::vector<bool>& needs);
 }  // namespace cpu
 
 #if defined(SNNOPT_WITH_CUDA)

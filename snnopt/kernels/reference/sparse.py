@@ -160,12 +160,14 @@ def synapse(x, weight, bias, syn: int, stride, padding, dilation, groups):
     return y.unflatten(0, x.shape[:2])
 
 
-def synapse_backward(gI, x, weight, syn: int, stride, padding, dilation, groups, needs, x_active=None):
+def synapse_backward(gI, x, weight, syn: int, stride, padding, dilation, groups, needs, x_active=None,
+                     compact=False):
     """``(dX, dW, db)`` of ``I = syn(x)`` given ``gI = dL/dI``; with ``x_active`` (flat int32
-    indices into ``x``) ``dX`` only there, zero elsewhere."""
+    indices into ``x``) ``dX`` only there: zero elsewhere, or, if ``compact``, one value per
+    index."""
     dX, dW, db = _synapse_backward(gI, x, weight, syn, stride, padding, dilation, groups, needs)
     if dX is not None and x_active is not None:
-        dX = only_at(dX, x_active)
+        dX = dX.reshape(-1)[x_active.long()] if compact else only_at(dX, x_active)
     return dX, dW, db
 
 

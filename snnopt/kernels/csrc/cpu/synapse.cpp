@@ -4,8 +4,9 @@
 //
 //   forward   y[r, :]  = b + sum_{i : x[r, i] = 1} W[:, i]             (one row of W^T per spike)
 //   dW        dW[:, i] = sum_{r : x[r, i] = 1} g[r, :]                 (one row of g per spike)
-//   dX        dX[r, i] = <g[r, :], W[:, i]>  only at the listed (r, i), zero elsewhere
-//             (the caller takes the full dX = g W from a matrix product)
+//   dX        dX[r, i] = <g[r, :], W[:, i]>  only at the listed (r, i): zero elsewhere, or
+//             one value per listed entry (compact); the caller takes the full dX = g W
+//             from a matrix product
 //
 // so the work is proportional to the number of spikes (and of listed entries), not to
 // R x K.  Rows are independent in the forward and in dX; dW is split over the input
@@ -188,7 +189,8 @@ at::Tensor event_linear(const at::Tensor& packed, int64_t rows, const at::Tensor
 }
 
 std::vector<at::Tensor> event_linear_backward(const at::Tensor& g, const at::Tensor& packed, const at::Tensor& weight,
-                                              const at::Tensor& x_active, const std::vector<bool>& needs) {
+                                              const at::Tensor& x_active, bool compact,
+                                              const std::vector<bool>& needs) {
   const int64_t R = g.size(0), N = weight.size(0), K = weight.size(1);
   const bool need_x = needs[0], need_w = needs[1], need_b = needs[2];
   auto empty = g.new_empty({0});
@@ -211,7 +213,7 @@ std::vector<at::Tensor> event_linear_backward(const at::Tensor& g, const at::Ten
       dW = dwt.t().contiguous();
     }
     if (need_x) {
-      dX = at::zeros({R, K}, g.options());
+      dX = compact ? at::empty({x_active.numel()}, g.options()) : at::zeros({R, K}, g.options());
       const auto wt = weight.t().contiguous();
       const T* wp = wt.data_ptr<T>();
       const int32_t* ap = x_active.data_ptr<int32_t>();
@@ -219,7 +221,7 @@ std::vector<at::Tensor> event_linear_backward(const at::Tensor& g, const at::Ten
       at::parallel_for(0, x_active.numel(), 256, [&](int64_t a0, int64_t a1) {
         for (int64_t a = a0; a < a1; ++a) {
           const int64_t flat = ap[a], r = flat / K, i = flat % K;
-          xp[flat] = dot(gp + r * N, wp + i * N, N);
+          xp[compact ? a : flat] = dot(gp + r * N, wp + i * N, N);
         }
       });
     }

@@ -40,15 +40,15 @@ namespace {
 
 constexpr int64_t kTile = 64;  // input features per dW tile: one 64-bit word of spikes per row
 
-// Items grouped by key r in [0, R) (counting sort): for s in [start[r], start[r + 1]) the
-// column col[s] and the value val[s] (val empty when no values are given).
-template <typename T>
+// Items grouped by key r in [0, R) (counting sort, stable): for s in [start[r], start[r + 1])
+// the column col[s] and the value val[s].
+template <typename V>
 struct Buckets {
   std::vector<int64_t> start;
   std::vector<int32_t> col;
-  std::vector<T> val;
+  std::vector<V> val;
 
-  Buckets(int64_t R, const std::vector<int64_t>& keys, const std::vector<int32_t>& cols, const std::vector<T>& vals)
+  Buckets(int64_t R, const std::vector<int64_t>& keys, const std::vector<int32_t>& cols, const std::vector<V>& vals)
       : start(R + 1, 0), col(cols.size()), val(vals.size()) {
     for (int64_t r : keys) ++start[r + 1];
     std::partial_sum(start.begin(), start.end(), start.begin());
@@ -56,7 +56,7 @@ struct Buckets {
     for (size_t a = 0; a < keys.size(); ++a) {
       const int64_t slot = fill[keys[a]]++;
       col[slot] = cols[a];
-      if (!vals.empty()) val[slot] = vals[a];
+      val[slot] = vals[a];
     }
   }
 };
@@ -126,10 +126,11 @@ void weight_grad(const Buckets<T>& e, const uint8_t* bits, int64_t nbytes, const
 }
 
 // dX from P, per sample backward in time: at the listed positions (bucketed like the
-// entries, col = i), or everywhere when listed is null.
+// entries, col = i, val = the position in the list), into [T x B, K] or, if compact, into
+// the list's order; everywhere when listed is null.
 template <typename T>
-void input_grad(const Buckets<T>& e, const Buckets<T>* listed, const std::vector<int64_t>& last, const T* w, int64_t T_,
-                int64_t K, T beta, T* dx) {
+void input_grad(const Buckets<T>& e, const Buckets<int32_t>* listed, bool compact, const std::vector<int64_t>& last,
+                const T* w, int64_t T_, int64_t K, T beta, T* dx) {
   const int64_t B = static_cast<int64_t>(last.size());
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> carried(K);
@@ -149,6 +150,8 @@ void input_grad(const Buckets<T>& e, const Buckets<T>* listed, const std::vector
         }
         if (!listed)
           std::copy(p, p + K, out);
+        else if (compact)
+          for (int64_t s = listed->start[r]; s < listed->start[r + 1]; ++s) dx[listed->val[s]] = p[listed->col[s]];
         else
           for (int64_t s = listed->start[r]; s < listed->start[r + 1]; ++s) out[listed->col[s]] = p[listed->col[s]];
       }
@@ -158,30 +161,36 @@ void input_grad(const Buckets<T>& e, const Buckets<T>* listed, const std::vector
 
 }  // namespace
 
-std::vector<at::Tensor> trace_linear_backward(const at::Tensor& g_out, const at::Tensor& g_v, const at::Tensor& idx,
-                                              const at::Tensor& sg, const at::Tensor& packed, const at::Tensor& weight,
-                                              const at::Tensor& x_active, bool every_x, int64_t batch, double beta,
-                                              double scale, const std::vector<bool>& needs) {
-  const int64_t T_ = g_out.size(0), M = g_out.size(1), N = weight.size(0), K = weight.size(1), B = batch, R = T_ * B;
-  TORCH_CHECK(B > 0 && N * B == M, "snnopt trace_linear_backward: ", M, " states are not ", B, " rows of ", N,
-              " neurons");
+std::vector<at::Tensor> trace_linear_backward(const at::Tensor& g_out, const at::Tensor& g_tap, const at::Tensor& g_v,
+                                              const at::Tensor& idx, const at::Tensor& sg, const at::Tensor& packed,
+                                              const at::Tensor& weight, const at::Tensor& x_active, bool every_x,
+                                              bool compact, int64_t steps, int64_t batch, double beta, double scale,
+                                              const std::vector<bool>& needs) {
+  const int64_t T_ = steps, N = weight.size(0), K = weight.size(1), B = batch, M = B * N, R = T_ * B;
+  TORCH_CHECK(B > 0 && T_ > 0, "snnopt trace_linear_backward: ", T_, " steps of ", B, " samples");
+  TORCH_CHECK(g_out.numel() == 0 || g_out.numel() == T_ * M, "snnopt trace_linear_backward: dL/ds has ", g_out.numel(),
+              " values for ", T_, " x ", M, " states");
+  TORCH_CHECK(g_tap.numel() == 0 || g_tap.numel() == idx.numel(), "snnopt trace_linear_backward: the tap has ",
+              g_tap.numel(), " values for ", idx.numel(), " active entries");
   const bool need_x = needs[0], need_w = needs[1], need_b = needs[2], need_v0 = needs[3];
   TORCH_CHECK(!need_w || packed.numel() * 8 >= R * K, "snnopt trace_linear_backward: ", packed.numel(),
               " packed bytes for ", R, " x ", K, " inputs");
-  auto empty = g_out.new_empty({0});
-  at::Tensor dX = need_x ? at::zeros({R, K}, g_out.options()) : empty;
-  at::Tensor dW = need_w ? at::empty({N, K}, g_out.options()) : empty;
-  at::Tensor db = need_b ? at::zeros({N}, g_out.options()) : empty;
-  at::Tensor gv0 = need_v0 ? at::zeros({M}, g_out.options()) : empty;
-  AT_DISPATCH_FLOATING_TYPES(g_out.scalar_type(), "snnopt_trace_linear_backward", [&] {
+  auto empty = sg.new_empty({0});
+  const std::vector<int64_t> dx_shape = compact ? std::vector<int64_t>{x_active.numel()} : std::vector<int64_t>{R, K};
+  at::Tensor dX = need_x ? at::zeros(dx_shape, sg.options()) : empty;
+  at::Tensor dW = need_w ? at::empty({N, K}, sg.options()) : empty;
+  at::Tensor db = need_b ? at::zeros({N}, sg.options()) : empty;
+  at::Tensor gv0 = need_v0 ? at::zeros({M}, sg.options()) : empty;
+  AT_DISPATCH_FLOATING_TYPES(sg.scalar_type(), "snnopt_trace_linear_backward", [&] {
     using T = scalar_t;
     const T bt = T(beta), sc = T(scale);
     const int64_t n = idx.numel();
     const int32_t* ip = idx.data_ptr<int32_t>();
-    const T *sgp = sg.data_ptr<T>(), *go = g_out.data_ptr<T>(), *gvp = g_v.numel() ? g_v.data_ptr<T>() : nullptr;
+    const T *sgp = sg.data_ptr<T>(), *go = g_out.numel() ? g_out.data_ptr<T>() : nullptr;
+    const T *tap = g_tap.numel() ? g_tap.data_ptr<T>() : nullptr, *gvp = g_v.numel() ? g_v.data_ptr<T>() : nullptr;
 
-    // The entries (t, b, j) with g = dL/ds f', keyed b T + t, and dL/dv_T at t = T - 1
-    // (delta[T-1] = g[T-1] + dL/dv_T); the entry value is scale g.
+    // The entries (t, b, j) with g = dL/ds f' (dL/ds = g_out there + the tap), keyed b T + t,
+    // and dL/dv_T at t = T - 1 (delta[T-1] = g[T-1] + dL/dv_T); the entry value is scale g.
     std::vector<int64_t> keys(n);
     std::vector<int32_t> cols(n);
     std::vector<T> g(n);
@@ -189,7 +198,8 @@ std::vector<at::Tensor> trace_linear_backward(const at::Tensor& g_out, const at:
     at::parallel_for(0, n, 4096, [&](int64_t a0, int64_t a1) {                      // a gather: in parallel
       for (int64_t a = a0; a < a1; ++a) {
         const uint32_t flat = static_cast<uint32_t>(ip[a]), t = flat / M32, m = flat - t * M32, b = m / N32;
-        keys[a] = int64_t(b) * T_ + t, cols[a] = static_cast<int32_t>(m - b * N32), g[a] = go[flat] * sgp[a];
+        const T ds = go && tap ? go[flat] + tap[a] : go ? go[flat] : tap ? tap[a] : T(0);
+        keys[a] = int64_t(b) * T_ + t, cols[a] = static_cast<int32_t>(m - b * N32), g[a] = ds * sgp[a];
       }
     });
     for (int64_t m = 0; gvp && m < M; ++m)
@@ -225,18 +235,19 @@ std::vector<at::Tensor> trace_linear_backward(const at::Tensor& g_out, const at:
     if (need_x) {
       const auto w = weight.contiguous();
       if (every_x) {
-        input_grad<T>(e, nullptr, last, w.data_ptr<T>(), T_, K, bt, dX.data_ptr<T>());
+        input_grad<T>(e, nullptr, false, last, w.data_ptr<T>(), T_, K, bt, dX.data_ptr<T>());
       } else {
         const int64_t nl = x_active.numel();
         const int32_t* xa = x_active.data_ptr<int32_t>();
         std::vector<int64_t> lkeys(nl);
-        std::vector<int32_t> lcols(nl);
+        std::vector<int32_t> lcols(nl), position(nl);
         for (int64_t l = 0; l < nl; ++l) {
           const int64_t row = xa[l] / K;
           lkeys[l] = (row % B) * T_ + row / B, lcols[l] = static_cast<int32_t>(xa[l] % K);
+          position[l] = static_cast<int32_t>(l);
         }
-        const Buckets<T> listed(R, lkeys, lcols, {});
-        input_grad<T>(e, &listed, last, w.data_ptr<T>(), T_, K, bt, dX.data_ptr<T>());
+        const Buckets<int32_t> listed(R, lkeys, lcols, position);
+        input_grad<T>(e, &listed, compact, last, w.data_ptr<T>(), T_, K, bt, dX.data_ptr<T>());
       }
     }
   });

@@ -174,7 +174,7 @@ __global__ void event_linear_dw_kernel(const uint8_t* bits, const T* g, int64_t 
 // dx[k] = <g[r, :], wt[i, :]> for each listed k = r K + i: one warp per entry.
 template <typename T>
 __global__ void event_linear_dx_kernel(const int32_t* active, int64_t nnz, const T* g, const T* wt, int64_t K,
-                                       int64_t N, int64_t numel, T* dx) {
+                                       int64_t N, int64_t numel, bool compact, T* dx) {
   const int64_t a = element() / kWarp;  // uniform across the warp
   if (a >= nnz) return;
   const int lane = threadIdx.x & (kWarp - 1);
@@ -186,7 +186,7 @@ __global__ void event_linear_dx_kernel(const int32_t* active, int64_t nnz, const
   for (int64_t c = lane; c < N; c += kWarp) acc = acc + gr[c] * wi[c];
 #pragma unroll
   for (int off = kWarp / 2; off > 0; off /= 2) acc = acc + __shfl_down_sync(kFullMask, acc, off);
-  if (lane == 0) dx[k] = acc;
+  if (lane == 0) dx[compact ? a : k] = acc;
 }
 
 // ---------------------------------------------------------------------------- host side
@@ -292,7 +292,8 @@ at::Tensor event_linear(const at::Tensor& packed, int64_t rows, const at::Tensor
 }
 
 std::vector<at::Tensor> event_linear_backward(const at::Tensor& g, const at::Tensor& packed, const at::Tensor& weight,
-                                              const at::Tensor& x_active, const std::vector<bool>& needs) {
+                                              const at::Tensor& x_active, bool compact,
+                                              const std::vector<bool>& needs) {
   TORCH_CHECK(needs.size() == 3, "snnopt: needs must hold 3 flags (x, weight, bias)");
   check_weight(weight, "event_linear_backward");
   const c10::cuda::CUDAGuard guard(g.device());
@@ -326,13 +327,13 @@ std::vector<at::Tensor> event_linear_backward(const at::Tensor& g, const at::Ten
                 "snnopt.cuda.event_linear_backward: x_active must be int32 on ", gc.device());
     const at::Tensor ac = x_active.contiguous();
     const int64_t nnz = ac.numel();
-    dX = at::zeros({R, K}, gc.options());
+    dX = compact ? at::empty({nnz}, gc.options()) : at::zeros({R, K}, gc.options());
     if (N > 0 && nnz > 0) {
       const at::Tensor wt = weight.t().contiguous();  // [K, N]: row i is column i of W
       AT_DISPATCH_FLOATING_TYPES(gc.scalar_type(), "snnopt_cuda_event_linear_dx", [&] {
         using T = scalar_t;
         event_linear_dx_kernel<T><<<blocks(nnz, kThreads / kWarp), kThreads, 0, stream()>>>(
-            ac.const_data_ptr<int32_t>(), nnz, gc.const_data_ptr<T>(), wt.const_data_ptr<T>(), K, N, R * K,
+            ac.const_data_ptr<int32_t>(), nnz, gc.const_data_ptr<T>(), wt.const_data_ptr<T>(), K, N, R * K, compact,
             dX.mutable_data_ptr<T>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
