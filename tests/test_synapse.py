@@ -129,10 +129,15 @@ def test_input_gradient_only_on_the_producer_active_set(syn):
 @pytest.mark.parametrize("producer", ["neuron", "fused"])
 @pytest.mark.parametrize("consumer", ["binary", "fused"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_the_tap_carries_the_input_gradient_back_to_the_producer(producer, consumer, dtype):
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_the_tap_carries_the_input_gradient_back_to_the_producer(producer, consumer, dtype, backend, monkeypatch):
     """A sparse neuron (alone or fused with its Linear) feeding a synapse, the loss reading the
     spikes directly too: every gradient is the same whether the synapse's input gradient
-    flows back compactly through the tap or as a ``[T, B, K]`` tensor zero off the active set."""
+    flows back compactly through the tap or as a ``[T, B, K]`` tensor zero off the active set
+    (on the fused kernels and on the plain-torch reference)."""
+    if backend == "reference":
+        monkeypatch.setattr(native, "serves", lambda *a, **k: False)
+        monkeypatch.setattr(native, "serves_synapse", lambda x: False)
     torch.manual_seed(11)
     cfg = NeuronSpec(beta=0.9, detach_reset=True).op_config()
     beta, theta = torch.tensor(0.9, dtype=dtype), torch.tensor(1.0, dtype=dtype)
