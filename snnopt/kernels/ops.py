@@ -15,10 +15,11 @@ neuron_scan_sparse              out, v_T, i_T, v_seq, idx, sg, gates  (active se
                                 indices, f'; reset gates bit-packed)
 neuron_scan_sparse_backward     gx, gv0, gi0
 spiking_synapse_sparse          out, v_T, idx, sg, gates, x_packed  (fused Linear/Conv2d + neuron)
-spiking_synapse_sparse_backward gx, gweight, gbias, gv0   (gx only at ``x_active`` if given)
+spiking_synapse_sparse_backward gx, gweight, gbias, gv0   (gx only at ``x_active`` if given; one value
+                                                          per entry with the tap, below)
 binary_synapse                  out, x_packed             (Linear/Conv2d keeping its spike input packed;
                                                           event-driven Linear forward if ``event``)
-binary_synapse_backward         gx, gweight, gbias        (gx only at ``x_active`` if given)
+binary_synapse_backward         gx, gweight, gbias        (gx as for spiking_synapse_sparse_backward)
 neuron_rate_stats               out, v_T, i_T, v_seq, rate, eligibility, v_bar, e_v
                                 (spike pass of rate mode; the last two for a recorded membrane)
 rate_batch_norm                 y                         (RateBN)
