@@ -4,8 +4,8 @@
 //
 //   gI[b,t,:] = scale delta[b,t,:],   delta[b,t,j] = sum_{k >= t, (k,b,j) in A} beta^(k-t) g[k,b,j]
 //
-// (g = dL/ds f' on the active set A, dL/dv_T one more entry at the last step), so no
-// [T, B, N] tensor is needed:
+// (g = dL/ds f' on the active set A, dL/ds there being g_out's entries plus the tap's, one
+// per entry; dL/dv_T one more entry at the last step), so no [T, B, N] tensor is needed:
 //
 //   dW[j, :]   = sum_{(t,b,j) in A} scale g[t,b,j] E[b,t,:],  E[b,t] = beta E[b,t-1] + x[b,t]
 //   db[j]      = sum_{(t,b,j) in A} scale g[t,b,j] c[t],      c[t]   = beta c[t-1] + 1
@@ -19,8 +19,9 @@
 // in tiles of kTile = 64 input features: the tile's spikes of every row are first gathered
 // into one 64-bit word per row, then each sample's trace of the tile is kept in registers
 // while its steps pass, and the tile's [N, kTile] block of dW stays in cache.  dX is
-// computed per sample.  Both split the work so that every output has one writer: the
-// result does not depend on the thread count.
+// computed per sample, into [T x B, K] or, compact, one value per listed position.  Both
+// split the work so that every output has one writer: the result does not depend on the
+// thread count.
 #include <ATen/Parallel.h>
 
 #if defined(__AVX2__)
