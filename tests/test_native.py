@@ -140,12 +140,18 @@ def test_input_discarding_reset_runs_sparse_natively():
     assert all(same(a, b) for a, b in zip(got[:4], ref[:4])) and torch.equal(got[6], ref[6])
 
 
-@pytest.mark.parametrize("T,B,N", [(1, 1, 1), (1, 5, 3), (13, 1, 257), (3, 7, 1000)])
+@pytest.mark.parametrize("T,B,N", [(1, 1, 1), (1, 5, 3), (13, 1, 257), (3, 7, 1000), (2, 3, 347)])
 def test_odd_sizes(T, B, N):
+    """Sizes around the kernels' blocks of elements (one, several, a ragged last one)."""
     cfg, (x, v0, i0, beta, alpha, th) = inputs("lif", "zero", "same", False, "before", T=T, B=B, N=N, seed=T + N)
     ref = ref_dense.scan_forward(x, v0, i0, beta, alpha, th, cfg, save=True)
     got = native.scan_forward(x, v0, i0, beta, alpha, th, cfg, save=True)
     assert all(same(a, b) for a, b in zip(got, ref))
+    ref = ref_sparse.scan_forward_sparse(x, v0, i0, beta, alpha, th, cfg, 0.3, True)
+    got = native.scan_forward_sparse(x, v0, i0, beta, alpha, th, cfg, 0.3, True)
+    order = torch.argsort(got[4])
+    assert torch.equal(got[4][order], ref[4]) and torch.equal(got[5][order], ref[5])
+    assert all(same(a, b) for a, b in zip(got[:4], ref[:4]))
 
 
 def test_nan_input_stays_local_and_is_never_active():
