@@ -10,7 +10,8 @@ and leaves every op on the reference; ``SNNOPT_KERNELS=reference`` skips the bui
 Each function here mirrors the reference function of the same name
 (:mod:`.reference.dense`, :mod:`.reference.sparse`): same arguments, same results.  The
 kernels see ``[T, M]`` sequences and ``[M]`` states and parameters (``M`` = batch x
-features); parameters are broadcast here, in the reference's dtype arithmetic first
+features; a parameter with a single value is passed as one value, which the kernels
+broadcast); parameters are computed here in the reference's dtype arithmetic first
 (``b``, ``(1 - b) v_rest``), then cast to the input's dtype as the reference's
 arithmetic does.
 """
@@ -167,14 +168,22 @@ def _flat(t, like: torch.Tensor) -> torch.Tensor:
     return t.to(like.dtype).expand_as(like).contiguous().reshape(-1)
 
 
+def _param(t, like: torch.Tensor) -> torch.Tensor:
+    """A parameter for the kernels: a single value as one value (the kernels broadcast it),
+    otherwise :func:`_flat`."""
+    if t is not None and t.numel() == 1:
+        return t.to(like.dtype).reshape(1)
+    return _flat(t, like)
+
+
 def _params(x, beta, alpha, theta, cfg: Config):
     step = x[0]
     b = _beta(beta, cfg)
     b_t = torch.as_tensor(b, dtype=step.dtype, device=step.device) if not isinstance(b, torch.Tensor) else b
     c = _leak_const(b, cfg)
     c_t = torch.as_tensor(c, dtype=step.dtype, device=step.device) if not isinstance(c, torch.Tensor) else c
-    return (_flat(b_t, step), _flat(c_t, step), _flat(alpha if cfg.has_current else None, step),
-            _flat(theta if cfg.spiking else None, step))
+    return (_param(b_t, step), _param(c_t, step), _param(alpha if cfg.has_current else None, step),
+            _param(theta if cfg.spiking else None, step))
 
 
 def _seq(x: torch.Tensor) -> torch.Tensor:

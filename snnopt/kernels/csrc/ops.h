@@ -4,9 +4,10 @@
 // same results.
 //
 // Layout: x and every sequence are [T, M] contiguous (M = batch x features), states [M];
-// parameter arrays (b = beta or 1, cc = (1 - b) v_rest, alpha, theta) hold M values,
-// one per element, already in x's dtype.  An absent tensor is an empty one.  Parameter gradients come back per element
-// ([M]) for the caller to reduce.
+// parameter arrays (b = beta or 1, cc = (1 - b) v_rest, alpha, theta) hold M values, one
+// per element, or a single value for every element, already in x's dtype.  An absent
+// tensor is an empty one.  Parameter gradients come back per element ([M]) for the caller
+// to reduce.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "../neuron.h"
 #include "../ops.h"
@@ -31,12 +32,13 @@ T* mut_or_null(at::Tensor& t) {
   return t.numel() ? t.data_ptr<T>() : nullptr;
 }
 
-// Parameters of one element (arrays of M values, one per element; an absent alpha or
-// theta reads as zeros, so that the accessors have no branch).
+// Parameters of one element (arrays of M values, one per element, made here from a single
+// value; an absent alpha or theta reads as zeros, so that the accessors have no branch).
 template <typename T>
 struct Params {
   const T *b, *cc, *alpha, *theta;
-  at::Tensor zeros;  // backs an absent alpha / theta
+  at::Tensor zeros;              // backs an absent alpha / theta
+  std::vector<at::Tensor> held;  // arrays made from a single value
   T beta(int64_t m) const { return b[m]; }
   T leak(int64_t m) const { return cc[m]; }
   T alp(int64_t m) const { return alpha[m]; }
@@ -46,13 +48,18 @@ struct Params {
 template <typename T>
 Params<T> params_of(const at::Tensor& b, const at::Tensor& cc, const at::Tensor& alpha, const at::Tensor& theta,
                     int64_t M) {
-  for (const at::Tensor* t : {&b, &cc, &alpha, &theta})
-    TORCH_CHECK(t->numel() == 0 || t->numel() == M, "snnopt kernels: a parameter array has ", t->numel(),
-                " values for ", M, " elements; broadcast it to one value per element");
-  auto zeros = at::zeros({M}, b.options());
-  const T* z = zeros.data_ptr<T>();
-  return {b.data_ptr<T>(), cc.data_ptr<T>(), alpha.numel() ? alpha.data_ptr<T>() : z,
-          theta.numel() ? theta.data_ptr<T>() : z, zeros};
+  Params<T> p;
+  p.zeros = at::zeros({M}, b.options());
+  auto array = [&](const at::Tensor& t) -> const T* {
+    TORCH_CHECK(t.numel() <= 1 || t.numel() == M, "snnopt kernels: a parameter array has ", t.numel(), " values for ",
+                M, " elements; give one value or one per element");
+    if (t.numel() == 0) return p.zeros.template data_ptr<T>();
+    if (t.numel() == M) return t.template data_ptr<T>();
+    p.held.push_back(t.expand({M}).contiguous());
+    return p.held.back().template data_ptr<T>();
+  };
+  p.b = array(b), p.cc = array(cc), p.alpha = array(alpha), p.theta = array(theta);
+  return p;
 }
 
 // One forward step of element m: consumes x, updates (v, i), returns the output and
@@ -553,11 +560,10 @@ std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tenso
       for (int64_t a = begin; a < end; ++a) gp[ip[a]] = go[ip[a]] * sgp[a];
     });
     const T *gvp = ptr_or_null<T>(g_v), *gip = ptr_or_null<T>(g_i), *gsp = ptr_or_null<T>(g_vseq);
-    const T *bp = b.data_ptr<T>(), *ap = ptr_or_null<T>(alpha);
+    const auto p = params_of<T>(b, b, alpha, alpha.new_empty({0}), M);
+    const T *bp = p.b, *ap = alpha.numel() ? p.alpha : nullptr;
     const uint8_t* bits = gated ? gates.data_ptr<uint8_t>() : nullptr;
     T *gxp = mut_or_null<T>(gx), *gv0p = mut_or_null<T>(gv0), *gi0p = mut_or_null<T>(gi0);
-    TORCH_CHECK(b.numel() == M && (!ap || alpha.numel() == M), "snnopt sparse backward: beta/alpha need one value ",
-                "per element (", M, ")");
     const T scale = T(c.scale);
     const bool want_x = gxp || gi0p;
     if (!bits && !gsp && !c.has_current() && !c.discards_input && gxp) {
