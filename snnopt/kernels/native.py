@@ -150,12 +150,13 @@ def trace_linear_backward(g_out: torch.Tensor | None, g_tap: torch.Tensor | None
     of ``x_shape``, through traces (``csrc/cpu/trace.cpp``; CPU only); ``dX`` only at
     ``x_active`` unless it is None, one value per index of ``x_active`` if ``compact``."""
     every = x_active is None
+    compact = compact and not every
     empty = sg.new_empty(0)
     dX, dW, db, gv0 = module().trace_linear_backward(
         empty if g_out is None else g_out.contiguous(), empty if g_tap is None else g_tap.contiguous(),
-        g_v.contiguous().reshape(-1), idx, sg, packed, weight, idx if every else x_active, every,
-        compact and not every, x_shape[0], math.prod(x_shape[1:-1]), float(beta), cfg.scale, list(needs))
-    if needs[0] and not (compact and not every):
+        g_v.contiguous().reshape(-1), idx, sg, packed, weight, empty.int() if every else x_active, every, compact,
+        x_shape[0], math.prod(x_shape[1:-1]), float(beta), cfg.scale, list(needs))
+    if needs[0] and not compact:
         dX = dX.reshape(x_shape)
     return ((dX if needs[0] else None), (dW if needs[1] else None), (db if needs[2] else None),
             (gv0.reshape(g_v.shape) if needs[3] else None))
