@@ -14,7 +14,8 @@ For one workload, five implementations of the same network train in the same pro
 ``snnopt rate``       the same with ``mode="rate"``
 
 All start from the same initial weights (the ``Conv2d`` and ``Linear`` weights are copied),
-see the same input and labels, use the same loss and Adam.  Every neuron has the same
+see the same input and labels, use the same loss and Adam (:func:`snnopt.optim.adam`: the
+fused form where the device has it).  Every neuron has the same
 dynamics up to each library's conventions: ``beta`` (SpikingJelly ``tau = 1 / (1 - beta)``,
 no input decay), threshold 1, subtract reset, detached reset (snnTorch's only choice and
 what sparse mode assumes), atan surrogate (alpha 2).  snnTorch applies the reset one step
@@ -67,6 +68,7 @@ from . import __version__
 from . import compile as snn_compile
 from . import kernels
 from .nn import LIF
+from .optim import adam
 from .profiling import SavedTensorMeter
 
 log = logging.getLogger(__name__)
@@ -484,7 +486,7 @@ def _build(name: str, wl: Workload, layers, x: torch.Tensor, device: torch.devic
         compiled = snn_compile(model, mode=mode, example_inputs=(x,), band=BAND)
         impl.params, impl.forward = model, compiled
         impl.backend = f"{compiled.report.mode}, {_kernel_backend(_SNNOPT_OPS[mode], device)}"
-    impl.optimizer = torch.optim.Adam(impl.params.parameters(), lr=LR)
+    impl.optimizer = adam(impl.params.parameters(), lr=LR)
     impl.initial = {k: v.detach().clone() for k, v in impl.params.state_dict().items()}
     return impl
 
@@ -789,7 +791,8 @@ Rows:
 
 Columns:
 
-- `step ms`: one training step (zero_grad, forward, loss, backward, Adam step), median
+- `step ms`: one training step (zero_grad, forward, loss, backward, Adam step; the same
+  Adam, fused where the device has it, for every row), median
   over the repeats; `backward ms`: `loss.backward()` alone, median over the same steps;
 - `saved MiB`: what autograd holds for backward after one training forward (distinct
   storages, parameters not counted); `CUDA peak MiB` (GPU runs only): peak allocation

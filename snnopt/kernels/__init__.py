@@ -1,4 +1,6 @@
-"""Entry points that compiled graphs call; each wraps one ``torch.ops.snnopt`` op.
+"""Entry points that compiled graphs call; each wraps one ``torch.ops.snnopt`` op (called
+through :func:`.dispatch.call`: directly in plain eager code, through the dispatcher
+otherwise).
 
 The wrappers decide whether the op must keep anything for backward
 (``save = grad enabled and some input requires grad``), so inference and ``eval()``
@@ -11,12 +13,13 @@ import torch
 
 from ..spec import Config
 from . import ops
+from .dispatch import call, through_dispatcher
 from .reference.generic import rate_stats as _generic_rate_stats
 from .reference.rate import rate_neuron
 from .reference.sparse import synapse
 
 __all__ = ["neuron_scan", "spiking_synapse", "neuron_scan_sparse", "spiking_synapse_sparse", "binary_synapse",
-           "neuron_rate_stats", "rate_neuron", "rate_batch_norm", "status", "OPS"]
+           "neuron_rate_stats", "rate_neuron", "rate_batch_norm", "status", "through_dispatcher", "OPS"]
 
 OPS = ("neuron_scan", "neuron_scan_backward", "neuron_scan_sparse", "neuron_scan_sparse_backward",
        "spiking_synapse_sparse", "spiking_synapse_sparse_backward", "binary_synapse", "binary_synapse_backward",
@@ -31,7 +34,7 @@ def neuron_scan(x, v0, i0, beta, alpha, threshold, cfg, record=False):
     """Dense scan (exact BPTT): ``(out, v_T, i_T, v_seq)``; ``v_seq`` (the state after
     every step) is empty unless ``record``."""
     save = _needs_save(x, v0, i0, beta, alpha, threshold)
-    out, v_T, i_T, v_seq, _, _ = torch.ops.snnopt.neuron_scan(x, v0, i0, beta, alpha, threshold, cfg, save, record)
+    out, v_T, i_T, v_seq, _, _ = call("neuron_scan", x, v0, i0, beta, alpha, threshold, cfg, save, record)
     return out, v_T, i_T, v_seq
 
 
@@ -48,7 +51,7 @@ def neuron_scan_sparse(x, v0, i0, beta, alpha, threshold, cfg, band, record=Fals
     empty unless ``record``; ``surrogate`` (f' on the active set) is the tap a synapse fed by
     ``out`` may take (``x_tap``, :mod:`.ops`)."""
     save = _needs_save(x, v0, i0)
-    out, v_T, i_T, v_seq, idx, sg, _ = torch.ops.snnopt.neuron_scan_sparse(x, v0, i0, beta, alpha, threshold, cfg,
+    out, v_T, i_T, v_seq, idx, sg, _ = call("neuron_scan_sparse", x, v0, i0, beta, alpha, threshold, cfg,
                                                                            band, save, record)
     return out, v_T, i_T, v_seq, idx, sg
 
@@ -61,8 +64,8 @@ def spiking_synapse_sparse(x, weight, bias, v0, beta, threshold, syn, stride, pa
     neuron's surrogate output, through which ``dL/dx`` then flows back compactly (the tap,
     :mod:`.ops`)."""
     save = _needs_save(x, weight, bias, v0)
-    out, v_T, idx, sg, _, packed = torch.ops.snnopt.spiking_synapse_sparse(
-        x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, groups, cfg, band, save, x_active, x_tap)
+    out, v_T, idx, sg, _, packed = call("spiking_synapse_sparse", x, weight, bias, v0, beta, threshold, syn, stride,
+                                        padding, dilation, groups, cfg, band, save, x_active, x_tap)
     return out, v_T, idx, packed, sg
 
 
@@ -72,7 +75,7 @@ def binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups, x_ac
     sparse binary input may run event-driven (equal to the module's value up to float
     rounding); False keeps the module's matrix product, bit for bit."""
     save = _needs_save(x, weight, bias)
-    return torch.ops.snnopt.binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups, save, x_active,
+    return call("binary_synapse", x, weight, bias, syn, stride, padding, dilation, groups, save, x_active,
                                            event, x_tap)
 
 
@@ -83,11 +86,11 @@ def neuron_rate_stats(x, v0, i0, beta, alpha, threshold, cfg, record=False):
     c = Config(cfg)
     if c.generic:  # its eligibility comes from autograd, unavailable inside the op
         return _generic_rate_stats(x, v0, i0, beta, alpha, threshold, c, record)
-    return torch.ops.snnopt.neuron_rate_stats(x, v0, i0, beta, alpha, threshold, cfg, record)
+    return call("neuron_rate_stats", x, v0, i0, beta, alpha, threshold, cfg, record)
 
 
 def rate_batch_norm(x, mean, var, weight, bias, eps):
-    return torch.ops.snnopt.rate_batch_norm(x, mean, var, weight, bias, eps)
+    return call("rate_batch_norm", x, mean, var, weight, bias, eps)
 
 
 NATIVE_OPS = ("neuron_scan", "neuron_scan_backward", "neuron_scan_sparse", "neuron_scan_sparse_backward",

@@ -43,12 +43,12 @@ from torch import Tensor
 
 from ..spec import Config
 from . import native
+from .dispatch import call, custom_op, register_autograd
 from .reference import dense as ref_dense
 from .reference import generic as ref_generic
 from .reference import rate as ref_rate
 from .reference import sparse as ref_sparse
 
-LIB = "snnopt"
 
 
 def _opt(t: Tensor) -> Tensor | None:
@@ -67,7 +67,7 @@ def _dense_ds(g_out: Tensor, g_tap: Tensor | None, idx: Tensor, like: Tensor, sh
 # --------------------------------------------------------------------------- dense
 
 
-@torch.library.custom_op(f"{LIB}::neuron_scan", mutates_args=())
+@custom_op("neuron_scan")
 def neuron_scan(x: Tensor, v0: Tensor | None, i0: Tensor | None, beta: Tensor | None, alpha: Tensor | None,
                 threshold: Tensor | None, cfg: list[float], save: bool,
                 record: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -87,7 +87,7 @@ def _(x, v0, i0, beta, alpha, threshold, cfg, save, record):
             full(record), full(save), full(save and cuba and not c.generic))
 
 
-@torch.library.custom_op(f"{LIB}::neuron_scan_backward", mutates_args=())
+@custom_op("neuron_scan_backward")
 def neuron_scan_backward(g_out: Tensor, g_v: Tensor, g_i: Tensor, g_vseq: Tensor, h: Tensor, i_seq: Tensor,
                          v0: Tensor | None, i0: Tensor | None, beta: Tensor | None, alpha: Tensor | None,
                          threshold: Tensor | None, cfg: list[float],
@@ -126,18 +126,18 @@ def _scan_backward(ctx, g_out, g_v, g_i, g_vseq, _gh, _gis):
                                           beta, alpha, threshold, Config(ctx.cfg), needs)
         return tuple(g if n else None for g, n in zip(grads, needs)) + (None, None, None)
     g_vseq = h.new_empty(0) if g_vseq is None else g_vseq
-    grads = torch.ops.snnopt.neuron_scan_backward(g_out, g_v, g_i, g_vseq, h, i_seq, v0, i0, beta, alpha,
+    grads = call("neuron_scan_backward", g_out, g_v, g_i, g_vseq, h, i_seq, v0, i0, beta, alpha,
                                                   threshold, ctx.cfg, needs)
     return tuple(g if n else None for g, n in zip(grads, needs)) + (None, None, None)
 
 
-neuron_scan.register_autograd(_scan_backward, setup_context=_scan_setup)
+register_autograd("neuron_scan", _scan_backward, setup_context=_scan_setup)
 
 
 # --------------------------------------------------------------------------- sparse
 
 
-@torch.library.custom_op(f"{LIB}::neuron_scan_sparse", mutates_args=())
+@custom_op("neuron_scan_sparse")
 def neuron_scan_sparse(x: Tensor, v0: Tensor | None, i0: Tensor | None, beta: Tensor | None, alpha: Tensor | None,
                        threshold: Tensor | None, cfg: list[float], band: float, save: bool,
                        record: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -162,7 +162,7 @@ def _(x, v0, i0, beta, alpha, threshold, cfg, band, save, record):
     return (torch.empty_like(x), torch.empty_like(x[0]), i_T, v_seq) + _fake_saved(x, save, cfg)
 
 
-@torch.library.custom_op(f"{LIB}::neuron_scan_sparse_backward", mutates_args=())
+@custom_op("neuron_scan_sparse_backward")
 def neuron_scan_sparse_backward(g_out: Tensor, g_v: Tensor, g_i: Tensor, g_vseq: Tensor, idx: Tensor, sg: Tensor,
                                 gates: Tensor, beta: Tensor | None, alpha: Tensor | None, cfg: list[float],
                                 shape: list[int], needs: list[bool],
@@ -196,12 +196,12 @@ def _sparse_backward(ctx, g_out, g_v, g_i, g_vseq, _gidx, g_tap, _ggates):
     g_v = sg.new_zeros(ctx.shape[1:]) if g_v is None else g_v
     g_i = sg.new_empty(0) if g_i is None or not Config(ctx.cfg).has_current else g_i
     g_vseq = sg.new_empty(0) if g_vseq is None or g_vseq.numel() == 0 else g_vseq
-    grads = torch.ops.snnopt.neuron_scan_sparse_backward(g_out, g_v, g_i, g_vseq, idx, sg, gates, beta, alpha,
+    grads = call("neuron_scan_sparse_backward", g_out, g_v, g_i, g_vseq, idx, sg, gates, beta, alpha,
                                                          ctx.cfg, ctx.shape, needs, g_tap)
     return tuple(g if n else None for g, n in zip(grads, needs)) + (None,) * 7
 
 
-neuron_scan_sparse.register_autograd(_sparse_backward, setup_context=_sparse_setup)
+register_autograd("neuron_scan_sparse", _sparse_backward, setup_context=_sparse_setup)
 
 
 EVENT_DENSITY = 0.15
@@ -256,7 +256,7 @@ def _traced(sg, idx, x_packed, weight, beta, syn, x_shape, c: Config) -> bool:
     return idx.numel() * x_shape[-1] <= native.count_spikes(x_packed) * weight.shape[0]
 
 
-@torch.library.custom_op(f"{LIB}::spiking_synapse_sparse", mutates_args=())
+@custom_op("spiking_synapse_sparse")
 def spiking_synapse_sparse(x: Tensor, weight: Tensor, bias: Tensor | None, v0: Tensor | None, beta: Tensor | None,
                            threshold: Tensor | None, syn: int, stride: list[int], padding: list[int],
                            dilation: list[int], groups: int, cfg: list[float], band: float, save: bool,
@@ -281,7 +281,7 @@ def _(x, weight, bias, v0, beta, threshold, syn, stride, padding, dilation, grou
     return torch.empty_like(current), torch.empty_like(current[0]), idx, sg, gates, packed
 
 
-@torch.library.custom_op(f"{LIB}::spiking_synapse_sparse_backward", mutates_args=())
+@custom_op("spiking_synapse_sparse_backward")
 def spiking_synapse_sparse_backward(g_out: Tensor, g_v: Tensor, idx: Tensor, sg: Tensor, gates: Tensor,
                                     x_packed: Tensor, weight: Tensor, beta: Tensor | None, syn: int,
                                     stride: list[int], padding: list[int], dilation: list[int], groups: int,
@@ -336,19 +336,18 @@ def _synapse_backward(ctx, g_out, g_v, _gi, g_tap, _gg, _gp):
     needs = [bool(nig[0]) or ctx.compact, bool(nig[1]), bool(nig[2]), bool(nig[3])]
     g_out = sg.new_empty(0) if g_out is None else g_out
     g_v = sg.new_zeros(ctx.out_shape[1:]) if g_v is None else g_v
-    gx, gw, gb, gv0 = torch.ops.snnopt.spiking_synapse_sparse_backward(
-        g_out, g_v, idx, sg, gates, packed, weight, beta, *ctx.static, ctx.x_shape, ctx.out_shape, ctx.cfg, needs,
-        active, g_tap, ctx.compact)
+    gx, gw, gb, gv0 = call("spiking_synapse_sparse_backward", g_out, g_v, idx, sg, gates, packed, weight, beta,
+                           *ctx.static, ctx.x_shape, ctx.out_shape, ctx.cfg, needs, active, g_tap, ctx.compact)
     grads = [g if n else None for g, n in zip((gx, gw, gb, gv0), needs)]
     if ctx.compact:
         return (None,) + tuple(grads[1:]) + (None,) * 11 + (gx,)
     return tuple(grads) + (None,) * 12
 
 
-spiking_synapse_sparse.register_autograd(_synapse_backward, setup_context=_synapse_setup)
+register_autograd("spiking_synapse_sparse", _synapse_backward, setup_context=_synapse_setup)
 
 
-@torch.library.custom_op(f"{LIB}::binary_synapse", mutates_args=())
+@custom_op("binary_synapse")
 def binary_synapse(x: Tensor, weight: Tensor, bias: Tensor | None, syn: int, stride: list[int], padding: list[int],
                    dilation: list[int], groups: int, save: bool, x_active: Tensor | None,
                    event: bool = True, x_tap: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -362,7 +361,7 @@ def _(x, weight, bias, syn, stride, padding, dilation, groups, save, x_active, e
     return torch.empty_like(out), x.new_empty(size, dtype=torch.uint8)
 
 
-@torch.library.custom_op(f"{LIB}::binary_synapse_backward", mutates_args=())
+@custom_op("binary_synapse_backward")
 def binary_synapse_backward(g: Tensor, x_packed: Tensor, weight: Tensor, syn: int, stride: list[int],
                             padding: list[int], dilation: list[int], groups: int, x_shape: list[int],
                             needs: list[bool], x_active: Tensor | None,
@@ -392,13 +391,13 @@ def _binary_backward(ctx, g, _gp):
     packed, weight, active = ctx.saved_tensors
     needs = [bool(ctx.needs_input_grad[0]) or ctx.compact, bool(ctx.needs_input_grad[1]),
              bool(ctx.needs_input_grad[2])]
-    gx, gw, gb = torch.ops.snnopt.binary_synapse_backward(g, packed, weight, *ctx.static, ctx.x_shape, needs, active,
+    gx, gw, gb = call("binary_synapse_backward", g, packed, weight, *ctx.static, ctx.x_shape, needs, active,
                                                           ctx.compact)
     grads = (gw if needs[1] else None, gb if needs[2] else None) + (None,) * 8
     return (None,) + grads + (gx,) if ctx.compact else (gx if needs[0] else None,) + grads + (None,)
 
 
-binary_synapse.register_autograd(_binary_backward, setup_context=_binary_setup)
+register_autograd("binary_synapse", _binary_backward, setup_context=_binary_setup)
 
 
 def _pack_input(x: Tensor) -> Tensor:
@@ -426,7 +425,7 @@ def _unpack_input(packed: Tensor, shape: list[int], dtype) -> Tensor:
 # --------------------------------------------------------------------------- rate
 
 
-@torch.library.custom_op(f"{LIB}::neuron_rate_stats", mutates_args=())
+@custom_op("neuron_rate_stats")
 def neuron_rate_stats(x: Tensor, v0: Tensor | None, i0: Tensor | None, beta: Tensor | None, alpha: Tensor | None,
                       threshold: Tensor | None, cfg: list[float],
                       record: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -446,7 +445,7 @@ def _(x, v0, i0, beta, alpha, threshold, cfg, record):
             torch.empty_like(step), maybe(record, step), maybe(record, step))
 
 
-@torch.library.custom_op(f"{LIB}::rate_batch_norm", mutates_args=())
+@custom_op("rate_batch_norm")
 def rate_batch_norm(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None,
                     eps: float) -> Tensor:
     return ref_rate.rate_batch_norm(x, mean, var, weight, bias, eps)
@@ -472,4 +471,4 @@ def _rbn_backward(ctx, g):
             gb if (nig[4] and ctx.has_bias) else None, None)
 
 
-rate_batch_norm.register_autograd(_rbn_backward, setup_context=_rbn_setup)
+register_autograd("rate_batch_norm", _rbn_backward, setup_context=_rbn_setup)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .. import compile as snn_compile
 from .. import kernels
 from ..frontend.registry import is_neuron
+from ..optim import adam
 from ..profiling import SavedTensorMeter
 from . import checkpoint, distributed
 from .plots import write_plots
@@ -78,7 +79,7 @@ class Trainer:
         self.train_loader, self.test_loader = make_loaders(cfg, self.ctx)
         data = self.train_loader.dataset
         self.model = build_model(cfg.model, tuple(data.sensor_size), data.n_classes, cfg.seed, cfg.hidden).to(self.ctx.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.optimizer = adam(self.model.parameters(), lr=cfg.lr)
         self.history: list[dict] = []
         self.start_epoch = 0
         if cfg.resume:

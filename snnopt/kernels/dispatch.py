@@ -1,0 +1,100 @@
+"""Calling the ``torch.ops.snnopt`` ops: straight to their bodies in plain eager code.
+
+Every op is a ``torch.library`` custom op, and that is what torch.compile, export, FakeTensor,
+functorch and ``opcheck`` see.  Through the dispatcher a Python custom op costs 25-80 us a
+call without autograd and up to 170 us with it (arguments converted to and from the
+dispatcher's types, the schema walked for defaults, the generated autograd wrapper), which
+at the sizes of a typical SNN layer is as much as the fused kernel itself.  :func:`call`
+therefore runs the op's body directly — inside a ``torch.autograd.Function`` made of the
+op's own ``setup_context`` and ``backward`` when a gradient is wanted — whenever nothing but
+eager autograd can observe the call:
+
+- not while torch.compile or export traces (``torch.compiler.is_compiling()``);
+- no ``TorchDispatchMode`` active (FakeTensor, make_fx, functionalization), no functorch
+  transform (vmap, grad), no autocast (whose casting rules apply to the op as a whole);
+- every tensor argument a plain tensor or parameter (no subclass).
+
+Any other call goes through ``torch.ops.snnopt``.  Both routes run the same body, setup
+and backward, so values and gradients are the same; :func:`through_dispatcher` forces the
+dispatcher route (to compare, or to see the ops by name in a profile).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+LIB = "snnopt"
+
+_PLAIN = (torch.Tensor, nn.Parameter)
+
+
+class _Entry:
+    """One op: its definition and dispatcher handle, its body with the body's default
+    arguments, and the autograd.Function that runs the body with the op's autograd formula
+    (None: no formula)."""
+
+    __slots__ = ("definition", "op", "body", "defaults", "function")
+
+    def __init__(self, definition, op, body: Callable):
+        self.definition, self.op, self.body, self.function = definition, op, body, None
+        self.defaults = tuple(p.default for p in inspect.signature(body).parameters.values())
+
+
+_ENTRIES: dict[str, _Entry] = {}
+_state = {"direct": True}
+
+
+def custom_op(name: str) -> Callable:
+    """Decorator: ``torch.library.custom_op("snnopt::<name>")`` that also records the body
+    for :func:`call`."""
+    def register(body: Callable):
+        definition = torch.library.custom_op(f"{LIB}::{name}", mutates_args=())(body)
+        _ENTRIES[name] = _Entry(definition, getattr(torch.ops.snnopt, name).default, body)
+        return definition
+    return register
+
+
+def register_autograd(name: str, backward: Callable, setup_context: Callable) -> None:
+    """The autograd formula of op ``name`` (``torch.library`` ``register_autograd``), for
+    both routes."""
+    entry = _ENTRIES[name]
+    entry.definition.register_autograd(backward, setup_context=setup_context)
+    entry.function = type(f"{name}_direct", (torch.autograd.Function,), {
+        "forward": staticmethod(entry.body), "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward)})
+
+
+def _direct(args) -> bool:
+    if not _state["direct"] or torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() \
+            or torch._C._functorch.peek_interpreter_stack() is not None or torch._C._is_any_autocast_enabled():
+        return False
+    return all(type(a) in _PLAIN for a in args if isinstance(a, torch.Tensor))
+
+
+def call(name: str, *args):
+    """``torch.ops.snnopt.<name>(*args)`` (arguments by position), run directly when plain
+    eager autograd is all that can observe it (module docstring)."""
+    entry = _ENTRIES[name]
+    if not _direct(args):
+        return entry.op(*args)
+    args = args + entry.defaults[len(args):]
+    if entry.function is not None and torch.is_grad_enabled() and any(
+            isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+        return entry.function.apply(*args)
+    return entry.body(*args)
+
+
+@contextlib.contextmanager
+def through_dispatcher():
+    """Within: every :func:`call` goes through ``torch.ops.snnopt`` (the ops then appear by
+    name in a profile)."""
+    previous, _state["direct"] = _state["direct"], False
+    try:
+        yield
+    finally:
+        _state["direct"] = previous
