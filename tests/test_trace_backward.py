@@ -3,7 +3,7 @@
 ``[T, B, N]`` tensor) against the reference route (the ``delta`` scan, then ``delta^T X`` and
 ``delta W``) on fresh random inputs: float64 to rtol 1e-10, float32 to rtol 1e-4 of the
 largest value; odd sizes, T = 1, extra feature axes, empty and full active sets, ``dL/dv_T``,
-an input scale, ``dX`` listed or everywhere; and the op choosing this route on sparse input
+an input scale, ``dX`` listed or everywhere, entries in any order; and the op choosing this route on sparse input
 with the same gradients as the other route."""
 
 from __future__ import annotations
@@ -80,6 +80,13 @@ def test_trace_route_matches_reference(kind, reset, scale, x_shape, N, band, dty
                 close(got[0], want[0].reshape(-1)[x_active.long()], rtol)
                 for a, b in zip(got[1:], want[1:]):
                     close(a, b, rtol)
+            # the active set and the listed entries in any order (grouped by sorting, not by runs)
+            p, q = torch.randperm(idx.numel(), generator=g), torch.randperm(x_active.numel(), generator=g)
+            got = native.trace_linear_backward(None, at_active[p], g_v, idx[p], sg[p], packed, w, list(x.shape),
+                                               x_active[q], decay, cfg, needs, compact=True)
+            close(got[0], want[0].reshape(-1)[x_active[q].long()], rtol)
+            for a, b in zip(got[1:], want[1:]):
+                close(a, b, rtol)
     dX, dW, db, gv0 = native.trace_linear_backward(g_out, None, g_v, idx, sg, packed, w, list(x.shape), None, decay,
                                                    cfg, (False, True, False, False))
     assert dX is None and db is None and gv0 is None and dW.shape == w.shape

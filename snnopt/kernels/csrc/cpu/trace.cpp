@@ -7,9 +7,9 @@
 // (g = dL/ds f' on the active set A, dL/ds there being g_out's entries plus the tap's, one
 // per entry; dL/dv_T one more entry at the last step), so no [T, B, N] tensor is needed:
 //
-//   dW[j, :]   = sum_{(t,b,j) in A} scale g[t,b,j] E[b,t,:],  E[b,t] = beta E[b,t-1] + x[b,t]
-//   db[j]      = sum_{(t,b,j) in A} scale g[t,b,j] c[t],      c[t]   = beta c[t-1] + 1
-//   dX[b,t,i]  = P[b,t,i] at the listed (b,t,i) only,         P[b,t] = beta P[b,t+1] + sum_{(t,b,j) in A} scale g W[j]
+//   dW[j, :]   = scale sum_{(t,b,j) in A} g[t,b,j] E[b,t,:],  E[b,t] = beta E[b,t-1] + x[b,t]
+//   db[j]      = scale sum_{(t,b,j) in A} g[t,b,j] c[t],      c[t]   = beta c[t-1] + 1
+//   dX[b,t,i]  = scale P[b,t,i] at the listed (b,t,i) only,   P[b,t] = beta P[b,t+1] + sum_{(t,b,j) in A} g W[j]
 //   dv0[m]     = sum_{(t,m) in A} beta^(t+1) g[t,m]            (the carry left before step 0)
 //
 // E is the presynaptic trace (forward in time), P the input gradient carried backward in
@@ -41,23 +41,75 @@ namespace {
 
 constexpr int64_t kTile = 64;  // input features per dW tile: one 64-bit word of spikes per row
 
-// Items grouped by key r in [0, R) (counting sort, stable): for s in [start[r], start[r + 1])
-// the column col[s] and the value val[s].
+// n / d for 32-bit n and a fixed d > 0, by one 64 x 64 -> 128-bit multiply (Lemire, Kaser
+// and Kurz 2019: exact for every 32-bit n).
+class Divider {
+ public:
+  explicit Divider(uint32_t d) : magic_(d == 1 ? 0 : UINT64_MAX / d + 1) {}
+  uint32_t operator()(uint32_t n) const {
+    return magic_ ? static_cast<uint32_t>((static_cast<unsigned __int128>(magic_) * n) >> 64) : n;
+  }
+
+ private:
+  uint64_t magic_;
+};
+
+// Items of a [T, B, W] layout given by their flat indices f, grouped by row, sample-major:
+// row key r = b T + t; for s in [first[r], end[r]) the column col[s] = f % W and a value
+// val[s].  The ops' active sets list the items of each (t, b) together (the scans emit
+// them step by step, feature-ordered, within blocks of whole rows), so the groups are
+// usually the runs of the list as it is: one pass finds them and nothing moves.  Only
+// when a row comes back after another row (a block boundary inside a row, or listed
+// entries in another order) are the items placed by a stable counting sort.
 template <typename V>
 struct Buckets {
-  std::vector<int64_t> start;
+  std::vector<int64_t> first, end;
   std::vector<int32_t> col;
   std::vector<V> val;
 
-  Buckets(int64_t R, const std::vector<int64_t>& keys, const std::vector<int32_t>& cols, const std::vector<V>& vals)
-      : start(R + 1, 0), col(cols.size()), val(vals.size()) {
-    for (int64_t r : keys) ++start[r + 1];
-    std::partial_sum(start.begin(), start.end(), start.begin());
-    std::vector<int64_t> fill(start.begin(), start.end() - 1);
-    for (size_t a = 0; a < keys.size(); ++a) {
-      const int64_t slot = fill[keys[a]]++;
-      col[slot] = cols[a];
-      val[slot] = vals[a];
+  // flat(a): item a's flat index; value(a): its value.
+  template <class Flat, class Value>
+  Buckets(int64_t T_, int64_t B, int64_t W, int64_t n, const Flat& flat, const Value& value)
+      : first(T_ * B, 0), end(T_ * B, 0), col(n), val(n) {
+    const Divider by_w(static_cast<uint32_t>(W)), by_b(static_cast<uint32_t>(B));
+    const uint32_t T32 = static_cast<uint32_t>(T_), B32 = static_cast<uint32_t>(B), W32 = static_cast<uint32_t>(W);
+    auto key_of = [&](uint32_t row) {
+      const uint32_t t = by_b(row);
+      return (row - t * B32) * T32 + t;
+    };
+    uint32_t lo = 1, hi = 0, key = 0;  // the current run: flat indices [lo, hi) of row key
+    for (int64_t a = 0; a < n; ++a) {
+      const uint32_t f = static_cast<uint32_t>(flat(a));
+      if (f < lo || f >= hi) {
+        if (a > 0) end[key] = a;
+        const uint32_t row = by_w(f);
+        key = key_of(row), lo = row * W32, hi = lo + W32;
+        if (end[key] != 0) {  // the row came back
+          sort(flat, value, key_of, by_w, W32);
+          return;
+        }
+        first[key] = a;
+      }
+      col[a] = static_cast<int32_t>(f - lo);
+      val[a] = value(a);
+    }
+    if (n > 0) end[key] = n;
+  }
+
+ private:
+  template <class Flat, class Value, class KeyOf>
+  void sort(const Flat& flat, const Value& value, const KeyOf& key_of, const Divider& by_w, uint32_t W32) {
+    const int64_t R = static_cast<int64_t>(first.size()), n = static_cast<int64_t>(col.size());
+    std::vector<uint32_t> keys(n);
+    std::vector<int64_t> next(R + 1, 0);
+    for (int64_t a = 0; a < n; ++a) ++next[(keys[a] = key_of(by_w(static_cast<uint32_t>(flat(a))))) + 1];
+    for (int64_t r = 0; r < R; ++r) next[r + 1] += next[r];
+    for (int64_t r = 0; r < R; ++r) first[r] = next[r], end[r] = next[r + 1];
+    for (int64_t a = 0; a < n; ++a) {
+      const uint32_t f = static_cast<uint32_t>(flat(a));
+      const int64_t s = next[keys[a]]++;
+      col[s] = static_cast<int32_t>(f - by_w(f) * W32);
+      val[s] = value(a);
     }
   }
 };
@@ -98,7 +150,7 @@ void trace_tile(const Buckets<T>& e, const uint64_t* words, const std::vector<in
       const int64_t r = b * T_ + t;
       for (int64_t v = 0; v < V; ++v) trace[v] *= beta;
       if (words[r]) add_bits<T>(trace, words[r]);
-      for (int64_t s = e.start[r]; s < e.start[r + 1]; ++s) {
+      for (int64_t s = e.first[r]; s < e.end[r]; ++s) {
         T* row = acc + e.col[s] * kTile;
         const T g = e.val[s];
         for (int64_t v = 0; v < V; ++v) store(row + v * L, load(row + v * L) + g * trace[v]);
@@ -109,7 +161,7 @@ void trace_tile(const Buckets<T>& e, const uint64_t* words, const std::vector<in
 
 template <typename T>
 void weight_grad(const Buckets<T>& e, const uint8_t* bits, int64_t nbytes, const std::vector<int64_t>& last, int64_t T_,
-                 int64_t N, int64_t K, T beta, T* dw) {
+                 int64_t N, int64_t K, T beta, T scale, T* dw) {
   const int64_t B = static_cast<int64_t>(last.size());
   at::parallel_for(0, (K + kTile - 1) / kTile, 1, [&](int64_t tile0, int64_t tile1) {
     std::vector<T> acc(N * kTile);
@@ -121,7 +173,8 @@ void weight_grad(const Buckets<T>& e, const uint8_t* bits, int64_t nbytes, const
         for (int64_t b = 0; b < B; ++b) words[b * T_ + t] = bits64(bits, nbytes, (t * B + b) * K + k0) & mask;
       std::fill(acc.begin(), acc.end(), T(0));
       trace_tile<T>(e, words.data(), last, T_, beta, acc.data());
-      for (int64_t j = 0; j < N; ++j) std::copy(acc.data() + j * kTile, acc.data() + j * kTile + w, dw + j * K + k0);
+      for (int64_t j = 0; j < N; ++j)
+        for (int64_t k = 0; k < w; ++k) dw[j * K + k0 + k] = acc[j * kTile + k] * scale;
     }
   });
 }
@@ -131,7 +184,7 @@ void weight_grad(const Buckets<T>& e, const uint8_t* bits, int64_t nbytes, const
 // the list's order; everywhere when listed is null.
 template <typename T>
 void input_grad(const Buckets<T>& e, const Buckets<int32_t>* listed, bool compact, const std::vector<int64_t>& last,
-                const T* w, int64_t T_, int64_t K, T beta, T* dx) {
+                const T* w, int64_t T_, int64_t K, T beta, T scale, T* dx) {
   const int64_t B = static_cast<int64_t>(last.size());
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> carried(K);
@@ -143,18 +196,18 @@ void input_grad(const Buckets<T>& e, const Buckets<int32_t>* listed, bool compac
         T* out = dx + (t * B + b) * K;
 #pragma omp simd
         for (int64_t k = 0; k < K; ++k) p[k] *= beta;
-        for (int64_t s = e.start[r]; s < e.start[r + 1]; ++s) {
+        for (int64_t s = e.first[r]; s < e.end[r]; ++s) {
           const T* __restrict__ wj = w + e.col[s] * K;
           const T g = e.val[s];
 #pragma omp simd
           for (int64_t k = 0; k < K; ++k) p[k] += g * wj[k];
         }
         if (!listed)
-          std::copy(p, p + K, out);
+          for (int64_t k = 0; k < K; ++k) out[k] = p[k] * scale;
         else if (compact)
-          for (int64_t s = listed->start[r]; s < listed->start[r + 1]; ++s) dx[listed->val[s]] = p[listed->col[s]];
+          for (int64_t s = listed->first[r]; s < listed->end[r]; ++s) dx[listed->val[s]] = p[listed->col[s]] * scale;
         else
-          for (int64_t s = listed->start[r]; s < listed->start[r + 1]; ++s) out[listed->col[s]] = p[listed->col[s]];
+          for (int64_t s = listed->first[r]; s < listed->end[r]; ++s) out[listed->col[s]] = p[listed->col[s]] * scale;
       }
     }
   });
@@ -190,37 +243,32 @@ std::vector<at::Tensor> trace_linear_backward(const at::Tensor& g_out, const at:
     const T *sgp = sg.data_ptr<T>(), *go = g_out.numel() ? g_out.data_ptr<T>() : nullptr;
     const T *tap = g_tap.numel() ? g_tap.data_ptr<T>() : nullptr, *gvp = g_v.numel() ? g_v.data_ptr<T>() : nullptr;
 
-    // The entries (t, b, j) with g = dL/ds f' (dL/ds = g_out there + the tap), keyed b T + t,
-    // and dL/dv_T at t = T - 1 (delta[T-1] = g[T-1] + dL/dv_T); the entry value is scale g.
-    std::vector<int64_t> keys(n);
-    std::vector<int32_t> cols(n);
-    std::vector<T> g(n);
-    const uint32_t M32 = static_cast<uint32_t>(M), N32 = static_cast<uint32_t>(N);  // int32 indices: 32-bit division
-    at::parallel_for(0, n, 4096, [&](int64_t a0, int64_t a1) {                      // a gather: in parallel
-      for (int64_t a = a0; a < a1; ++a) {
-        const uint32_t flat = static_cast<uint32_t>(ip[a]), t = flat / M32, m = flat - t * M32, b = m / N32;
-        const T ds = go && tap ? go[flat] + tap[a] : go ? go[flat] : tap ? tap[a] : T(0);
-        keys[a] = int64_t(b) * T_ + t, cols[a] = static_cast<int32_t>(m - b * N32), g[a] = ds * sgp[a];
-      }
-    });
+    // The entries (t, b, j) with value g = dL/ds f' (dL/ds = g_out there + the tap), keyed
+    // b T + t, and dL/dv_T at t = T - 1 (delta[T-1] = g[T-1] + dL/dv_T); the scale is
+    // applied to the results.
+    std::vector<int32_t> final_m;  // the states with dL/dv_T != 0
     for (int64_t m = 0; gvp && m < M; ++m)
-      if (gvp[m] != T(0)) keys.push_back((m / N) * T_ + T_ - 1), cols.push_back(m % N), g.push_back(gvp[m]);
-    const size_t count = keys.size();
-    std::vector<T> vals(count);
-    for (size_t a = 0; a < count; ++a) vals[a] = g[a] * sc;
-    const Buckets<T> e(R, keys, cols, vals);
+      if (gvp[m] != T(0)) final_m.push_back(static_cast<int32_t>(m));
+    const int64_t last_row = (T_ - 1) * M;
+    const Buckets<T> e(
+        T_, B, N, n + static_cast<int64_t>(final_m.size()),
+        [&](int64_t a) { return a < n ? int64_t(ip[a]) : last_row + final_m[a - n]; },
+        [&](int64_t a) {
+          if (a >= n) return gvp[final_m[a - n]];
+          const T ds = go && tap ? go[ip[a]] + tap[a] : go ? go[ip[a]] : tap ? tap[a] : T(0);
+          return ds * sgp[a];
+        });
     std::vector<int64_t> last(B, -1);  // the last step of each sample with an entry
     for (int64_t b = 0; b < B; ++b)
       for (int64_t t = T_ - 1; t >= 0 && last[b] < 0; --t)
-        if (e.start[b * T_ + t + 1] > e.start[b * T_ + t]) last[b] = t;
+        if (e.end[b * T_ + t] > e.first[b * T_ + t]) last[b] = t;
 
-    if (need_v0) {
-      std::vector<T> decay(T_ + 1, T(1));  // beta^t
-      for (int64_t t = 1; t <= T_; ++t) decay[t] = decay[t - 1] * bt;
+    if (need_v0) {  // dv0[b, j] = sum over b's entries (t, j) of g beta^(t+1)
       T* v0p = gv0.data_ptr<T>();
-      for (size_t a = 0; a < count; ++a) {
-        const int64_t b = keys[a] / T_, t = keys[a] - b * T_;
-        v0p[b * N + cols[a]] += g[a] * decay[t + 1];
+      for (int64_t b = 0; b < B; ++b) {
+        T decay = bt;
+        for (int64_t t = 0; t < T_; ++t, decay *= bt)
+          for (int64_t s = e.first[b * T_ + t]; s < e.end[b * T_ + t]; ++s) v0p[b * N + e.col[s]] += e.val[s] * decay;
       }
     }
     if (need_b) {
@@ -229,26 +277,21 @@ std::vector<at::Tensor> trace_linear_backward(const at::Tensor& g_out, const at:
       for (int64_t t = 0; t < T_; ++t) {
         c = bt * c + T(1);
         for (int64_t b = 0; b < B; ++b)
-          for (int64_t s = e.start[b * T_ + t]; s < e.start[b * T_ + t + 1]; ++s) bp[e.col[s]] += e.val[s] * c;
+          for (int64_t s = e.first[b * T_ + t]; s < e.end[b * T_ + t]; ++s) bp[e.col[s]] += e.val[s] * c;
       }
+      for (int64_t j = 0; j < N; ++j) bp[j] *= sc;
     }
-    if (need_w) weight_grad<T>(e, packed.data_ptr<uint8_t>(), packed.numel(), last, T_, N, K, bt, dW.data_ptr<T>());
+    if (need_w) weight_grad<T>(e, packed.data_ptr<uint8_t>(), packed.numel(), last, T_, N, K, bt, sc, dW.data_ptr<T>());
     if (need_x) {
       const auto w = weight.contiguous();
       if (every_x) {
-        input_grad<T>(e, nullptr, false, last, w.data_ptr<T>(), T_, K, bt, dX.data_ptr<T>());
+        input_grad<T>(e, nullptr, false, last, w.data_ptr<T>(), T_, K, bt, sc, dX.data_ptr<T>());
       } else {
-        const int64_t nl = x_active.numel();
         const int32_t* xa = x_active.data_ptr<int32_t>();
-        std::vector<int64_t> lkeys(nl);
-        std::vector<int32_t> lcols(nl), position(nl);
-        for (int64_t l = 0; l < nl; ++l) {
-          const int64_t row = xa[l] / K;
-          lkeys[l] = (row % B) * T_ + row / B, lcols[l] = static_cast<int32_t>(xa[l] % K);
-          position[l] = static_cast<int32_t>(l);
-        }
-        const Buckets<int32_t> listed(R, lkeys, lcols, position);
-        input_grad<T>(e, &listed, compact, last, w.data_ptr<T>(), T_, K, bt, dX.data_ptr<T>());
+        const Buckets<int32_t> listed(
+            T_, B, K, x_active.numel(), [&](int64_t l) { return int64_t(xa[l]); },
+            [](int64_t l) { return static_cast<int32_t>(l); });
+        input_grad<T>(e, &listed, compact, last, w.data_ptr<T>(), T_, K, bt, sc, dX.data_ptr<T>());
       }
     }
   });
