@@ -1,10 +1,11 @@
 """Calling the ``torch.ops.snnopt`` ops: straight to their bodies in plain eager code.
 
 Every op is a ``torch.library`` custom op, and that is what torch.compile, export, FakeTensor,
-functorch and ``opcheck`` see.  Through the dispatcher a Python custom op costs 25-80 us a
-call without autograd and up to 170 us with it (arguments converted to and from the
-dispatcher's types, the schema walked for defaults, the generated autograd wrapper), which
-at the sizes of a typical SNN layer is as much as the fused kernel itself.  :func:`call`
+functorch and ``opcheck`` see.  Through the dispatcher a Python custom op with a dozen
+arguments costs about 85 us a call above its body without autograd and 160-200 us with it
+(2 CPU threads: arguments converted to and from the dispatcher's types, the schema walked
+for defaults, the generated autograd wrapper), against 15-50 us on the direct route below;
+at the sizes of a typical SNN layer that is as much as the fused kernel itself.  :func:`call`
 therefore runs the op's body directly — inside a ``torch.autograd.Function`` made of the
 op's own ``setup_context`` and ``backward`` when a gradient is wanted — whenever nothing but
 eager autograd can observe the call:
@@ -64,9 +65,14 @@ def register_autograd(name: str, backward: Callable, setup_context: Callable) ->
     both routes."""
     entry = _ENTRIES[name]
     entry.definition.register_autograd(backward, setup_context=setup_context)
+    body = entry.body
+
+    def forward(ctx, *args):  # the ctx-taking form: apply binds no signature per call
+        output = body(*args)
+        setup_context(ctx, args, output)
+        return output
     entry.function = type(f"{name}_direct", (torch.autograd.Function,), {
-        "forward": staticmethod(entry.body), "setup_context": staticmethod(setup_context),
-        "backward": staticmethod(backward)})
+        "forward": staticmethod(forward), "backward": staticmethod(backward)})
 
 
 def _direct(args) -> bool:
