@@ -15,8 +15,8 @@ For one workload, five implementations of the same network train in the same pro
 
 All start from the same initial weights (the ``Conv2d`` and ``Linear`` weights are copied),
 see the same input and labels, use the same loss and Adam (:func:`snnopt.optim.adam`: the
-fused form where the device has it).  Every neuron has the same
-dynamics up to each library's conventions: ``beta`` (SpikingJelly ``tau = 1 / (1 - beta)``,
+fused form where the device has it).  Every neuron has the same dynamics up to each
+library's conventions: ``beta`` (SpikingJelly ``tau = 1 / (1 - beta)``,
 no input decay), threshold 1, subtract reset, detached reset (snnTorch's only choice and
 what sparse mode assumes), atan surrogate (alpha 2).  snnTorch applies the reset one step
 later than the others (its ``reset_delay``), which shifts some spikes but not the cost.

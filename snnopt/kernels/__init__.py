@@ -51,8 +51,8 @@ def neuron_scan_sparse(x, v0, i0, beta, alpha, threshold, cfg, band, record=Fals
     empty unless ``record``; ``surrogate`` (f' on the active set) is the tap a synapse fed by
     ``out`` may take (``x_tap``, :mod:`.ops`)."""
     save = _needs_save(x, v0, i0)
-    out, v_T, i_T, v_seq, idx, sg, _ = call("neuron_scan_sparse", x, v0, i0, beta, alpha, threshold, cfg,
-                                                                           band, save, record)
+    out, v_T, i_T, v_seq, idx, sg, _ = call("neuron_scan_sparse", x, v0, i0, beta, alpha, threshold, cfg, band,
+                                            save, record)
     return out, v_T, i_T, v_seq, idx, sg
 
 
@@ -75,8 +75,8 @@ def binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups, x_ac
     sparse binary input may run event-driven (equal to the module's value up to float
     rounding); False keeps the module's matrix product, bit for bit."""
     save = _needs_save(x, weight, bias)
-    return call("binary_synapse", x, weight, bias, syn, stride, padding, dilation, groups, save, x_active,
-                                           event, x_tap)
+    return call("binary_synapse", x, weight, bias, syn, stride, padding, dilation, groups, save, x_active, event,
+                x_tap)
 
 
 def neuron_rate_stats(x, v0, i0, beta, alpha, threshold, cfg, record=False):

@@ -50,7 +50,6 @@ from .reference import rate as ref_rate
 from .reference import sparse as ref_sparse
 
 
-
 def _opt(t: Tensor) -> Tensor | None:
     return None if t.numel() == 0 else t
 
@@ -126,8 +125,8 @@ def _scan_backward(ctx, g_out, g_v, g_i, g_vseq, _gh, _gis):
                                           beta, alpha, threshold, Config(ctx.cfg), needs)
         return tuple(g if n else None for g, n in zip(grads, needs)) + (None, None, None)
     g_vseq = h.new_empty(0) if g_vseq is None else g_vseq
-    grads = call("neuron_scan_backward", g_out, g_v, g_i, g_vseq, h, i_seq, v0, i0, beta, alpha,
-                                                  threshold, ctx.cfg, needs)
+    grads = call("neuron_scan_backward", g_out, g_v, g_i, g_vseq, h, i_seq, v0, i0, beta, alpha, threshold, ctx.cfg,
+                 needs)
     return tuple(g if n else None for g, n in zip(grads, needs)) + (None, None, None)
 
 
@@ -196,8 +195,8 @@ def _sparse_backward(ctx, g_out, g_v, g_i, g_vseq, _gidx, g_tap, _ggates):
     g_v = sg.new_zeros(ctx.shape[1:]) if g_v is None else g_v
     g_i = sg.new_empty(0) if g_i is None or not Config(ctx.cfg).has_current else g_i
     g_vseq = sg.new_empty(0) if g_vseq is None or g_vseq.numel() == 0 else g_vseq
-    grads = call("neuron_scan_sparse_backward", g_out, g_v, g_i, g_vseq, idx, sg, gates, beta, alpha,
-                                                         ctx.cfg, ctx.shape, needs, g_tap)
+    grads = call("neuron_scan_sparse_backward", g_out, g_v, g_i, g_vseq, idx, sg, gates, beta, alpha, ctx.cfg,
+                 ctx.shape, needs, g_tap)
     return tuple(g if n else None for g, n in zip(grads, needs)) + (None,) * 7
 
 
@@ -392,7 +391,7 @@ def _binary_backward(ctx, g, _gp):
     needs = [bool(ctx.needs_input_grad[0]) or ctx.compact, bool(ctx.needs_input_grad[1]),
              bool(ctx.needs_input_grad[2])]
     gx, gw, gb = call("binary_synapse_backward", g, packed, weight, *ctx.static, ctx.x_shape, needs, active,
-                                                          ctx.compact)
+                      ctx.compact)
     grads = (gw if needs[1] else None, gb if needs[2] else None) + (None,) * 8
     return (None,) + grads + (gx,) if ctx.compact else (gx if needs[0] else None,) + grads + (None,)
 
