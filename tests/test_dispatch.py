@@ -95,3 +95,9 @@ def test_defaults_are_filled_for_the_direct_route():
     short = dispatch.call("binary_synapse", x, w, b, 0, [1], [0], [1], 1, False, None)
     full = dispatch.call("binary_synapse", x, w, b, 0, [1], [0], [1], 1, False, None, True, None)
     assert torch.equal(short[0], full[0])
+
+
+def test_too_few_arguments_get_the_dispatcher_error():
+    x, w = spikes((4, 3, 10), p=0.2), torch.randn(6, 10)
+    with pytest.raises(RuntimeError, match="binary_synapse.*missing value for argument .bias."):
+        dispatch.call("binary_synapse", x, w)

@@ -35,15 +35,17 @@ _PLAIN = (torch.Tensor, nn.Parameter)
 
 
 class _Entry:
-    """One op: its definition and dispatcher handle, its body with the body's default
-    arguments, and the autograd.Function that runs the body with the op's autograd formula
-    (None: no formula)."""
+    """One op: its definition and dispatcher handle, its body with the number of arguments
+    it requires and the defaults of the others, and the autograd.Function that runs the
+    body with the op's autograd formula (None: no formula)."""
 
-    __slots__ = ("definition", "op", "body", "defaults", "function")
+    __slots__ = ("definition", "op", "body", "required", "defaults", "function")
 
     def __init__(self, definition, op, body: Callable):
         self.definition, self.op, self.body, self.function = definition, op, body, None
-        self.defaults = tuple(p.default for p in inspect.signature(body).parameters.values())
+        defaults = tuple(p.default for p in inspect.signature(body).parameters.values())
+        self.required = sum(d is inspect.Parameter.empty for d in defaults)
+        self.defaults = defaults
 
 
 _ENTRIES: dict[str, _Entry] = {}
@@ -86,7 +88,7 @@ def call(name: str, *args):
     """``torch.ops.snnopt.<name>(*args)`` (arguments by position), run directly when plain
     eager autograd is all that can observe it (module docstring)."""
     entry = _ENTRIES[name]
-    if not _direct(args):
+    if len(args) < entry.required or not _direct(args):  # (too few arguments: the dispatcher's error)
         return entry.op(*args)
     args = args + entry.defaults[len(args):]
     if entry.function is not None and torch.is_grad_enabled() and any(

@@ -29,7 +29,7 @@
 #endif
 
 #include <algorithm>
-#include <numeric>
+#include <vector>
 
 #include "../ops.h"
 #include "bits.h"
