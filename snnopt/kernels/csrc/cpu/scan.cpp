@@ -134,17 +134,15 @@ void init_state(T* dst, const T* src, int64_t m0, int64_t n) {
   for (int64_t k = 0; k < n; ++k) dst[k] = src ? src[m0 + k] : T(0);
 }
 
-// Asks for the n values at p to be brought into cache: the next step's row of a block,
-// issued while the current one is computed (the rows of a block lie M values apart, too
-// far for the hardware prefetchers to follow).
+// Asks for the next step's rows of a block (n values of the input x, read, and of the
+// output o, written) to be brought into cache while the current step is computed: the rows
+// of a block lie M values apart, too far for the hardware prefetchers to follow.
 template <typename T>
-inline void prefetch_row(const T* p, int64_t n) {
-  for (int64_t k = 0; k < n; k += 64 / static_cast<int64_t>(sizeof(T))) __builtin_prefetch(p + k, 0, 3);
-}
-
-template <typename T>
-inline void prefetch_row_for_write(T* p, int64_t n) {
-  for (int64_t k = 0; k < n; k += 64 / static_cast<int64_t>(sizeof(T))) __builtin_prefetch(p + k, 1, 3);
+inline void prefetch_step(const T* x, T* o, int64_t n) {
+  for (int64_t k = 0; k < n; k += 64 / static_cast<int64_t>(sizeof(T))) {
+    __builtin_prefetch(x + k, 0, 3);
+    __builtin_prefetch(o + k, 1, 3);
+  }
 }
 
 // dense_backward when only dL/dx (and dL/dv0) are wanted, for a fixed configuration Fx
@@ -193,7 +191,7 @@ void rate_stats_rows(const Cfg& rt, const Params<T>& p, const T* xp, const T* v0
         const T* xr = xp + t * M + m0;
         T* orow = op + t * M + m0;
         const bool first = t == 0;
-        if (t + 1 < T_) prefetch_row(xr + M, n), prefetch_row_for_write(orow + M, n);
+        if (t + 1 < T_) prefetch_step(xr + M, orow + M, n);
         for (int64_t j = 0; j < n; ++j) {
           T h, total;
           const T o = forward_step(c, p, m0 + j, xr[j], v_[j], i_[j], h, total);
@@ -241,7 +239,7 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& x, const at::Tensor& v0,
           init_state(i, i0p, m0, n);
           for (int64_t t = 0; t < T_; ++t) {
             const int64_t row = t * M + m0;
-            if (t + 1 < T_) prefetch_row(xp + row + M, n), prefetch_row_for_write(op + row + M, n);
+            if (t + 1 < T_) prefetch_step(xp + row + M, op + row + M, n);
             for (int64_t k = 0; k < n; ++k)  // branch-free for a fixed configuration: vectorises
               op[row + k] = forward_step(c, p, m0 + k, xp[row + k], v[k], i[k], h[k], total[k]);
             if (hp) std::copy(h, h + n, hp + row);
@@ -500,7 +498,7 @@ std::vector<at::Tensor> sparse_forward(const at::Tensor& x, const at::Tensor& v0
             for (int64_t t = 0; t < T_; ++t) {
               const int64_t row = t * M + m0;
               T* o = op + row;
-              if (t + 1 < T_) prefetch_row(xp + row + M, n), prefetch_row_for_write(o + M, n);
+              if (t + 1 < T_) prefetch_step(xp + row + M, o + M, n);
               for (int64_t j = 0; j < n; ++j)  // branch-free for a fixed configuration: vectorises
                 o[j] = c.discards_input ? discarding_step(c, p, m0 + j, xp[row + j], v_[j], i_[j], h_[j])
                                         : forward_step(c, p, m0 + j, xp[row + j], v_[j], i_[j], h_[j], total_[j]);
