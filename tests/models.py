@@ -93,7 +93,7 @@ def spikes(shape, p=0.3, seed=None):
 def grads_of(model, out, seed=0):
     """Gradients of a fixed random projection of ``out`` w.r.t. every parameter."""
     g = torch.Generator().manual_seed(seed)
-    proj = torch.randn(out.shape, generator=g)
+    proj = torch.randn(out.shape, generator=g).to(out.device)
     model.zero_grad()
     (out * proj).sum().backward()
     return {n: p.grad.clone() for n, p in model.named_parameters()}

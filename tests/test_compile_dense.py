@@ -10,6 +10,7 @@ import torch
 import snnopt
 from snnopt.profiling import SavedTensorMeter
 
+from .devices import DEVICES
 from .models import MLP, ConvNet, LoopConvNet, LoopMLP, grads_of, neuron_kwargs, spikes
 
 RTOL = 1e-4
@@ -20,7 +21,8 @@ def close(got, ref, name=""):
     torch.testing.assert_close(got, ref, rtol=RTOL, atol=atol, msg=lambda m: f"{name}: {m}")
 
 
-def assert_same(model, x, mode="dense", **compile_kw):
+def assert_same(model, x, mode="dense", device="cpu", **compile_kw):
+    model, x = model.to(device), x.to(device)
     ref_out = model(x)
     ref = grads_of(model, ref_out)
     compiled = snnopt.compile(model, mode=mode, example_inputs=(x,), **compile_kw)
@@ -36,10 +38,11 @@ def assert_same(model, x, mode="dense", **compile_kw):
 @pytest.mark.parametrize("cls", [MLP, LoopMLP])
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
 @pytest.mark.parametrize("detach_reset", [False, True])
-def test_mlp_resets(cls, reset, detach_reset):
+@pytest.mark.parametrize("device", DEVICES)
+def test_mlp_resets(cls, reset, detach_reset, device):
     torch.manual_seed(1)
     model = cls(**neuron_kwargs(reset=reset, detach_reset=detach_reset))
-    assert_same(model, spikes((20, 4, 12)))
+    assert_same(model, spikes((20, 4, 12)), device=device)
 
 
 @pytest.mark.parametrize("surrogate", ["atan", "fast_sigmoid", "sigmoid", "triangle", "rectangle"])
@@ -59,18 +62,20 @@ def test_learnable_beta_threshold(cls):
 
 @pytest.mark.parametrize("cls", [ConvNet, LoopConvNet])
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
-def test_conv(cls, reset):
+@pytest.mark.parametrize("device", DEVICES)
+def test_conv(cls, reset, device):
     torch.manual_seed(4)
-    assert_same(cls(**neuron_kwargs(reset=reset)), spikes((8, 3, 2, 12, 12)))
+    assert_same(cls(**neuron_kwargs(reset=reset)), spikes((8, 3, 2, 12, 12)), device=device)
 
 
-def test_cuba_if_li_and_per_neuron_params():
+@pytest.mark.parametrize("device", DEVICES)
+def test_cuba_if_li_and_per_neuron_params(device):
     torch.manual_seed(5)
     model = torch.nn.Sequential(torch.nn.Linear(6, 8), snnopt.nn.CubaLIF(alpha=torch.rand(8), beta=0.9,
                                                                           learn_alpha=True, learn_beta=True),
                                 torch.nn.Linear(8, 8), snnopt.nn.IF(threshold=torch.rand(8) + 0.5),
                                 torch.nn.Linear(8, 3), snnopt.nn.LI(beta=0.8, learn_beta=True))
-    assert_same(model, 3 * spikes((10, 2, 6)))
+    assert_same(model, 3 * spikes((10, 2, 6)), device=device)
 
 
 def test_other_shapes_after_compiling():

@@ -10,6 +10,7 @@ import snnopt
 from snnopt import kernels
 from snnopt.kernels import dispatch
 
+from .devices import DEVICES
 from .models import MLP, LoopConvNet, spikes
 from .test_rate import BNConv
 
@@ -18,7 +19,7 @@ def _step(compiled, model, x, seed):
     """Output and parameter gradients of one training step, from a fixed random projection."""
     model.zero_grad()
     out = compiled(x)
-    proj = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+    proj = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out.device)
     (out * proj).sum().backward()
     return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -29,12 +30,13 @@ CASES = [(MLP, (9, 5, 12), "dense"), (MLP, (9, 5, 12), "sparse"), (MLP, (9, 5, 1
 
 
 @pytest.mark.parametrize("cls,shape,mode", CASES)
-def test_routes_give_the_same_values_and_gradients(cls, shape, mode):
+@pytest.mark.parametrize("device", DEVICES)
+def test_routes_give_the_same_values_and_gradients(cls, shape, mode, device):
     """Bit for bit: both routes run the same op bodies and autograd formulas."""
     seed = torch.seed() % 2**31  # fresh inputs each run; the seed is in the failure report
     torch.manual_seed(seed)
-    model = cls(gain=1.0) if cls is MLP else cls()
-    x = spikes(shape, p=0.3)
+    model = (cls(gain=1.0) if cls is MLP else cls()).to(device)
+    x = spikes(shape, p=0.3).to(device)
     compiled = snnopt.compile(model, mode=mode, example_inputs=(x,))
     direct = _step(compiled, model, x, seed)
     with kernels.through_dispatcher():

@@ -17,6 +17,7 @@ from snnopt.kernels.reference import dense as ref_dense
 from snnopt.kernels.reference import sparse as ref_sparse
 from snnopt.spec import Config
 
+from .devices import DEVICES
 from .models import MLP, spikes
 from .test_ops import CASES, make
 
@@ -24,12 +25,18 @@ pytestmark = pytest.mark.skipif(native.backend("cpu") != "native",
                                 reason=f"the fused CPU kernels did not build: {native._state.get('error')}")
 
 
-def inputs(kind, reset, timing, detach, decay, T=7, B=3, N=5, dtype=torch.float32, scalar=False, seed=0):
+def inputs(kind, reset, timing, detach, decay, T=7, B=3, N=5, dtype=torch.float32, scalar=False, seed=0,
+           device="cpu"):
     spec, x, v0, i0, beta, alpha, th = make(kind, reset, timing, detach, T=T, B=B, N=N, seed=seed, decay=decay)
-    ts = [None if t is None else t.detach().to(dtype) for t in (x, v0, i0, beta, alpha, th)]
+    ts = [None if t is None else t.detach().to(device, dtype) for t in (x, v0, i0, beta, alpha, th)]
     if scalar:  # constant parameters arrive as 0-d float64 tensors
-        ts[3:] = [None if t is None else torch.tensor(float(t.reshape(-1)[0]), dtype=torch.float64) for t in ts[3:]]
+        ts[3:] = [None if t is None else torch.tensor(float(t.reshape(-1)[0]), dtype=torch.float64, device=device)
+                  for t in ts[3:]]
     return Config(spec.op_config()), ts
+
+
+def randn(shape, g, dtype, device):
+    return torch.randn(shape, generator=g, dtype=dtype).to(device)
 
 
 def same(a, b):
@@ -45,15 +52,16 @@ def close(a, b, rtol):
 
 @pytest.mark.parametrize("kind,reset,timing,detach,decay", CASES)
 @pytest.mark.parametrize("dtype,scalar", [(torch.float32, False), (torch.float64, True)])
-def test_dense_scan_matches_reference(kind, reset, timing, detach, decay, dtype, scalar):
+@pytest.mark.parametrize("device", DEVICES)
+def test_dense_scan_matches_reference(kind, reset, timing, detach, decay, dtype, scalar, device):
     cfg, (x, v0, i0, beta, alpha, th) = inputs(kind, reset, timing, detach, decay, T=9, B=3, N=7, dtype=dtype,
-                                               scalar=scalar)
+                                               scalar=scalar, device=device)
     ref = ref_dense.scan_forward(x, v0, i0, beta, alpha, th, cfg, save=True, record=True)
     got = native.scan_forward(x, v0, i0, beta, alpha, th, cfg, save=True, record=True)
     assert all(same(a, b) for a, b in zip(got, ref))
     g = torch.Generator().manual_seed(3)
-    g_out, g_v, g_vseq = (torch.randn(s, generator=g, dtype=dtype) for s in (x.shape, x.shape[1:], x.shape))
-    g_i = torch.randn(x.shape[1:], generator=g, dtype=dtype) if cfg.has_current else None
+    g_out, g_v, g_vseq = (randn(s, g, dtype, device) for s in (x.shape, x.shape[1:], x.shape))
+    g_i = randn(x.shape[1:], g, dtype, device) if cfg.has_current else None
     needs = [True, True, cfg.has_current, beta is not None, alpha is not None, th is not None]
     args = (g_out, g_v, g_i, g_vseq, ref[4], ref[5], v0, i0, beta, alpha, th, cfg, needs)
     for a, b in zip(native.scan_backward(*args), ref_dense.scan_backward(*args)):
@@ -66,21 +74,22 @@ COMMON = [(k, r, t, d, sg) for k in ("lif", "if") for r in ("subtract", "zero") 
 next-step reset, atan / fast-sigmoid surrogate)."""
 
 
-def _common(kind, reset, timing, detach, sg, T=6, B=5, N=67, seed=0):
+def _common(kind, reset, timing, detach, sg, T=6, B=5, N=67, seed=0, device="cpu"):
     spec, x, v0, i0, beta, alpha, th = make(kind, reset, timing, detach, sg, T=T, B=B, N=N, seed=seed)
-    return Config(spec.op_config()), [None if t is None else t.detach() for t in (x, v0, beta, th)]
+    return Config(spec.op_config()), [None if t is None else t.detach().to(device) for t in (x, v0, beta, th)]
 
 
 @pytest.mark.parametrize("kind,reset,timing,detach,sg", COMMON)
 @pytest.mark.parametrize("with_v0", [True, False])
-def test_dense_input_gradient_path_matches_reference(kind, reset, timing, detach, sg, with_v0):
+@pytest.mark.parametrize("device", DEVICES)
+def test_dense_input_gradient_path_matches_reference(kind, reset, timing, detach, sg, with_v0, device):
     """The backward asked for dL/dx and dL/dv0 only (no parameter gradient, no recorded
     membrane) on 335 elements: several tasks and a partial block."""
-    cfg, (x, v0, beta, th) = _common(kind, reset, timing, detach, sg)
+    cfg, (x, v0, beta, th) = _common(kind, reset, timing, detach, sg, device=device)
     v0 = v0 if with_v0 else None
     ref = ref_dense.scan_forward(x, v0, None, beta, None, th, cfg, save=True)
     g = torch.Generator().manual_seed(5)
-    g_out, g_v = torch.randn(x.shape, generator=g), torch.randn(x.shape[1:], generator=g)
+    g_out, g_v = randn(x.shape, g, x.dtype, device), randn(x.shape[1:], g, x.dtype, device)
     args = (g_out, g_v, None, None, ref[4], ref[5], v0, None, beta, None, th, cfg,
             [True, True, False, False, False, False])
     for a, b in zip(native.scan_backward(*args), ref_dense.scan_backward(*args)):
@@ -88,8 +97,9 @@ def test_dense_input_gradient_path_matches_reference(kind, reset, timing, detach
 
 
 @pytest.mark.parametrize("kind,reset,timing,detach,sg", COMMON)
-def test_rate_stats_float32_match_reference(kind, reset, timing, detach, sg):
-    cfg, (x, v0, beta, th) = _common(kind, reset, timing, detach, sg, T=9)
+@pytest.mark.parametrize("device", DEVICES)
+def test_rate_stats_float32_match_reference(kind, reset, timing, detach, sg, device):
+    cfg, (x, v0, beta, th) = _common(kind, reset, timing, detach, sg, T=9, device=device)
     ref = ref_dense.rate_stats(x, v0, None, beta, None, th, cfg)
     got = native.rate_stats(x, v0, None, beta, None, th, cfg)
     for k, (a, b) in enumerate(zip(got, ref)):
@@ -97,8 +107,10 @@ def test_rate_stats_float32_match_reference(kind, reset, timing, detach, sg):
 
 
 @pytest.mark.parametrize("kind,reset,timing,detach,decay", CASES)
-def test_rate_stats_match_reference(kind, reset, timing, detach, decay):
-    cfg, (x, v0, i0, beta, alpha, th) = inputs(kind, reset, timing, detach, decay, T=11, dtype=torch.float64)
+@pytest.mark.parametrize("device", DEVICES)
+def test_rate_stats_match_reference(kind, reset, timing, detach, decay, device):
+    cfg, (x, v0, i0, beta, alpha, th) = inputs(kind, reset, timing, detach, decay, T=11, dtype=torch.float64,
+                                               device=device)
     ref = ref_dense.rate_stats(x, v0, i0, beta, alpha, th, cfg, record=True)
     got = native.rate_stats(x, v0, i0, beta, alpha, th, cfg, record=True)
     for k, (a, b) in enumerate(zip(got, ref)):
@@ -110,9 +122,10 @@ SPARSE = [c for c in CASES if c[0] in ("lif", "cuba_lif", "if")]
 
 @pytest.mark.parametrize("kind,reset,timing,detach,decay", SPARSE)
 @pytest.mark.parametrize("band", [0.0, 0.3, math.inf])
-def test_sparse_scan_matches_reference(kind, reset, timing, detach, decay, band):
+@pytest.mark.parametrize("device", DEVICES)
+def test_sparse_scan_matches_reference(kind, reset, timing, detach, decay, band, device):
     """band 0: empty active set; inf: every state active."""
-    cfg, (x, v0, i0, beta, alpha, th) = inputs(kind, reset, timing, detach, decay, T=8, B=3, N=9)
+    cfg, (x, v0, i0, beta, alpha, th) = inputs(kind, reset, timing, detach, decay, T=8, B=3, N=9, device=device)
     ref = ref_sparse.scan_forward_sparse(x, v0, i0, beta, alpha, th, cfg, band, True, True)
     got = native.scan_forward_sparse(x, v0, i0, beta, alpha, th, cfg, band, True, True)
     assert all(same(a, b) for a, b in zip(got[:4], ref[:4])) and torch.equal(got[6], ref[6])
@@ -120,8 +133,8 @@ def test_sparse_scan_matches_reference(kind, reset, timing, detach, decay, band)
     assert torch.equal(got[4][order], ref[4]) and torch.equal(got[5][order], ref[5])
     assert got[4].numel() == (0 if band == 0 else x.numel() if band == math.inf else got[4].numel())
     g = torch.Generator().manual_seed(4)
-    g_out, g_v, g_vseq = (torch.randn(s, generator=g) for s in (x.shape, x.shape[1:], x.shape))
-    g_i = torch.randn(x.shape[1:], generator=g) if cfg.has_current else None
+    g_out, g_v, g_vseq = (randn(s, g, x.dtype, device) for s in (x.shape, x.shape[1:], x.shape))
+    g_i = randn(x.shape[1:], g, x.dtype, device) if cfg.has_current else None
     needs = [True, True, cfg.has_current]
     a = native.neuron_sparse_backward(g_out, g_v, g_i, g_vseq, *got[4:], beta, alpha, cfg, list(x.shape), needs)
     b = ref_sparse.neuron_sparse_backward(g_out, g_v, g_i, g_vseq, *ref[4:], beta, alpha, cfg, list(x.shape), needs)
@@ -129,8 +142,9 @@ def test_sparse_scan_matches_reference(kind, reset, timing, detach, decay, band)
         close(u, w, 1e-5)
 
 
-def test_input_discarding_reset_runs_sparse_natively():
-    cfg, (x, v0, i0, beta, alpha, th) = inputs("cuba_lif", "zero", "next", True, "before", T=10)
+@pytest.mark.parametrize("device", DEVICES)
+def test_input_discarding_reset_runs_sparse_natively(device):
+    cfg, (x, v0, i0, beta, alpha, th) = inputs("cuba_lif", "zero", "next", True, "before", T=10, device=device)
     values = cfg.values
     values[10] = 1.0  # reset_discards_input
     cfg = Config(values)
@@ -141,9 +155,11 @@ def test_input_discarding_reset_runs_sparse_natively():
 
 
 @pytest.mark.parametrize("T,B,N", [(1, 1, 1), (1, 5, 3), (13, 1, 257), (3, 7, 1000), (2, 3, 347)])
-def test_odd_sizes(T, B, N):
+@pytest.mark.parametrize("device", DEVICES)
+def test_odd_sizes(T, B, N, device):
     """Sizes around the kernels' blocks of elements (one, several, a ragged last one)."""
-    cfg, (x, v0, i0, beta, alpha, th) = inputs("lif", "zero", "same", False, "before", T=T, B=B, N=N, seed=T + N)
+    cfg, (x, v0, i0, beta, alpha, th) = inputs("lif", "zero", "same", False, "before", T=T, B=B, N=N, seed=T + N,
+                                               device=device)
     ref = ref_dense.scan_forward(x, v0, i0, beta, alpha, th, cfg, save=True)
     got = native.scan_forward(x, v0, i0, beta, alpha, th, cfg, save=True)
     assert all(same(a, b) for a, b in zip(got, ref))
@@ -154,8 +170,10 @@ def test_odd_sizes(T, B, N):
     assert all(same(a, b) for a, b in zip(got[:4], ref[:4]))
 
 
-def test_nan_input_stays_local_and_is_never_active():
-    cfg, (x, v0, i0, beta, alpha, th) = inputs("lif", "subtract", "same", True, "before", T=6, B=2, N=4)
+@pytest.mark.parametrize("device", DEVICES)
+def test_nan_input_stays_local_and_is_never_active(device):
+    cfg, (x, v0, i0, beta, alpha, th) = inputs("lif", "subtract", "same", True, "before", T=6, B=2, N=4,
+                                               device=device)
     x[2, 1, 3] = float("nan")
     out, v_T, _, _, idx, sg, _ = native.scan_forward_sparse(x, v0, i0, beta, alpha, th, cfg, math.inf, True)
     ref = ref_sparse.scan_forward_sparse(x, v0, i0, beta, alpha, th, cfg, math.inf, True)
@@ -172,12 +190,13 @@ def test_reference_is_forced_by_environment(monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["dense", "sparse"])
-def test_torch_compile_fullgraph_training_step(mode):
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph_training_step(mode, device):
     """A compiled model's training step under torch.compile(fullgraph=True) gives the
     eager step's loss and gradients."""
     torch.manual_seed(6)
-    model = MLP(**{"detach_reset": True})
-    x = spikes((10, 4, 12))
+    model = MLP(**{"detach_reset": True}).to(device)
+    x = spikes((10, 4, 12)).to(device)
     fast = snnopt.compile(model, mode=mode, example_inputs=(x,))
     gm = fast._program((x,)).gm
 

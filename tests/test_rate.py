@@ -9,6 +9,7 @@ from snnopt import kernels
 from snnopt.kernels.reference.rate import rate_batch_norm_backward
 from snnopt.profiling import SavedTensorMeter
 
+from .devices import DEVICES
 from .models import MLP, ConvNet, LoopMLP, grads_of, spikes
 from .test_ops import CASES, make
 
@@ -34,12 +35,14 @@ class BNConv(torch.nn.Module):
 
 
 @pytest.mark.parametrize("cls", [MLP, LoopMLP, ConvNet, BNConv])
-def test_t1_gradients_equal_bptt(cls):
+@pytest.mark.parametrize("device", DEVICES)
+def test_t1_gradients_equal_bptt(cls, device):
     torch.manual_seed(0)
-    model = cls()
+    model = cls().to(device)
     x = spikes((1, 6, 2, 8 if cls is BNConv else 12, 8 if cls is BNConv else 12)) if cls in (ConvNet, BNConv) \
         else spikes((1, 6, 12))
-    ref_model = cls()
+    x = x.to(device)
+    ref_model = cls().to(device)
     ref_model.load_state_dict(model.state_dict())
     ref_out = ref_model(x)
     ref = grads_of(ref_model, ref_out)

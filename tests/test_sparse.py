@@ -10,6 +10,7 @@ from snnopt import kernels, surrogate
 from snnopt.profiling import SavedTensorMeter
 from snnopt.spec import NeuronSpec
 
+from .devices import DEVICES
 from .models import MLP, ConvNet, LoopMLP, grads_of, neuron_kwargs, spikes
 from .test_ops import CASES, eager, make
 
@@ -20,10 +21,11 @@ def close(a, b):
 
 @pytest.mark.parametrize("cls", [MLP, LoopMLP, ConvNet])
 @pytest.mark.parametrize("sg", ["atan", "fast_sigmoid"])
-def test_infinite_band_is_dense_detached_bptt(cls, sg):
+@pytest.mark.parametrize("device", DEVICES)
+def test_infinite_band_is_dense_detached_bptt(cls, sg, device):
     torch.manual_seed(0)
-    model = cls(**neuron_kwargs(detach_reset=True, surrogate=sg))
-    x = spikes((12, 3, 2, 12, 12) if cls is ConvNet else (12, 3, 12))
+    model = cls(**neuron_kwargs(detach_reset=True, surrogate=sg)).to(device)
+    x = spikes((12, 3, 2, 12, 12) if cls is ConvNet else (12, 3, 12)).to(device)
     ref_out = model(x)
     ref = grads_of(model, ref_out)
     compiled = snnopt.compile(model, mode="sparse", band=math.inf, example_inputs=(x,))

@@ -21,6 +21,7 @@ from snnopt.passes import (PassManager, binary_synapses, canonicalize_neurons, d
 from snnopt.passes.verify import verify
 from snnopt.spec import NeuronSpec
 
+from .devices import DEVICES
 from .models import MLP, LoopMLP, spikes
 
 needs_native = pytest.mark.skipif(native.backend("cpu") != "native",
@@ -34,8 +35,9 @@ def close(a, b, rtol=1e-5):
 @needs_native
 @pytest.mark.parametrize("shape", [(1,), (7,), (3, 5, 11), (64, 13), (2, 1000)])
 @pytest.mark.parametrize("p", [0.0, 0.03, 0.5, 1.0])
-def test_pack_spikes_matches_reference(shape, p):
-    x = spikes(shape, p=p)
+@pytest.mark.parametrize("device", DEVICES)
+def test_pack_spikes_matches_reference(shape, p, device):
+    x = spikes(shape, p=p).to(device)
     packed, count = native.pack_spikes(x)
     assert torch.equal(packed, ref_sparse.pack_bits(x))
     assert count == int(x.sum())
@@ -44,8 +46,9 @@ def test_pack_spikes_matches_reference(shape, p):
 
 @needs_native
 @pytest.mark.parametrize("bad", [0.5, -1.0, math.nan, math.inf])
-def test_pack_spikes_refuses_non_binary_input(bad):
-    x = spikes((4, 9), p=0.3)
+@pytest.mark.parametrize("device", DEVICES)
+def test_pack_spikes_refuses_non_binary_input(bad, device):
+    x = spikes((4, 9), p=0.3).to(device)
     x[2, 3] = bad
     assert native.pack_spikes(x) == (None, -1)
 
@@ -55,28 +58,32 @@ def test_pack_spikes_refuses_non_binary_input(bad):
 @pytest.mark.parametrize("rows,K,N,p", [(1, 1, 1, 1.0), (37, 13, 9, 0.1), (50, 64, 33, 0.02), (20, 70, 5, 0.0),
                                         (8, 9, 4, 1.0), (30, 40, 130, 0.1)])  # (the last: whole vector chunks + a tail)
 @pytest.mark.parametrize("bias", [True, False])
-def test_event_linear_matches_linear(dtype, rows, K, N, p, bias):
+@pytest.mark.parametrize("device", DEVICES)
+def test_event_linear_matches_linear(dtype, rows, K, N, p, bias, device):
     torch.manual_seed(rows * K + N)
-    x = spikes((rows, K), p=p).to(dtype)
-    w, b = torch.randn(N, K, dtype=dtype), (torch.randn(N, dtype=dtype) if bias else None)
+    x = spikes((rows, K), p=p).to(device, dtype)
+    w = torch.randn(N, K, dtype=dtype).to(device)
+    b = torch.randn(N, dtype=dtype).to(device) if bias else None
     packed, _ = native.pack_spikes(x)
     rtol = 1e-5 if dtype == torch.float32 else 1e-12
     close(native.event_linear(packed, [rows, K], w, b), F.linear(x, w, b), rtol)
 
-    g = torch.randn(rows, N, dtype=dtype)
-    active = torch.randperm(rows * K)[: rows * K // 3].sort().values.int()
+    g = torch.randn(rows, N, dtype=dtype).to(device)
+    active = torch.randperm(rows * K)[: rows * K // 3].sort().values.int().to(device)
     dX, dW, db = native.event_linear_backward(g, packed, w, [rows, K], active, [True, True, True])
     close(dW, g.t() @ x, rtol)
     close(db, g.sum(0), rtol)
     close(dX, ref_sparse.only_at(g @ w, active), rtol)
-    assert not dX.reshape(-1)[torch.ones(rows * K, dtype=torch.bool).index_fill_(0, active.long(), False)].any()
+    elsewhere = torch.ones(rows * K, dtype=torch.bool, device=device).index_fill_(0, active.long(), False)
+    assert not dX.reshape(-1)[elsewhere].any()
     dX_all, none_w, none_b = native.event_linear_backward(g, packed, w, [rows, K], None, [True, False, False])
     close(dX_all, g @ w, rtol)
     assert none_w is None and none_b is None
 
 
 @pytest.mark.parametrize("event", [True, False])
-def test_synapse_ops_take_the_event_path_and_match_autograd(monkeypatch, event):
+@pytest.mark.parametrize("device", DEVICES)
+def test_synapse_ops_take_the_event_path_and_match_autograd(monkeypatch, event, device):
     """``binary_synapse`` with a sparse binary input (event-driven on the native backend) or
     with the reference forced: same values and gradients as ``F.linear`` under autograd."""
     if not event:
@@ -84,9 +91,10 @@ def test_synapse_ops_take_the_event_path_and_match_autograd(monkeypatch, event):
     elif native.backend("cpu") != "native":
         pytest.skip("the fused CPU kernels did not build")
     torch.manual_seed(1)
-    x = spikes((9, 4, 50), p=0.05).requires_grad_()
+    x = spikes((9, 4, 50), p=0.05).to(device).requires_grad_()
     assert x.mean() < ops.EVENT_DENSITY
-    w, b = torch.randn(7, 50, requires_grad=True), torch.randn(7, requires_grad=True)
+    w = torch.randn(7, 50).to(device).requires_grad_()
+    b = torch.randn(7).to(device).requires_grad_()
     out, packed = kernels.binary_synapse(x, w, b, 0, [1], [0], [1], 1)
     ref = F.linear(x, w, b)
     close(out, ref)
@@ -97,13 +105,14 @@ def test_synapse_ops_take_the_event_path_and_match_autograd(monkeypatch, event):
 
 
 @pytest.mark.parametrize("syn", [0, 1])
-def test_input_gradient_only_on_the_producer_active_set(syn):
+@pytest.mark.parametrize("device", DEVICES)
+def test_input_gradient_only_on_the_producer_active_set(syn, device):
     torch.manual_seed(2)
     shape, wshape = ((5, 3, 2, 6, 6), (4, 2, 3, 3)) if syn else ((5, 3, 20), (4, 20))
-    x = spikes(shape, p=0.1).requires_grad_()
-    w, b = torch.randn(wshape, requires_grad=True), torch.randn(4, requires_grad=True)
+    x = spikes(shape, p=0.1).to(device).requires_grad_()
+    w, b = torch.randn(wshape).to(device).requires_grad_(), torch.randn(4).to(device).requires_grad_()
     conv = ([1, 1], [1, 1], [1, 1], 1) if syn else ([1], [0], [1], 1)
-    active = torch.randperm(x.numel())[: x.numel() // 4].sort().values.int()
+    active = torch.randperm(x.numel())[: x.numel() // 4].sort().values.int().to(device)
     out, _ = kernels.binary_synapse(x, w, b, syn, *conv, x_active=active)
     ref = ref_sparse.synapse(x, w, b, syn, *conv)
     g = torch.randn_like(ref)
@@ -115,7 +124,7 @@ def test_input_gradient_only_on_the_producer_active_set(syn):
     torch.library.opcheck(torch.ops.snnopt.binary_synapse.default, (x, w, b, syn, *conv, True, active),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
     # through the tap: dL/dx at the active set, one value per entry, as the tap's gradient
-    tap = torch.rand(active.numel(), requires_grad=True)
+    tap = torch.rand(active.numel()).to(device).requires_grad_()
     out, _ = kernels.binary_synapse(x, w, b, syn, *conv, x_active=active, x_tap=tap)
     gx, gw, gb, gt = torch.autograd.grad((out * g).sum(), (x, w, b, tap), allow_unused=True)
     assert gx is None
@@ -130,7 +139,9 @@ def test_input_gradient_only_on_the_producer_active_set(syn):
 @pytest.mark.parametrize("consumer", ["binary", "fused"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("backend", ["native", "reference"])
-def test_the_tap_carries_the_input_gradient_back_to_the_producer(producer, consumer, dtype, backend, monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_tap_carries_the_input_gradient_back_to_the_producer(producer, consumer, dtype, backend, device,
+                                                                  monkeypatch):
     """A sparse neuron (alone or fused with its Linear) feeding a synapse, the loss reading the
     spikes directly too: every gradient is the same whether the synapse's input gradient
     flows back compactly through the tap or as a ``[T, B, K]`` tensor zero off the active set
@@ -140,15 +151,16 @@ def test_the_tap_carries_the_input_gradient_back_to_the_producer(producer, consu
         monkeypatch.setattr(native, "serves_synapse", lambda x: False)
     torch.manual_seed(11)
     cfg = NeuronSpec(beta=0.9, detach_reset=True).op_config()
-    beta, theta = torch.tensor(0.9, dtype=dtype), torch.tensor(1.0, dtype=dtype)
+    beta, theta = torch.tensor(0.9, dtype=dtype, device=device), torch.tensor(1.0, dtype=dtype, device=device)
     T, B, K, N, O = 15, 3, 24, 20, 7
-    x = spikes((T, B, K), p=0.2).to(dtype)
-    w1 = (torch.randn(N, K, dtype=dtype) * 0.6).requires_grad_()
-    b1 = torch.full((N,), 0.3, dtype=dtype, requires_grad=True)
-    w2 = (torch.randn(O, N, dtype=dtype) * 0.6).requires_grad_()
-    b2 = torch.full((O,), 0.3, dtype=dtype, requires_grad=True)
+    x = spikes((T, B, K), p=0.2).to(device, dtype)
+    w1 = (torch.randn(N, K, dtype=dtype) * 0.6).to(device).requires_grad_()
+    b1 = torch.full((N,), 0.3, dtype=dtype, device=device, requires_grad=True)
+    w2 = (torch.randn(O, N, dtype=dtype) * 0.6).to(device).requires_grad_()
+    b2 = torch.full((O,), 0.3, dtype=dtype, device=device, requires_grad=True)
     g = torch.Generator().manual_seed(0)
-    proj_s, proj_y = torch.randn(T, B, N, generator=g, dtype=dtype), torch.randn(T, B, O, generator=g, dtype=dtype)
+    proj_s = torch.randn(T, B, N, generator=g, dtype=dtype).to(device)
+    proj_y = torch.randn(T, B, O, generator=g, dtype=dtype).to(device)
 
     def grads(tapped):
         if producer == "neuron":
