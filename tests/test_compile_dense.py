@@ -21,14 +21,20 @@ def close(got, ref, name=""):
     torch.testing.assert_close(got, ref, rtol=RTOL, atol=atol, msg=lambda m: f"{name}: {m}")
 
 
-def assert_same(model, x, mode="dense", device="cpu", **compile_kw):
+def assert_same(model, x, mode="dense", device="cpu", exact_forward=True, **compile_kw):
+    """``exact_forward`` False: forward to the gradients' tolerance (see :func:`test_conv`).
+    cuDNN runs deterministic and in full float32 (no TF32) here."""
     model, x = model.to(device), x.to(device)
-    ref_out = model(x)
-    ref = grads_of(model, ref_out)
-    compiled = snnopt.compile(model, mode=mode, example_inputs=(x,), **compile_kw)
-    out = compiled(x)
-    assert torch.equal(out, ref_out), "forward differs"
-    got = grads_of(compiled, out)
+    with torch.backends.cudnn.flags(enabled=True, deterministic=True, benchmark=False, allow_tf32=False):
+        ref_out = model(x)
+        ref = grads_of(model, ref_out)
+        compiled = snnopt.compile(model, mode=mode, example_inputs=(x,), **compile_kw)
+        out = compiled(x)
+        got = grads_of(compiled, out)
+    if exact_forward:
+        assert torch.equal(out, ref_out), "forward differs"
+    else:
+        close(out, ref_out, "forward")
     assert got.keys() == ref.keys()
     for name in ref:
         close(got[name], ref[name], name)
@@ -64,8 +70,11 @@ def test_learnable_beta_threshold(cls):
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_conv(cls, reset, device):
+    """On CUDA the per-step loop's convolutions, rerolled into one call over T x B samples,
+    round differently: cuDNN picks its algorithm by batch size."""
     torch.manual_seed(4)
-    assert_same(cls(**neuron_kwargs(reset=reset)), spikes((8, 3, 2, 12, 12)), device=device)
+    exact = device == "cpu" or cls is ConvNet
+    assert_same(cls(**neuron_kwargs(reset=reset)), spikes((8, 3, 2, 12, 12)), device=device, exact_forward=exact)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -264,7 +264,8 @@ def lower_rate_pass(keys_T: set[str], recorded_T: frozenset = frozenset()):
             if set(users) - {0} - membrane or len(users) != len(n.users):
                 raise RateUnsupported(f"`{n.meta['snn_module']}`'s final state is used")
             safe = key.replace(".", "_").replace("#", "_")
-            state = torch.zeros(n.args[0].meta["val"].shape[1:])
+            val = n.args[0].meta["val"]
+            state = torch.zeros(val.shape[1:], dtype=val.dtype, device=val.device)
             stats = {}
             for index, (value, elig) in ((0, ("rate", "elig")), (3, ("vbar", "eligv")), (1, ("vbar", "eligv"))):
                 if index not in users:
@@ -281,8 +282,11 @@ def lower_rate_pass(keys_T: set[str], recorded_T: frozenset = frozenset()):
             gm.graph.erase_node(n)
         for n, m, key in list(_bn_nodes(gm)):
             safe = key.replace(".", "_").replace("#", "_")
-            var = placeholder(f"bn_var_{safe}", f"bn:{key}:0", torch.ones(m.num_features))
-            mean = placeholder(f"bn_mean_{safe}", f"bn:{key}:1", torch.zeros(m.num_features))
+            val = n.args[0].meta["val"]
+            var = placeholder(f"bn_var_{safe}", f"bn:{key}:0",
+                              torch.ones(m.num_features, dtype=val.dtype, device=val.device))
+            mean = placeholder(f"bn_mean_{safe}", f"bn:{key}:1",
+                               torch.zeros(m.num_features, dtype=val.dtype, device=val.device))
             with gm.graph.inserting_before(n):
                 w = b.get_attr(f"{n.target}.weight", from_=[n]) if m.affine else None
                 bias = b.get_attr(f"{n.target}.bias", from_=[n]) if m.affine else None

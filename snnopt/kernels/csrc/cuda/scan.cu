@@ -2,7 +2,10 @@
 //
 // One thread per element m scans t = 0..T-1 (backward: T-1..0) with the state in
 // registers; sequences are [T, M], so step t of element m is x[t * M + m] and a warp's
-// loads and stores are coalesced.  The scalar math is that of ../neuron.h, in the
+// loads and stores are coalesced.  The scans read their sequences a window of kAhead steps
+// at a time (the next window's loads issued before the current one is computed), so each
+// thread keeps several loads in flight instead of waiting out the memory latency once per
+// step.  The scalar math is that of ../neuron.h, in the
 // reference's order of floating-point operations: with --fmad=false the forward equals
 // snnopt/kernels/reference bit for bit.  Float and double are dispatched.
 
@@ -25,8 +28,27 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kAhead = 8;  // steps per window of prefetched loads
 
 // ---------------------------------------------------------------------------- device side
+
+// Steps t0 + d * j (j = 0 .. W - 1; d = 1 forward, -1 backward) of element m of the [steps, M]
+// sequence p into w; zero outside 0 .. steps - 1 or when p is null.
+template <int W, typename T>
+__device__ __forceinline__ void load_window(const T* __restrict__ p, int64_t t0, int d, int64_t steps, int64_t M,
+                                            int64_t m, T (&w)[W]) {
+#pragma unroll
+  for (int j = 0; j < W; ++j) {
+    const int64_t t = t0 + d * j;
+    w[j] = p && t >= 0 && t < steps ? __ldg(p + t * M + m) : T(0);
+  }
+}
+
+template <int W, typename T>
+__device__ __forceinline__ void copy_window(const T (&from)[W], T (&to)[W]) {
+#pragma unroll
+  for (int j = 0; j < W; ++j) to[j] = from[j];
+}
 
 // A parameter array of F values (element m reads index m % F); F == 0 when it is absent.
 template <typename T>
@@ -107,13 +129,22 @@ __global__ void dense_forward_kernel(ScanIn<T> in, T* out, T* v_T, T* i_T, T* v_
   const int64_t m = element();
   if (m >= in.M) return;
   Neuron<T> n = in.neuron(m);
-  for (int64_t t = 0, k = m; t < in.steps; ++t, k += in.M) {
-    T total = T(0);
-    const T h = n.charge(in.x[k], total);
-    out[k] = n.fire(h);
-    if (v_seq) v_seq[k] = n.v;
-    if (h_seq) h_seq[k] = h;
-    if (i_seq) i_seq[k] = total;
+  T xs[kAhead], next[kAhead];
+  load_window(in.x, 0, 1, in.steps, in.M, m, next);
+  for (int64_t t0 = 0; t0 < in.steps; t0 += kAhead) {
+    copy_window(next, xs);
+    load_window(in.x, t0 + kAhead, 1, in.steps, in.M, m, next);
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) {
+      if (t0 + j >= in.steps) break;
+      const int64_t k = (t0 + j) * in.M + m;
+      T total = T(0);
+      const T h = n.charge(xs[j], total);
+      out[k] = n.fire(h);
+      if (v_seq) v_seq[k] = n.v;
+      if (h_seq) h_seq[k] = h;
+      if (i_seq) i_seq[k] = total;
+    }
   }
   v_T[m] = n.v;
   if (i_T) i_T[m] = n.i;
@@ -133,21 +164,31 @@ __global__ void rate_stats_kernel(ScanIn<T> in, T* out, T* v_T, T* i_T, T* v_seq
   const T scale = T(c.scale);
   const bool record = v_bar != nullptr;
   T h_prev = T(0), cur_k = T(0), kappa = T(0), e = T(0), e_v = T(0), out_sum = T(0), v_sum = T(0);
-  for (int64_t t = 0, k = m; t < in.steps; ++t, k += in.M) {
-    T total = T(0);
-    const T h = n.charge(in.x[k], total);
-    const T o = n.fire(h);
-    out[k] = o;
-    cur_k = c.has_current() ? T(1) + n.alpha * cur_k : T(1);
-    kappa = t == 0 ? scale * cur_k : scale * cur_k + state_jacobian(c, h_prev, n.b, n.theta) * kappa;
-    e = e + (c.spiking() ? kappa * sg_at(c, h - n.theta) : kappa);
-    if (record) {
-      v_seq[k] = n.v;
-      e_v = e_v + state_derivative(c, h, n.theta) * kappa;
-      v_sum = v_sum + n.v;
+  T xs[kAhead], next[kAhead];
+  load_window(in.x, 0, 1, in.steps, in.M, m, next);
+  for (int64_t t0 = 0; t0 < in.steps; t0 += kAhead) {
+    copy_window(next, xs);
+    load_window(in.x, t0 + kAhead, 1, in.steps, in.M, m, next);
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) {
+      const int64_t t = t0 + j;
+      if (t >= in.steps) break;
+      const int64_t k = t * in.M + m;
+      T total = T(0);
+      const T h = n.charge(xs[j], total);
+      const T o = n.fire(h);
+      out[k] = o;
+      cur_k = c.has_current() ? T(1) + n.alpha * cur_k : T(1);
+      kappa = t == 0 ? scale * cur_k : scale * cur_k + state_jacobian(c, h_prev, n.b, n.theta) * kappa;
+      e = e + (c.spiking() ? kappa * sg_at(c, h - n.theta) : kappa);
+      if (record) {
+        v_seq[k] = n.v;
+        e_v = e_v + state_derivative(c, h, n.theta) * kappa;
+        v_sum = v_sum + n.v;
+      }
+      out_sum = out_sum + o;
+      h_prev = h;
     }
-    out_sum = out_sum + o;
-    h_prev = h;
   }
   const T steps = T(in.steps);
   v_T[m] = n.v;
@@ -179,15 +220,24 @@ __global__ void sparse_forward_kernel(ScanIn<T> in, T band, T* out, T* v_T, T* i
   Neuron<T> n = in.neuron(m);
   const bool same = in.c.timing == SAME;
   int32_t count = 0;
-  for (int64_t t = 0, k = m; t < in.steps; ++t, k += in.M) {
-    const bool r = !same && gate_words && n.pending();
-    T total = T(0);
-    const T h = n.charge(in.x[k], total);
-    const T o = n.fire(h);
-    out[k] = o;
-    if (v_seq) v_seq[k] = n.v;
-    if (counts) count += active(h, n.theta, band);
-    if (gate_words && (same ? o != T(0) : r)) atomicOr(gate_words + (k >> 5), 1u << (k & 31));
+  T xs[kAhead], next[kAhead];
+  load_window(in.x, 0, 1, in.steps, in.M, m, next);
+  for (int64_t t0 = 0; t0 < in.steps; t0 += kAhead) {
+    copy_window(next, xs);
+    load_window(in.x, t0 + kAhead, 1, in.steps, in.M, m, next);
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) {
+      if (t0 + j >= in.steps) break;
+      const int64_t k = (t0 + j) * in.M + m;
+      const bool r = !same && gate_words && n.pending();
+      T total = T(0);
+      const T h = n.charge(xs[j], total);
+      const T o = n.fire(h);
+      out[k] = o;
+      if (v_seq) v_seq[k] = n.v;
+      if (counts) count += active(h, n.theta, band);
+      if (gate_words && (same ? o != T(0) : r)) atomicOr(gate_words + (k >> 5), 1u << (k & 31));
+    }
   }
   v_T[m] = n.v;
   if (i_T) i_T[m] = n.i;
@@ -203,14 +253,22 @@ __global__ void active_set_kernel(ScanIn<T> in, T band, const int32_t* ends, int
   int32_t pos = m ? ends[m - 1] : 0;
   if (pos == ends[m]) return;
   Neuron<T> n = in.neuron(m);
-  for (int64_t t = 0, k = m; t < in.steps; ++t, k += in.M) {
-    T total = T(0);
-    const T h = n.charge(in.x[k], total);
-    n.fire(h);
-    if (active(h, n.theta, band)) {
-      idx[pos] = static_cast<int32_t>(k);
-      sg[pos] = sg_at(in.c, h - n.theta);
-      ++pos;
+  T xs[kAhead], next[kAhead];
+  load_window(in.x, 0, 1, in.steps, in.M, m, next);
+  for (int64_t t0 = 0; t0 < in.steps; t0 += kAhead) {
+    copy_window(next, xs);
+    load_window(in.x, t0 + kAhead, 1, in.steps, in.M, m, next);
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) {
+      if (t0 + j >= in.steps) break;
+      T total = T(0);
+      const T h = n.charge(xs[j], total);
+      n.fire(h);
+      if (active(h, n.theta, band)) {
+        idx[pos] = static_cast<int32_t>((t0 + j) * in.M + m);
+        sg[pos] = sg_at(in.c, h - n.theta);
+        ++pos;
+      }
     }
   }
 }
@@ -239,70 +297,88 @@ __global__ void dense_backward_kernel(DenseBackIn<T> in, T* gx, T* gv0, T* gi0, 
   T carry = in.g_v ? in.g_v[m] : T(0);
   T gi_acc = in.g_i ? in.g_i[m] : T(0);
   T acc_b = T(0), acc_a = T(0), acc_th = T(0);
-  for (int64_t t = in.steps - 1; t >= 0; --t) {
-    const int64_t k = t * in.M + m;
-    if (in.g_vseq) carry = carry + in.g_vseq[k];
-    const T go = in.g_out ? in.g_out[k] : T(0);
-    const T ht = in.h[k];
-    const T h_prev = t > 0 ? in.h[k - in.M] : (in.v0 ? in.v0[m] : T(0));
-    T gh;
-    if (!c.spiking()) {
-      gh = go + carry;
-    } else {
-      const T u = ht - th;
-      const T sp = sg_at(c, u);
+  const T v0 = in.v0 ? in.v0[m] : T(0);
+  // Windows of kAhead steps from t0 down; h's holds one step more (h_{t-1} of its last step).
+  T go_w[kAhead], gvs_w[kAhead], h_w[kAhead + 1], go_n[kAhead], gvs_n[kAhead], h_n[kAhead + 1];
+  load_window(in.g_out, in.steps - 1, -1, in.steps, in.M, m, go_n);
+  load_window(in.g_vseq, in.steps - 1, -1, in.steps, in.M, m, gvs_n);
+  load_window(in.h, in.steps - 1, -1, in.steps, in.M, m, h_n);
+  for (int64_t t0 = in.steps - 1; t0 >= 0; t0 -= kAhead) {
+    copy_window(go_n, go_w);
+    copy_window(gvs_n, gvs_w);
+    copy_window(h_n, h_w);
+    load_window(in.g_out, t0 - kAhead, -1, in.steps, in.M, m, go_n);
+    load_window(in.g_vseq, t0 - kAhead, -1, in.steps, in.M, m, gvs_n);
+    load_window(in.h, t0 - kAhead, -1, in.steps, in.M, m, h_n);
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) {
+      const int64_t t = t0 - j;
+      if (t < 0) break;
+      const int64_t k = t * in.M + m;
+      if (in.g_vseq) carry = carry + gvs_w[j];
+      const T go = go_w[j];
+      const T ht = h_w[j];
+      const T h_prev = t > 0 ? h_w[j + 1] : v0;
+      T gh;
+      if (!c.spiking()) {
+        gh = go + carry;
+      } else {
+        const T u = ht - th;
+        const T sp = sg_at(c, u);
+        if (nxt) {
+          gh = go * sp + carry;
+          acc_th = acc_th - go * sp;
+        } else {
+          const T s = heaviside(u, c.fire_ge);
+          T dpdh = T(1), dpds = T(0);
+          if (c.reset == SUBTRACT) {
+            dpds = -th;
+          } else if (c.reset == ZERO) {
+            dpdh = T(1) - s;
+            dpds = v_reset - ht;
+          }
+          T gu = go;
+          if (nd && c.reset != NONE) gu = gu + carry * dpds;
+          gh = gu * sp + carry * dpdh;
+          acc_th = acc_th - gu * sp;
+          if (c.reset == SUBTRACT) acc_th = acc_th - carry * s;
+        }
+      }
       if (nxt) {
-        gh = go * sp + carry;
-        acc_th = acc_th - go * sp;
-      } else {
-        const T s = heaviside(u, c.fire_ge);
-        T dpdh = T(1), dpds = T(0);
-        if (c.reset == SUBTRACT) {
-          dpds = -th;
-        } else if (c.reset == ZERO) {
-          dpdh = T(1) - s;
-          dpds = v_reset - ht;
+        const T u_p = h_prev - th;
+        const T s_p = heaviside(u_p, c.fire_ge);
+        if (gth) {
+          if (c.reset == SUBTRACT) acc_th = acc_th - gh * s_p;
+          if (nd) {
+            const T drho_ds = c.reset == SUBTRACT ? th : b * (h_prev - v_reset);
+            acc_th = acc_th + gh * drho_ds * sg_at(c, u_p);
+          }
         }
-        T gu = go;
-        if (nd && c.reset != NONE) gu = gu + carry * dpds;
-        gh = gu * sp + carry * dpdh;
-        acc_th = acc_th - gu * sp;
-        if (c.reset == SUBTRACT) acc_th = acc_th - carry * s;
+        if (gb) {
+          T dbeta = h_prev - v_rest;
+          if (c.reset == ZERO) dbeta = dbeta - s_p * (h_prev - v_reset);
+          acc_b = acc_b + gh * dbeta;
+        }
+      } else if (gb) {
+        const T p_prev =
+            (t == 0 || !c.spiking()) ? h_prev : post_reset(c, h_prev, heaviside(h_prev - th, c.fire_ge), th);
+        acc_b = acc_b + gh * (p_prev - v_rest);
       }
-    }
-    if (nxt) {
-      const T u_p = h_prev - th;
-      const T s_p = heaviside(u_p, c.fire_ge);
-      if (gth) {
-        if (c.reset == SUBTRACT) acc_th = acc_th - gh * s_p;
-        if (nd) {
-          const T drho_ds = c.reset == SUBTRACT ? th : b * (h_prev - v_reset);
-          acc_th = acc_th + gh * drho_ds * sg_at(c, u_p);
+      T gin = c.scale != 1.0 ? gh * T(c.scale) : gh;
+      if (c.has_current()) {
+        if (c.decay_after) {
+          if (ga) acc_a = acc_a + gi_acc * in.i_seq[k];
+          gin = gin + alpha * gi_acc;
+          gi_acc = gin;
+        } else {
+          gin = gin + gi_acc;
+          if (ga) acc_a = acc_a + gin * (t > 0 ? in.i_seq[k - in.M] : (in.i0 ? in.i0[m] : T(0)));
+          gi_acc = alpha * gin;
         }
       }
-      if (gb) {
-        T dbeta = h_prev - v_rest;
-        if (c.reset == ZERO) dbeta = dbeta - s_p * (h_prev - v_reset);
-        acc_b = acc_b + gh * dbeta;
-      }
-    } else if (gb) {
-      const T p_prev = (t == 0 || !c.spiking()) ? h_prev : post_reset(c, h_prev, heaviside(h_prev - th, c.fire_ge), th);
-      acc_b = acc_b + gh * (p_prev - v_rest);
+      if (gx) gx[k] = gin;
+      carry = nxt ? gh * state_jacobian(c, h_prev, b, th) : b * gh;
     }
-    T gin = c.scale != 1.0 ? gh * T(c.scale) : gh;
-    if (c.has_current()) {
-      if (c.decay_after) {
-        if (ga) acc_a = acc_a + gi_acc * in.i_seq[k];
-        gin = gin + alpha * gi_acc;
-        gi_acc = gin;
-      } else {
-        gin = gin + gi_acc;
-        if (ga) acc_a = acc_a + gin * (t > 0 ? in.i_seq[k - in.M] : (in.i0 ? in.i0[m] : T(0)));
-        gi_acc = alpha * gin;
-      }
-    }
-    if (gx) gx[k] = gin;
-    carry = nxt ? gh * state_jacobian(c, h_prev, b, th) : b * gh;
   }
   if (gv0) gv0[m] = carry;
   if (gi0) gi0[m] = gi_acc;
@@ -348,17 +424,29 @@ __global__ void sparse_backward_kernel(SparseBackIn<T> in, T* gx, T* gv0, T* gi0
   const bool same = c.timing == SAME, gate_input = discards(c), filter = gx || gi0;
   T carry = in.g_v ? in.g_v[m] : T(0);
   T d = in.g_i ? in.g_i[m] : T(0);
-  for (int64_t t = in.steps - 1; t >= 0; --t) {
-    const int64_t k = t * in.M + m;
-    if (in.g_vseq) carry = carry + in.g_vseq[k];
-    const T keep = in.gates ? T(1) - T((in.gates[k >> 3] >> (k & 7)) & 1) : T(1);
-    const T delta = in.g[k] + (in.gates && same ? carry * keep : carry);
-    carry = (!in.gates || same) ? b * delta : b * keep * delta;
-    if (!filter) continue;
-    T gin = gate_input ? delta * keep : delta;
-    if (c.scale != 1.0) gin = gin * T(c.scale);
-    if (c.has_current()) gin = current_backward_step(c, gin, d, alpha);
-    if (gx) gx[k] = gin;
+  T g_w[kAhead], gvs_w[kAhead], g_n[kAhead], gvs_n[kAhead];
+  load_window(in.g, in.steps - 1, -1, in.steps, in.M, m, g_n);
+  load_window(in.g_vseq, in.steps - 1, -1, in.steps, in.M, m, gvs_n);
+  for (int64_t t0 = in.steps - 1; t0 >= 0; t0 -= kAhead) {
+    copy_window(g_n, g_w);
+    copy_window(gvs_n, gvs_w);
+    load_window(in.g, t0 - kAhead, -1, in.steps, in.M, m, g_n);
+    load_window(in.g_vseq, t0 - kAhead, -1, in.steps, in.M, m, gvs_n);
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) {
+      const int64_t t = t0 - j;
+      if (t < 0) break;
+      const int64_t k = t * in.M + m;
+      if (in.g_vseq) carry = carry + gvs_w[j];
+      const T keep = in.gates ? T(1) - T((in.gates[k >> 3] >> (k & 7)) & 1) : T(1);
+      const T delta = g_w[j] + (in.gates && same ? carry * keep : carry);
+      carry = (!in.gates || same) ? b * delta : b * keep * delta;
+      if (!filter) continue;
+      T gin = gate_input ? delta * keep : delta;
+      if (c.scale != 1.0) gin = gin * T(c.scale);
+      if (c.has_current()) gin = current_backward_step(c, gin, d, alpha);
+      if (gx) gx[k] = gin;
+    }
   }
   if (gv0) gv0[m] = carry;
   if (gi0) gi0[m] = d;
