@@ -154,6 +154,27 @@ def test_input_discarding_reset_runs_sparse_natively(device):
     assert all(same(a, b) for a, b in zip(got[:4], ref[:4])) and torch.equal(got[6], ref[6])
 
 
+@pytest.mark.parametrize("kind,reset,timing,detach,decay", [("lif", "subtract", "same", False, "before"),
+                                                             ("cuba_lif", "zero", "next", False, "after"),
+                                                             ("if", "zero", "same", True, "before")])
+@pytest.mark.parametrize("device", DEVICES)
+def test_dense_scan_on_many_elements(kind, reset, timing, detach, decay, device):
+    """160 000 elements per step (625 blocks of the CUDA scans, 2 500 tasks of the CPU
+    kernels); every gradient, per-element parameters."""
+    cfg, (x, v0, i0, beta, alpha, th) = inputs(kind, reset, timing, detach, decay, T=6, B=4, N=40000, seed=9,
+                                               device=device)
+    ref = ref_dense.scan_forward(x, v0, i0, beta, alpha, th, cfg, save=True, record=True)
+    got = native.scan_forward(x, v0, i0, beta, alpha, th, cfg, save=True, record=True)
+    assert all(same(a, b) for a, b in zip(got, ref))
+    g = torch.Generator().manual_seed(8)
+    g_out, g_v, g_vseq = (randn(s, g, x.dtype, device) for s in (x.shape, x.shape[1:], x.shape))
+    g_i = randn(x.shape[1:], g, x.dtype, device) if cfg.has_current else None
+    needs = [True, True, cfg.has_current, beta is not None, alpha is not None, th is not None]
+    args = (g_out, g_v, g_i, g_vseq, ref[4], ref[5], v0, i0, beta, alpha, th, cfg, needs)
+    for a, b in zip(native.scan_backward(*args), ref_dense.scan_backward(*args)):
+        close(a, b, 1e-4)
+
+
 @pytest.mark.parametrize("T,B,N", [(1, 1, 1), (1, 5, 3), (13, 1, 257), (3, 7, 1000), (2, 3, 347)])
 @pytest.mark.parametrize("device", DEVICES)
 def test_odd_sizes(T, B, N, device):

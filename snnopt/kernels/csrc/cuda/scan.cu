@@ -2,10 +2,10 @@
 //
 // One thread per element m scans t = 0..T-1 (backward: T-1..0) with the state in
 // registers; sequences are [T, M], so step t of element m is x[t * M + m] and a warp's
-// loads and stores are coalesced.  The scans read their sequences a window of kAhead steps
-// at a time (the next window's loads issued before the current one is computed), so each
-// thread keeps several loads in flight instead of waiting out the memory latency once per
-// step.  The scalar math is that of ../neuron.h, in the
+// loads and stores are coalesced.  The scans read their sequences a window of steps at a
+// time (kAhead forward, kBackAhead backward; the next window's loads issued
+// before the current one is computed), so each thread keeps several loads in flight instead
+// of waiting out the memory latency once per step.  The scalar math is that of ../neuron.h, in the
 // reference's order of floating-point operations: with --fmad=false the forward equals
 // snnopt/kernels/reference bit for bit.  Float and double are dispatched.
 
@@ -283,108 +283,141 @@ struct DenseBackIn {
   int64_t steps, M;
 };
 
-// Exact BPTT (reference.dense.scan_backward): the reverse sweep of dL/dp_t (same-step
-// reset) or dL/dh_t (next-step), the reverse current filter, and per-element sums of the
-// beta / alpha / theta gradients; null outputs are not needed.
+// One element's state in the exact BPTT sweep (reference.dense.scan_backward): the carried
+// gradient dL/dp_t (same-step reset) or dL/dh_t (next-step), the reverse current filter, and
+// the element's sums of the beta / alpha / theta gradients (wanted: gb / ga / gth).
 template <typename T>
-__global__ void dense_backward_kernel(DenseBackIn<T> in, T* gx, T* gv0, T* gi0, T* gb, T* ga, T* gth) {
+struct BackElement {
+  T b, alpha, th, v0, i0;
+  T carry, gi_acc, acc_b, acc_a, acc_th;
+
+  __device__ BackElement(const DenseBackIn<T>& in, int64_t m)
+      : b(in.b.at(m, T(1))),
+        alpha(in.alpha.at(m, T(0))),
+        th(in.theta.at(m, T(0))),
+        v0(in.v0 ? in.v0[m] : T(0)),
+        i0(in.i0 ? in.i0[m] : T(0)),
+        carry(in.g_v ? in.g_v[m] : T(0)),
+        gi_acc(in.g_i ? in.g_i[m] : T(0)),
+        acc_b(T(0)),
+        acc_a(T(0)),
+        acc_th(T(0)) {}
+
+  // Step t (flat index k) back: dL/dx_t from dL/dout_t (go), dL/dv_seq_t (gvs), h_t, h_{t-1}.
+  __device__ T step(const DenseBackIn<T>& in, int64_t t, int64_t k, T go, T gvs, T ht, T h_prev, bool gb, bool ga,
+                    bool gth) {
+    const Cfg& c = in.c;
+    const T v_rest = T(c.v_rest), v_reset = T(c.v_reset);
+    const bool nxt = c.next(), nd = !c.detach;
+    if (in.g_vseq) carry = carry + gvs;
+    T gh;
+    if (!c.spiking()) {
+      gh = go + carry;
+    } else {
+      const T u = ht - th;
+      const T sp = sg_at(c, u);
+      if (nxt) {
+        gh = go * sp + carry;
+        acc_th = acc_th - go * sp;
+      } else {
+        const T s = heaviside(u, c.fire_ge);
+        T dpdh = T(1), dpds = T(0);
+        if (c.reset == SUBTRACT) {
+          dpds = -th;
+        } else if (c.reset == ZERO) {
+          dpdh = T(1) - s;
+          dpds = v_reset - ht;
+        }
+        T gu = go;
+        if (nd && c.reset != NONE) gu = gu + carry * dpds;
+        gh = gu * sp + carry * dpdh;
+        acc_th = acc_th - gu * sp;
+        if (c.reset == SUBTRACT) acc_th = acc_th - carry * s;
+      }
+    }
+    if (nxt) {
+      const T u_p = h_prev - th;
+      const T s_p = heaviside(u_p, c.fire_ge);
+      if (gth) {
+        if (c.reset == SUBTRACT) acc_th = acc_th - gh * s_p;
+        if (nd) {
+          const T drho_ds = c.reset == SUBTRACT ? th : b * (h_prev - v_reset);
+          acc_th = acc_th + gh * drho_ds * sg_at(c, u_p);
+        }
+      }
+      if (gb) {
+        T dbeta = h_prev - v_rest;
+        if (c.reset == ZERO) dbeta = dbeta - s_p * (h_prev - v_reset);
+        acc_b = acc_b + gh * dbeta;
+      }
+    } else if (gb) {
+      const T p_prev = (t == 0 || !c.spiking()) ? h_prev : post_reset(c, h_prev, heaviside(h_prev - th, c.fire_ge), th);
+      acc_b = acc_b + gh * (p_prev - v_rest);
+    }
+    T gin = c.scale != 1.0 ? gh * T(c.scale) : gh;
+    if (c.has_current()) {
+      if (c.decay_after) {
+        if (ga) acc_a = acc_a + gi_acc * in.i_seq[k];
+        gin = gin + alpha * gi_acc;
+        gi_acc = gin;
+      } else {
+        gin = gin + gi_acc;
+        if (ga) acc_a = acc_a + gin * (t > 0 ? in.i_seq[k - in.M] : i0);
+        gi_acc = alpha * gin;
+      }
+    }
+    carry = nxt ? gh * state_jacobian(c, h_prev, b, th) : b * gh;
+    return gin;
+  }
+};
+
+// Steps per window of the backward scans, and their register budget: at most 64 registers a
+// thread for float (four blocks of kThreads on an SM; more registers, fewer resident threads,
+// and the backward, which waits on two sequences, was measured slower), 128 for double.
+constexpr int kBackAhead = 4;
+template <typename T>
+constexpr int kBackBlocks = sizeof(T) == 4 ? 4 : 2;
+
+// Exact BPTT; Vseq: a gradient for the recorded states arrives (g_vseq).  Null outputs are
+// not needed.
+template <typename T, bool Vseq>
+__global__ void __launch_bounds__(kThreads, kBackBlocks<T>)
+    dense_backward_kernel(DenseBackIn<T> in, T* gx, T* gv0, T* gi0, T* gb, T* ga, T* gth) {
+  constexpr int W = kBackAhead;
   const int64_t m = element();
   if (m >= in.M) return;
-  const Cfg& c = in.c;
-  const T b = in.b.at(m, T(1)), alpha = in.alpha.at(m, T(0)), th = in.theta.at(m, T(0));
-  const T v_rest = T(c.v_rest), v_reset = T(c.v_reset);
-  const bool nxt = c.next(), nd = !c.detach;
-  T carry = in.g_v ? in.g_v[m] : T(0);
-  T gi_acc = in.g_i ? in.g_i[m] : T(0);
-  T acc_b = T(0), acc_a = T(0), acc_th = T(0);
-  const T v0 = in.v0 ? in.v0[m] : T(0);
-  // Windows of kAhead steps from t0 down; h's holds one step more (h_{t-1} of its last step).
-  T go_w[kAhead], gvs_w[kAhead], h_w[kAhead + 1], go_n[kAhead], gvs_n[kAhead], h_n[kAhead + 1];
+  BackElement<T> e(in, m);
+  // Windows of W steps from t0 down; h_{t-1} of a window's last step is the next window's first h.
+  constexpr int WV = Vseq ? W : 1;
+  T go_w[W], h_w[W], gvs_w[WV], go_n[W], h_n[W], gvs_n[WV];
   load_window(in.g_out, in.steps - 1, -1, in.steps, in.M, m, go_n);
-  load_window(in.g_vseq, in.steps - 1, -1, in.steps, in.M, m, gvs_n);
   load_window(in.h, in.steps - 1, -1, in.steps, in.M, m, h_n);
-  for (int64_t t0 = in.steps - 1; t0 >= 0; t0 -= kAhead) {
+  if (Vseq) load_window(in.g_vseq, in.steps - 1, -1, in.steps, in.M, m, gvs_n);
+  for (int64_t t0 = in.steps - 1; t0 >= 0; t0 -= W) {
     copy_window(go_n, go_w);
-    copy_window(gvs_n, gvs_w);
     copy_window(h_n, h_w);
-    load_window(in.g_out, t0 - kAhead, -1, in.steps, in.M, m, go_n);
-    load_window(in.g_vseq, t0 - kAhead, -1, in.steps, in.M, m, gvs_n);
-    load_window(in.h, t0 - kAhead, -1, in.steps, in.M, m, h_n);
+    load_window(in.g_out, t0 - W, -1, in.steps, in.M, m, go_n);
+    load_window(in.h, t0 - W, -1, in.steps, in.M, m, h_n);
+    if (Vseq) {
+      copy_window(gvs_n, gvs_w);
+      load_window(in.g_vseq, t0 - W, -1, in.steps, in.M, m, gvs_n);
+    }
 #pragma unroll
-    for (int j = 0; j < kAhead; ++j) {
+    for (int j = 0; j < W; ++j) {
       const int64_t t = t0 - j;
       if (t < 0) break;
       const int64_t k = t * in.M + m;
-      if (in.g_vseq) carry = carry + gvs_w[j];
-      const T go = go_w[j];
-      const T ht = h_w[j];
-      const T h_prev = t > 0 ? h_w[j + 1] : v0;
-      T gh;
-      if (!c.spiking()) {
-        gh = go + carry;
-      } else {
-        const T u = ht - th;
-        const T sp = sg_at(c, u);
-        if (nxt) {
-          gh = go * sp + carry;
-          acc_th = acc_th - go * sp;
-        } else {
-          const T s = heaviside(u, c.fire_ge);
-          T dpdh = T(1), dpds = T(0);
-          if (c.reset == SUBTRACT) {
-            dpds = -th;
-          } else if (c.reset == ZERO) {
-            dpdh = T(1) - s;
-            dpds = v_reset - ht;
-          }
-          T gu = go;
-          if (nd && c.reset != NONE) gu = gu + carry * dpds;
-          gh = gu * sp + carry * dpdh;
-          acc_th = acc_th - gu * sp;
-          if (c.reset == SUBTRACT) acc_th = acc_th - carry * s;
-        }
-      }
-      if (nxt) {
-        const T u_p = h_prev - th;
-        const T s_p = heaviside(u_p, c.fire_ge);
-        if (gth) {
-          if (c.reset == SUBTRACT) acc_th = acc_th - gh * s_p;
-          if (nd) {
-            const T drho_ds = c.reset == SUBTRACT ? th : b * (h_prev - v_reset);
-            acc_th = acc_th + gh * drho_ds * sg_at(c, u_p);
-          }
-        }
-        if (gb) {
-          T dbeta = h_prev - v_rest;
-          if (c.reset == ZERO) dbeta = dbeta - s_p * (h_prev - v_reset);
-          acc_b = acc_b + gh * dbeta;
-        }
-      } else if (gb) {
-        const T p_prev =
-            (t == 0 || !c.spiking()) ? h_prev : post_reset(c, h_prev, heaviside(h_prev - th, c.fire_ge), th);
-        acc_b = acc_b + gh * (p_prev - v_rest);
-      }
-      T gin = c.scale != 1.0 ? gh * T(c.scale) : gh;
-      if (c.has_current()) {
-        if (c.decay_after) {
-          if (ga) acc_a = acc_a + gi_acc * in.i_seq[k];
-          gin = gin + alpha * gi_acc;
-          gi_acc = gin;
-        } else {
-          gin = gin + gi_acc;
-          if (ga) acc_a = acc_a + gin * (t > 0 ? in.i_seq[k - in.M] : (in.i0 ? in.i0[m] : T(0)));
-          gi_acc = alpha * gin;
-        }
-      }
+      const T h_prev = t == 0 ? e.v0 : j + 1 < W ? h_w[j + 1] : h_n[0];
+      const T gvs = Vseq ? gvs_w[Vseq ? j : 0] : T(0);
+      const T gin = e.step(in, t, k, go_w[j], gvs, h_w[j], h_prev, gb, ga, gth);
       if (gx) gx[k] = gin;
-      carry = nxt ? gh * state_jacobian(c, h_prev, b, th) : b * gh;
     }
   }
-  if (gv0) gv0[m] = carry;
-  if (gi0) gi0[m] = gi_acc;
-  if (gb) gb[m] = acc_b;
-  if (ga) ga[m] = acc_a;
-  if (gth) gth[m] = acc_th;
+  if (gv0) gv0[m] = e.carry;
+  if (gi0) gi0[m] = e.gi_acc;
+  if (gb) gb[m] = e.acc_b;
+  if (ga) ga[m] = e.acc_a;
+  if (gth) gth[m] = e.acc_th;
 }
 
 // g[idx_j] = g_out[idx_j] * sg_j: the output gradient through the surrogate, kept on the
@@ -416,7 +449,8 @@ struct SparseBackIn {
 // scale * delta_t (times 1 - r_t for an input-discarding reset) through the reverse current
 // filter: before: gI = g_in + D, D <- alpha gI;  after: gI = g_in + alpha D, D <- gI.
 template <typename T>
-__global__ void sparse_backward_kernel(SparseBackIn<T> in, T* gx, T* gv0, T* gi0) {
+__global__ void __launch_bounds__(kThreads, kBackBlocks<T>)
+    sparse_backward_kernel(SparseBackIn<T> in, T* gx, T* gv0, T* gi0) {
   const int64_t m = element();
   if (m >= in.M) return;
   const Cfg& c = in.c;
@@ -424,16 +458,16 @@ __global__ void sparse_backward_kernel(SparseBackIn<T> in, T* gx, T* gv0, T* gi0
   const bool same = c.timing == SAME, gate_input = discards(c), filter = gx || gi0;
   T carry = in.g_v ? in.g_v[m] : T(0);
   T d = in.g_i ? in.g_i[m] : T(0);
-  T g_w[kAhead], gvs_w[kAhead], g_n[kAhead], gvs_n[kAhead];
+  T g_w[kBackAhead], gvs_w[kBackAhead], g_n[kBackAhead], gvs_n[kBackAhead];
   load_window(in.g, in.steps - 1, -1, in.steps, in.M, m, g_n);
   load_window(in.g_vseq, in.steps - 1, -1, in.steps, in.M, m, gvs_n);
-  for (int64_t t0 = in.steps - 1; t0 >= 0; t0 -= kAhead) {
+  for (int64_t t0 = in.steps - 1; t0 >= 0; t0 -= kBackAhead) {
     copy_window(g_n, g_w);
     copy_window(gvs_n, gvs_w);
-    load_window(in.g, t0 - kAhead, -1, in.steps, in.M, m, g_n);
-    load_window(in.g_vseq, t0 - kAhead, -1, in.steps, in.M, m, gvs_n);
+    load_window(in.g, t0 - kBackAhead, -1, in.steps, in.M, m, g_n);
+    load_window(in.g_vseq, t0 - kBackAhead, -1, in.steps, in.M, m, gvs_n);
 #pragma unroll
-    for (int j = 0; j < kAhead; ++j) {
+    for (int j = 0; j < kBackAhead; ++j) {
       const int64_t t = t0 - j;
       if (t < 0) break;
       const int64_t k = t * in.M + m;
@@ -558,9 +592,10 @@ std::vector<at::Tensor> dense_forward(const at::Tensor& x, const at::Tensor& v0,
   at::Tensor i_seq = save && c.has_current() ? s.sequence() : s.none();
   if (s.shape.M > 0) {
     AT_DISPATCH_FLOATING_TYPES(s.x.scalar_type(), "snnopt_cuda_dense_forward", [&] {
-      dense_forward_kernel<scalar_t><<<blocks(s.shape.M), kThreads, 0, stream()>>>(
-          s.args<scalar_t>(), mptr<scalar_t>(out), mptr<scalar_t>(v_T), mptr<scalar_t>(i_T), mptr<scalar_t>(v_seq),
-          mptr<scalar_t>(h), mptr<scalar_t>(i_seq));
+      using T = scalar_t;
+      const int64_t M = s.shape.M;
+      dense_forward_kernel<T><<<blocks(M), kThreads, 0, stream()>>>(
+          s.args<T>(), mptr<T>(out), mptr<T>(v_T), mptr<T>(i_T), mptr<T>(v_seq), mptr<T>(h), mptr<T>(i_seq));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
@@ -611,8 +646,13 @@ std::vector<at::Tensor> dense_backward(const at::Tensor& g_out, const at::Tensor
                               param<T>(thc),
                               shape.steps,
                               M};
-      dense_backward_kernel<T><<<blocks(M), kThreads, 0, stream()>>>(in, mptr<T>(gx), mptr<T>(gv0), mptr<T>(gi0),
-                                                                     mptr<T>(gb), mptr<T>(ga), mptr<T>(gth));
+      if (gvs.numel()) {
+        dense_backward_kernel<T, true><<<blocks(M), kThreads, 0, stream()>>>(
+            in, mptr<T>(gx), mptr<T>(gv0), mptr<T>(gi0), mptr<T>(gb), mptr<T>(ga), mptr<T>(gth));
+      } else {
+        dense_backward_kernel<T, false><<<blocks(M), kThreads, 0, stream()>>>(
+            in, mptr<T>(gx), mptr<T>(gv0), mptr<T>(gi0), mptr<T>(gb), mptr<T>(ga), mptr<T>(gth));
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
