@@ -232,9 +232,19 @@ def _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, 
     """``(dX, dW, db)`` of the synapse from ``dL/dI``; ``dX`` only at ``x_active`` (flat
     indices into ``x``) unless it is None: zero elsewhere, or one value per index if
     ``compact``."""
-    if syn == 0 and _is_packed(x_packed, x_shape) and native.serves_synapse(g_current) and (
-            not needs[1] or g_current.device.type != "cpu"  # the dW crossover is the CPU kernel's
-            or native.count_spikes(x_packed) < EVENT_DENSITY * math.prod(x_shape)):
+    event = syn == 0 and _is_packed(x_packed, x_shape) and native.serves_synapse(g_current)
+    if event and g_current.device.type == "cuda" and needs[1]:
+        # dX by the event kernel, dW by the matrix product: the event dW kernel (one gradient
+        # row gathered per spike, the bits of a column scanned per output tile) was measured
+        # slower than cuBLAS on an H100 at 2% and 5% input density
+        dX = native.event_linear_backward(g_current, x_packed, weight, x_shape, x_active, (True, False, False),
+                                          compact)[0] if needs[0] else None
+        x = _unpack_input(x_packed, x_shape, g_current.dtype)
+        _, dW, db = ref_sparse.synapse_backward(g_current, x, weight, syn, stride, padding, dilation, groups,
+                                                (False, needs[1], needs[2]))
+        return dX, dW, db
+    if event and (not needs[1] or g_current.device.type != "cpu"  # the dW crossover is the CPU kernel's
+                  or native.count_spikes(x_packed) < EVENT_DENSITY * math.prod(x_shape)):
         return native.event_linear_backward(g_current, x_packed, weight, x_shape, x_active, needs, compact)
     x = _unpack_input(x_packed, x_shape, g_current.dtype)
     return ref_sparse.synapse_backward(g_current, x, weight, syn, stride, padding, dilation, groups, needs, x_active,
