@@ -287,3 +287,23 @@ def test_meter_keeps_nothing_alive():
     del z, loss
     gc.collect()
     assert ref() is None and meter.kept_bytes == 4000
+
+
+def test_scan_bench_times_every_layer_and_reports_the_roofline(capsys):
+    """``python -m bench.scan`` on tiny sizes: a row with both times for each
+    implementation, the dense row's share of the copy rate, and the compiled layers' modes."""
+    from bench import scan
+
+    result = scan.run(steps=6, batch=3, neurons=40, device=torch.device("cpu"), repeats=2, warmup=1)
+    assert [r["impl"] for r in result["rows"]] == list(scan.IMPLS)
+    assert result["bytes"] == 3 * 6 * 3 * 40 * 4 and result["copy_rate"] > 0
+    for r in result["rows"]:
+        assert r["forward_s"] > 0 and r["backward_s"] > 0, r
+    modes = {r["impl"]: r["backend"] for r in result["rows"]}
+    assert modes["snnopt dense"] == "dense" and modes["snnopt sparse"] == "sparse"
+    assert scan.main(["--device", "cpu", "--steps", "4", "--batch-size", "2", "--neurons", "8", "--repeats", "1",
+                      "--warmup", "0", "--impl", "snnopt dense"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("LIF scan, T = 4, B = 2, N = 8")
+    dense = _cells(table[-1])
+    assert dense[1] == "snnopt dense" and dense[6] == "1.00x" and dense[7].endswith("%")
