@@ -50,6 +50,24 @@ __device__ __forceinline__ void copy_window(const T (&from)[W], T (&to)[W]) {
   for (int j = 0; j < W; ++j) to[j] = from[j];
 }
 
+// step(t, k, x_t) for t = 0 .. steps - 1 (k = t M + m, the flat index), x read in windows of
+// kAhead steps, the next window's loads issued before the current window's steps run.
+template <typename T, typename Step>
+__device__ __forceinline__ void forward_steps(const T* __restrict__ x, int64_t steps, int64_t M, int64_t m,
+                                              Step&& step) {
+  T xs[kAhead], next[kAhead];
+  load_window(x, 0, 1, steps, M, m, next);
+  for (int64_t t0 = 0; t0 < steps; t0 += kAhead) {
+    copy_window(next, xs);
+    load_window(x, t0 + kAhead, 1, steps, M, m, next);
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) {
+      if (t0 + j >= steps) break;
+      step(t0 + j, (t0 + j) * M + m, xs[j]);
+    }
+  }
+}
+
 // A parameter array of F values (element m reads index m % F); F == 0 when it is absent.
 template <typename T>
 struct Param {
@@ -129,23 +147,14 @@ __global__ void dense_forward_kernel(ScanIn<T> in, T* out, T* v_T, T* i_T, T* v_
   const int64_t m = element();
   if (m >= in.M) return;
   Neuron<T> n = in.neuron(m);
-  T xs[kAhead], next[kAhead];
-  load_window(in.x, 0, 1, in.steps, in.M, m, next);
-  for (int64_t t0 = 0; t0 < in.steps; t0 += kAhead) {
-    copy_window(next, xs);
-    load_window(in.x, t0 + kAhead, 1, in.steps, in.M, m, next);
-#pragma unroll
-    for (int j = 0; j < kAhead; ++j) {
-      if (t0 + j >= in.steps) break;
-      const int64_t k = (t0 + j) * in.M + m;
-      T total = T(0);
-      const T h = n.charge(xs[j], total);
-      out[k] = n.fire(h);
-      if (v_seq) v_seq[k] = n.v;
-      if (h_seq) h_seq[k] = h;
-      if (i_seq) i_seq[k] = total;
-    }
-  }
+  forward_steps(in.x, in.steps, in.M, m, [&](int64_t, int64_t k, T x) {
+    T total = T(0);
+    const T h = n.charge(x, total);
+    out[k] = n.fire(h);
+    if (v_seq) v_seq[k] = n.v;
+    if (h_seq) h_seq[k] = h;
+    if (i_seq) i_seq[k] = total;
+  });
   v_T[m] = n.v;
   if (i_T) i_T[m] = n.i;
 }
@@ -164,32 +173,22 @@ __global__ void rate_stats_kernel(ScanIn<T> in, T* out, T* v_T, T* i_T, T* v_seq
   const T scale = T(c.scale);
   const bool record = v_bar != nullptr;
   T h_prev = T(0), cur_k = T(0), kappa = T(0), e = T(0), e_v = T(0), out_sum = T(0), v_sum = T(0);
-  T xs[kAhead], next[kAhead];
-  load_window(in.x, 0, 1, in.steps, in.M, m, next);
-  for (int64_t t0 = 0; t0 < in.steps; t0 += kAhead) {
-    copy_window(next, xs);
-    load_window(in.x, t0 + kAhead, 1, in.steps, in.M, m, next);
-#pragma unroll
-    for (int j = 0; j < kAhead; ++j) {
-      const int64_t t = t0 + j;
-      if (t >= in.steps) break;
-      const int64_t k = t * in.M + m;
-      T total = T(0);
-      const T h = n.charge(xs[j], total);
-      const T o = n.fire(h);
-      out[k] = o;
-      cur_k = c.has_current() ? T(1) + n.alpha * cur_k : T(1);
-      kappa = t == 0 ? scale * cur_k : scale * cur_k + state_jacobian(c, h_prev, n.b, n.theta) * kappa;
-      e = e + (c.spiking() ? kappa * sg_at(c, h - n.theta) : kappa);
-      if (record) {
-        v_seq[k] = n.v;
-        e_v = e_v + state_derivative(c, h, n.theta) * kappa;
-        v_sum = v_sum + n.v;
-      }
-      out_sum = out_sum + o;
-      h_prev = h;
+  forward_steps(in.x, in.steps, in.M, m, [&](int64_t t, int64_t k, T x) {
+    T total = T(0);
+    const T h = n.charge(x, total);
+    const T o = n.fire(h);
+    out[k] = o;
+    cur_k = c.has_current() ? T(1) + n.alpha * cur_k : T(1);
+    kappa = t == 0 ? scale * cur_k : scale * cur_k + state_jacobian(c, h_prev, n.b, n.theta) * kappa;
+    e = e + (c.spiking() ? kappa * sg_at(c, h - n.theta) : kappa);
+    if (record) {
+      v_seq[k] = n.v;
+      e_v = e_v + state_derivative(c, h, n.theta) * kappa;
+      v_sum = v_sum + n.v;
     }
-  }
+    out_sum = out_sum + o;
+    h_prev = h;
+  });
   const T steps = T(in.steps);
   v_T[m] = n.v;
   if (i_T) i_T[m] = n.i;
@@ -220,25 +219,16 @@ __global__ void sparse_forward_kernel(ScanIn<T> in, T band, T* out, T* v_T, T* i
   Neuron<T> n = in.neuron(m);
   const bool same = in.c.timing == SAME;
   int32_t count = 0;
-  T xs[kAhead], next[kAhead];
-  load_window(in.x, 0, 1, in.steps, in.M, m, next);
-  for (int64_t t0 = 0; t0 < in.steps; t0 += kAhead) {
-    copy_window(next, xs);
-    load_window(in.x, t0 + kAhead, 1, in.steps, in.M, m, next);
-#pragma unroll
-    for (int j = 0; j < kAhead; ++j) {
-      if (t0 + j >= in.steps) break;
-      const int64_t k = (t0 + j) * in.M + m;
-      const bool r = !same && gate_words && n.pending();
-      T total = T(0);
-      const T h = n.charge(xs[j], total);
-      const T o = n.fire(h);
-      out[k] = o;
-      if (v_seq) v_seq[k] = n.v;
-      if (counts) count += active(h, n.theta, band);
-      if (gate_words && (same ? o != T(0) : r)) atomicOr(gate_words + (k >> 5), 1u << (k & 31));
-    }
-  }
+  forward_steps(in.x, in.steps, in.M, m, [&](int64_t, int64_t k, T x) {
+    const bool r = !same && gate_words && n.pending();
+    T total = T(0);
+    const T h = n.charge(x, total);
+    const T o = n.fire(h);
+    out[k] = o;
+    if (v_seq) v_seq[k] = n.v;
+    if (counts) count += active(h, n.theta, band);
+    if (gate_words && (same ? o != T(0) : r)) atomicOr(gate_words + (k >> 5), 1u << (k & 31));
+  });
   v_T[m] = n.v;
   if (i_T) i_T[m] = n.i;
   if (counts) counts[m] = count;
@@ -253,24 +243,16 @@ __global__ void active_set_kernel(ScanIn<T> in, T band, const int32_t* ends, int
   int32_t pos = m ? ends[m - 1] : 0;
   if (pos == ends[m]) return;
   Neuron<T> n = in.neuron(m);
-  T xs[kAhead], next[kAhead];
-  load_window(in.x, 0, 1, in.steps, in.M, m, next);
-  for (int64_t t0 = 0; t0 < in.steps; t0 += kAhead) {
-    copy_window(next, xs);
-    load_window(in.x, t0 + kAhead, 1, in.steps, in.M, m, next);
-#pragma unroll
-    for (int j = 0; j < kAhead; ++j) {
-      if (t0 + j >= in.steps) break;
-      T total = T(0);
-      const T h = n.charge(xs[j], total);
-      n.fire(h);
-      if (active(h, n.theta, band)) {
-        idx[pos] = static_cast<int32_t>((t0 + j) * in.M + m);
-        sg[pos] = sg_at(in.c, h - n.theta);
-        ++pos;
-      }
+  forward_steps(in.x, in.steps, in.M, m, [&](int64_t, int64_t k, T x) {
+    T total = T(0);
+    const T h = n.charge(x, total);
+    n.fire(h);
+    if (active(h, n.theta, band)) {
+      idx[pos] = static_cast<int32_t>(k);
+      sg[pos] = sg_at(in.c, h - n.theta);
+      ++pos;
     }
-  }
+  });
 }
 
 // The inputs of the dense backward.
