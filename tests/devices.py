@@ -22,14 +22,3 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(CUDA_MISSING is 
                                                                 reason=CUDA_MISSING or ""))]
 """Parameters for a test's ``device`` argument."""
 
-
-def on(device, *tensors):
-    """``tensors`` on ``device`` (None stays None), detached leaves where they required grad."""
-    out = []
-    for t in tensors:
-        if t is None:
-            out.append(None)
-            continue
-        moved = t.detach().to(device)
-        out.append(moved.requires_grad_() if t.requires_grad else moved)
-    return out

@@ -243,8 +243,7 @@ def _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, 
         _, dW, db = ref_sparse.synapse_backward(g_current, x, weight, syn, stride, padding, dilation, groups,
                                                 (False, needs[1], needs[2]))
         return dX, dW, db
-    if event and (not needs[1] or g_current.device.type != "cpu"  # the dW crossover is the CPU kernel's
-                  or native.count_spikes(x_packed) < EVENT_DENSITY * math.prod(x_shape)):
+    if event and (not needs[1] or native.count_spikes(x_packed) < EVENT_DENSITY * math.prod(x_shape)):
         return native.event_linear_backward(g_current, x_packed, weight, x_shape, x_active, needs, compact)
     x = _unpack_input(x_packed, x_shape, g_current.dtype)
     return ref_sparse.synapse_backward(g_current, x, weight, syn, stride, padding, dilation, groups, needs, x_active,
