@@ -1,8 +1,8 @@
 """``python -m bench.scan [--device cuda] [--steps T --batch-size B --neurons N]``: one LIF
 layer's scan on its own, against the memory roofline and SpikingJelly's LIF.
 
-The layer is ``snnopt.nn.LIF(beta=0.9)`` (subtract reset, detached, atan surrogate) on a
-``[T, B, N]`` float32 input current, in training (the forward keeps what its backward
+The layer is the neuron of ``snnopt bench`` (``snnopt.nn.LIF``, beta 0.9, threshold 1,
+subtract reset, detached, atan surrogate) on a ``[T, B, N]`` float32 input current, in training (the forward keeps what its backward
 needs).  Rows, each timed in the same process, median over the repeats:
 
 ``snnopt dense``   the layer compiled in dense mode (the fused scan kernels)
@@ -13,9 +13,9 @@ needs).  Rows, each timed in the same process, median over the repeats:
 
 The dense scan must move at least ``3 x T x B x N`` values each way: the forward reads the
 input and writes the spikes and the membrane it keeps, the backward reads the output
-gradient and that membrane and writes the input gradient.  ``GB/s`` is those bytes over the
-measured time, ``roofline`` that rate over the device-to-device copy rate measured here
-(bytes read plus bytes written).  On a CPU the copy is one ``Tensor.copy_`` on the threads
+gradient and that membrane and writes the input gradient.  The dense row's ``fwd roofline``
+and ``bwd roofline`` are those bytes over the measured time, divided by the device-to-device
+copy rate measured here (bytes read plus bytes written).  On a CPU the copy is one ``Tensor.copy_`` on the threads
 torch uses.
 """
 
@@ -29,10 +29,8 @@ import time
 import torch
 
 import snnopt
-from snnopt.bench import _spikingjelly_backend, _spikingjelly_lif, device_name
-from snnopt.nn import LIF
+from snnopt.bench import BAND, _snnopt_lif, _spikingjelly_backend, _spikingjelly_lif, device_name
 
-BETA = 0.9
 IMPLS = ("snnopt dense", "snnopt sparse", "snnopt eager", "spikingjelly")
 
 
@@ -74,11 +72,11 @@ def _layer(name: str, x: torch.Tensor, device: torch.device):
         kwargs, backend = _spikingjelly_backend(device)
         module = _spikingjelly_lif(kwargs).to(device)
         return module, backend, lambda: functional.reset_net(module)
-    lif = LIF(beta=BETA, threshold=1.0, reset="subtract", detach_reset=True, surrogate="atan").to(device)
+    lif = _snnopt_lif().to(device)
     if name == "snnopt eager":
         return lif, "eager", None
     # (in a container: a neuron is a leaf of the traced graph, never its root)
-    compiled = snnopt.compile(torch.nn.Sequential(lif), mode=name.split()[1], example_inputs=(x,), band=0.05)
+    compiled = snnopt.compile(torch.nn.Sequential(lif), mode=name.split()[1], example_inputs=(x,), band=BAND)
     return compiled, compiled.report.mode, None
 
 
