@@ -38,11 +38,12 @@ _state: dict = {}
 
 
 def _isa() -> tuple[str, list[str]]:
-    """``(name suffix, compiler flags)`` for the vector instructions of this CPU: AVX2 where
-    PyTorch finds it (x86-64), else the compiler's baseline.  The suffix keeps builds for
+    """``(name suffix, compiler flags)`` for the vector instructions of this CPU: AVX2 and FMA
+    where PyTorch finds its AVX2 level (x86-64; that level requires both), else the
+    compiler's baseline.  The suffix keeps builds for
     different instruction sets apart in a shared extension cache."""
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
-        return "_avx2", ["-mavx2"]
+        return "_avx2", ["-mavx2", "-mfma"]
     return "", []
 
 

@@ -33,6 +33,7 @@
 
 #include "../ops.h"
 #include "bits.h"
+#include "divider.h"
 #include "vec.h"
 
 namespace snnopt {
@@ -40,19 +41,6 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kTile = 64;  // input features per dW tile: one 64-bit word of spikes per row
-
-// n / d for 32-bit n and a fixed d > 0, by one 64 x 64 -> 128-bit multiply (Lemire, Kaser
-// and Kurz 2019: exact for every 32-bit n).
-class Divider {
- public:
-  explicit Divider(uint32_t d) : magic_(d == 1 ? 0 : UINT64_MAX / d + 1) {}
-  uint32_t operator()(uint32_t n) const {
-    return magic_ ? static_cast<uint32_t>((static_cast<unsigned __int128>(magic_) * n) >> 64) : n;
-  }
-
- private:
-  uint64_t magic_;
-};
 
 // Items of a [T, B, W] layout given by their flat indices f, grouped by row, sample-major:
 // row key r = b T + t; for s in [first[r], end[r]) the column col[s] = f % W and a value
@@ -179,29 +167,48 @@ void weight_grad(const Buckets<T>& e, const uint8_t* bits, int64_t nbytes, const
   });
 }
 
+// P[:V L] = beta P[:V L] + sum_s g_s W[j_s, :V L] over one row's entries (columns col,
+// values val), that chunk of P held in registers: one load and one store of it per row.
+template <typename T, int64_t V>
+inline void carry_chunk(T* __restrict__ p, const T* __restrict__ w, int64_t K, const int32_t* col, const T* val,
+                        int64_t n, T beta) {
+  constexpr int64_t L = kLanes<T>;
+  Vec<T> acc[V];
+  for (int64_t v = 0; v < V; ++v) acc[v] = load(p + v * L) * beta;
+  for (int64_t s = 0; s < n; ++s) {
+    const T* __restrict__ wj = w + int64_t(col[s]) * K;
+    const Vec<T> g = Vec<T>{} + val[s];
+    for (int64_t v = 0; v < V; ++v) acc[v] = fmadd(g, load(wj + v * L), acc[v]);
+  }
+  for (int64_t v = 0; v < V; ++v) store(p + v * L, acc[v]);
+}
+
 // dX from P, per sample backward in time: at the listed positions (bucketed like the
 // entries, col = i, val = the position in the list), into [T x B, K] or, if compact, into
-// the list's order; everywhere when listed is null.
+// the list's order; everywhere when listed is null.  P is updated a row at a time in
+// chunks of 8 vectors, then vector by vector, then the last features one by one.
 template <typename T>
 void input_grad(const Buckets<T>& e, const Buckets<int32_t>* listed, bool compact, const std::vector<int64_t>& last,
                 const T* w, int64_t T_, int64_t K, T beta, T scale, T* dx) {
-  const int64_t B = static_cast<int64_t>(last.size());
+  constexpr int64_t L = kLanes<T>, C = 8 * L;
+  const int64_t B = static_cast<int64_t>(last.size()), chunked = K / C * C, vectored = K / L * L;
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> carried(K);
     T* __restrict__ p = carried.data();
     for (int64_t b = b0; b < b1; ++b) {
       std::fill(p, p + K, T(0));
       for (int64_t t = last[b]; t >= 0; --t) {
-        const int64_t r = b * T_ + t;
-        T* out = dx + (t * B + b) * K;
-#pragma omp simd
-        for (int64_t k = 0; k < K; ++k) p[k] *= beta;
-        for (int64_t s = e.first[r]; s < e.end[r]; ++s) {
-          const T* __restrict__ wj = w + e.col[s] * K;
-          const T g = e.val[s];
-#pragma omp simd
-          for (int64_t k = 0; k < K; ++k) p[k] += g * wj[k];
+        const int64_t r = b * T_ + t, s0 = e.first[r], n = e.end[r] - s0;
+        const int32_t* col = e.col.data() + s0;
+        const T* val = e.val.data() + s0;
+        for (int64_t k = 0; k < chunked; k += C) carry_chunk<T, 8>(p + k, w + k, K, col, val, n, beta);
+        for (int64_t k = chunked; k < vectored; k += L) carry_chunk<T, 1>(p + k, w + k, K, col, val, n, beta);
+        for (int64_t k = vectored; k < K; ++k) {
+          T acc = p[k] * beta;
+          for (int64_t s = 0; s < n; ++s) acc += val[s] * w[int64_t(col[s]) * K + k];
+          p[k] = acc;
         }
+        T* out = dx + (t * B + b) * K;
         if (!listed)
           for (int64_t k = 0; k < K; ++k) out[k] = p[k] * scale;
         else if (compact)

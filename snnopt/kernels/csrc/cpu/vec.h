@@ -2,6 +2,10 @@
 // loops, and the unaligned loads and stores that fill them.
 #pragma once
 
+#if defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 #include <cstdint>
 #include <cstring>
 
@@ -34,6 +38,21 @@ template <typename T>
 inline void store(T* p, const Vec<T>& v) {
   std::memcpy(p, &v, sizeof(v));
 }
+
+// a * b + c for vectors V: one fused multiply-add (one rounding) where the CPU has it,
+// else two operations.
+template <typename V>
+inline V fmadd(const V& a, const V& b, const V& c) {
+  return a * b + c;
+}
+#if defined(__FMA__)
+inline Vec<float> fmadd(const Vec<float>& a, const Vec<float>& b, const Vec<float>& c) {
+  return Vec<float>(_mm256_fmadd_ps(__m256(a), __m256(b), __m256(c)));
+}
+inline Vec<double> fmadd(const Vec<double>& a, const Vec<double>& b, const Vec<double>& c) {
+  return Vec<double>(_mm256_fmadd_pd(__m256d(a), __m256d(b), __m256d(c)));
+}
+#endif
 
 }  // namespace cpu
 }  // namespace snnopt
