@@ -10,7 +10,7 @@ namespace cpu {
 // and Kurz 2019: exact for every 32-bit n).
 class Divider {
  public:
-  explicit Divider(uint32_t d) : magic_(d == 1 ? 0 : UINT64_MAX / d + 1) {}
+  explicit Divider(uint32_t d) : magic_(d <= 1 ? 0 : UINT64_MAX / d + 1) {}  // (d = 0: no division to do)
   uint32_t operator()(uint32_t n) const {
     return magic_ ? static_cast<uint32_t>((static_cast<unsigned __int128>(magic_) * n) >> 64) : n;
   }
