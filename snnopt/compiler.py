@@ -43,7 +43,7 @@ class _Program:
                 stats.append(bn[name][int(part)])
             else:
                 stats.append(aux[key])
-        means = [x.mean(0, keepdim=True) if isinstance(x, torch.Tensor) else x for x in inputs]
+        means = [_time_mean(x, aux.get(f"mean:{k}")) for k, x in enumerate(inputs)]
         rate_out = self.rate_gm(*means, *stats)
         return tree_map(_attach, spike_out, rate_out)
 
@@ -67,6 +67,14 @@ def synchronise_batch_stats(stats: dict) -> dict:
         out[k] = (square - mean ** 2, mean)
         offset += 2 * n
     return out
+
+
+def _time_mean(x, from_spike_pass: torch.Tensor | None):
+    """The rate pass's input: the time average of input ``x`` (as the spike pass returned it,
+    if it did), or ``x`` itself if it is not a tensor."""
+    if not isinstance(x, torch.Tensor):
+        return x
+    return from_spike_pass if from_spike_pass is not None else x.mean(0, keepdim=True)
 
 
 def _attach(spike: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:

@@ -78,7 +78,7 @@ def test_fake_tensors_go_through_the_dispatcher():
     kernel gives the shapes."""
     with FakeTensorMode():
         x, w, b = torch.empty(4, 3, 10), torch.empty(6, 10), torch.empty(6)
-        out, _ = _binary_call(x, w, b)
+        out, _, _ = _binary_call(x, w, b)
     assert out.shape == (4, 3, 6)
 
 

@@ -156,7 +156,7 @@ def test_binary_synapse_matches_autograd(syn, density):
     x = ((torch.rand(shape) < density).float() if binary else torch.randn(shape)).requires_grad_()
     w, b = torch.randn(wshape, requires_grad=True), torch.randn(4, requires_grad=True)
     conv = ([2, 1], [1, 0], [1, 1], 1)
-    out, packed = kernels.binary_synapse(x, w, b, syn, *conv) if syn else \
+    out, packed, _ = kernels.binary_synapse(x, w, b, syn, *conv) if syn else \
         kernels.binary_synapse(x, w, b, 0, [1], [0], [1], 1)
     ref = torch.nn.functional.conv2d(x.flatten(0, 1), w, b, [2, 1], [1, 0]).unflatten(0, shape[:2]) if syn \
         else torch.nn.functional.linear(x, w, b)

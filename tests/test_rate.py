@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import snnopt
-from snnopt import kernels
+from snnopt import compiler, kernels
 from snnopt.kernels.reference.rate import rate_batch_norm_backward
 from snnopt.profiling import SavedTensorMeter
 
@@ -157,6 +157,26 @@ def test_time_sum_readout_scaled_by_t():
         grads[reduce] = grads_of(compiled, out)
     for name in grads["sum"]:
         close(grads["sum"][name], 10 * grads["mean"][name])
+
+
+def test_rate_pass_takes_the_input_average_from_the_spike_pass(monkeypatch):
+    """A binary input read by a Linear: the spike pass returns its time average (counted from
+    the bits that Linear packs anyway) and the rate pass takes it instead of averaging the
+    input once more; the gradients are those of the plain average."""
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 16), snnopt.nn.LIF(0.85), torch.nn.Linear(16, 5),
+                                snnopt.nn.LIF(0.75))
+    x = spikes((20, 6, 12), p=0.1)
+    compiled = snnopt.compile(model, mode="rate", example_inputs=(x,))
+    program = next(iter(compiled._programs.values()))
+    with torch.no_grad():
+        _, aux = program.gm(x)
+    assert torch.equal(aux["mean:0"], x.mean(0, keepdim=True))
+    got = grads_of(compiled, compiled(x))
+    monkeypatch.setattr(compiler, "_time_mean", lambda x, _: x.mean(0, keepdim=True))
+    want = grads_of(compiled, compiled(x))
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
 
 
 def test_non_affine_ops_are_reported():

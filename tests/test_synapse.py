@@ -6,6 +6,7 @@ parameter gradient unchanged."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -95,7 +96,7 @@ def test_synapse_ops_take_the_event_path_and_match_autograd(monkeypatch, event, 
     assert x.mean() < ops.EVENT_DENSITY
     w = torch.randn(7, 50).to(device).requires_grad_()
     b = torch.randn(7).to(device).requires_grad_()
-    out, packed = kernels.binary_synapse(x, w, b, 0, [1], [0], [1], 1)
+    out, packed, _ = kernels.binary_synapse(x, w, b, 0, [1], [0], [1], 1)
     ref = F.linear(x, w, b)
     close(out, ref)
     assert packed.numel() == (x.numel() + 7) // 8
@@ -113,7 +114,7 @@ def test_input_gradient_only_on_the_producer_active_set(syn, device):
     w, b = torch.randn(wshape).to(device).requires_grad_(), torch.randn(4).to(device).requires_grad_()
     conv = ([1, 1], [1, 1], [1, 1], 1) if syn else ([1], [0], [1], 1)
     active = torch.randperm(x.numel())[: x.numel() // 4].sort().values.int().to(device)
-    out, _ = kernels.binary_synapse(x, w, b, syn, *conv, x_active=active)
+    out, _, _ = kernels.binary_synapse(x, w, b, syn, *conv, x_active=active)
     ref = ref_sparse.synapse(x, w, b, syn, *conv)
     g = torch.randn_like(ref)
     gx, gw, gb = torch.autograd.grad((out * g).sum(), (x, w, b))
@@ -125,13 +126,62 @@ def test_input_gradient_only_on_the_producer_active_set(syn, device):
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
     # through the tap: dL/dx at the active set, one value per entry, as the tap's gradient
     tap = torch.rand(active.numel()).to(device).requires_grad_()
-    out, _ = kernels.binary_synapse(x, w, b, syn, *conv, x_active=active, x_tap=tap)
+    out, _, _ = kernels.binary_synapse(x, w, b, syn, *conv, x_active=active, x_tap=tap)
     gx, gw, gb, gt = torch.autograd.grad((out * g).sum(), (x, w, b, tap), allow_unused=True)
     assert gx is None
     close(gt, rx.reshape(-1)[active.long()])
     close(gw, rw)
     close(gb, rb)
     torch.library.opcheck(torch.ops.snnopt.binary_synapse.default, (x, w, b, syn, *conv, True, active, True, tap),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 3, 5), (7, 2, 70), (32, 4, 131)])
+@pytest.mark.parametrize("p", [0.0, 0.02, 0.5, 1.0])
+def test_time_mean_from_bits_equals_the_mean(dtype, shape, p):
+    """The time average counted from the packed bits is ``x.mean(0, keepdim=True)`` exactly
+    (a sum of ones is exact, then one division)."""
+    if native.backend("cpu") != "native":
+        pytest.skip("the fused CPU kernels did not build")
+    torch.manual_seed(3)
+    x = spikes(shape, p=p).to(dtype)
+    packed, _ = native.pack_spikes(x)
+    assert torch.equal(native.time_mean(packed, list(shape), dtype), x.mean(0, keepdim=True))
+
+
+@pytest.mark.parametrize("syn", [0, 1])
+@pytest.mark.parametrize("kind", ["sparse", "dense", "real", "nan"])
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_binary_synapse_returns_the_time_mean_of_its_input(monkeypatch, syn, kind, backend, device):
+    """``mean=True``: the third output is ``x.mean(0, keepdim=True)`` on every path (event
+    Linear, matrix product, input that is not binary, NaN), carries no gradient, and leaves
+    the synapse's value and gradients as they were."""
+    if backend == "reference":
+        monkeypatch.setattr(native, "serves_synapse", lambda x: False)
+    elif native.backend(torch.device(device).type) != "native":
+        pytest.skip("the fused kernels did not build")
+    torch.manual_seed(4)
+    shape, wshape = ((6, 3, 2, 6, 6), (4, 2, 3, 3)) if syn else ((6, 3, 40), (4, 40))
+    x = spikes(shape, p={"sparse": 0.03, "dense": 0.6}.get(kind, 0.0)) + (torch.rand(shape) if kind == "real" else 0)
+    if kind == "nan":
+        x.view(-1)[5] = math.nan
+    x = x.to(device).requires_grad_()
+    w, b = torch.randn(wshape).to(device).requires_grad_(), torch.randn(4).to(device).requires_grad_()
+    conv = ([1, 1], [1, 1], [1, 1], 1) if syn else ([1], [0], [1], 1)
+    out, _, x_mean = kernels.binary_synapse(x, w, b, syn, *conv, mean=True)
+    assert not x_mean.requires_grad
+    same = functools.partial(torch.testing.assert_close, rtol=0, atol=0, equal_nan=True)
+    same(x_mean, x.detach().mean(0, keepdim=True))
+    plain, _, none = kernels.binary_synapse(x, w, b, syn, *conv)
+    assert none.numel() == 0
+    same(out, plain)
+    g = torch.randn_like(out)
+    for got, want in zip(torch.autograd.grad((out * g).sum(), (x, w, b)), torch.autograd.grad((plain * g).sum(), (x, w, b))):
+        same(got, want)
+    torch.library.opcheck(torch.ops.snnopt.binary_synapse.default,
+                          (x, w, b, syn, *conv, True, None), {"event": True, "x_tap": None, "mean": True},
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
@@ -171,7 +221,7 @@ def test_the_tap_carries_the_input_gradient_back_to_the_producer(producer, consu
                                                               0.4)
         tap = sg if tapped else None
         if consumer == "binary":
-            y, _ = kernels.binary_synapse(s, w2, b2, 0, [1], [0], [1], 1, x_active=idx, x_tap=tap)
+            y, _, _ = kernels.binary_synapse(s, w2, b2, 0, [1], [0], [1], 1, x_active=idx, x_tap=tap)
         else:
             y = kernels.spiking_synapse_sparse(s, w2, b2, None, beta, theta, 0, [1], [0], [1], 1, cfg, 0.4,
                                                x_active=idx, x_tap=tap)[0]

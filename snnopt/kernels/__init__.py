@@ -69,14 +69,17 @@ def spiking_synapse_sparse(x, weight, bias, v0, beta, threshold, syn, stride, pa
     return out, v_T, idx, packed, sg
 
 
-def binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups, x_active=None, event=True, x_tap=None):
-    """Synapse on spike input that keeps the input bit-packed for backward: ``(out, packed)``
-    (``x_active``, ``x_tap`` as in :func:`spiking_synapse_sparse`).  ``event``: a Linear on
-    sparse binary input may run event-driven (equal to the module's value up to float
-    rounding); False keeps the module's matrix product, bit for bit."""
+def binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups, x_active=None, event=True, x_tap=None,
+                   mean=False):
+    """Synapse on spike input that keeps the input bit-packed for backward: ``(out, packed,
+    x_mean)`` (``x_active``, ``x_tap`` as in :func:`spiking_synapse_sparse`).  ``event``: a
+    Linear on sparse binary input may run event-driven (equal to the module's value up to
+    float rounding); False keeps the module's matrix product, bit for bit.  ``mean``: also
+    return ``x.mean(0, keepdim=True)`` (no gradient; from the bits where ``x`` was packed),
+    else ``x_mean`` is empty."""
     save = _needs_save(x, weight, bias)
     return call("binary_synapse", x, weight, bias, syn, stride, padding, dilation, groups, save, x_active, event,
-                x_tap)
+                x_tap, mean)
 
 
 def neuron_rate_stats(x, v0, i0, beta, alpha, threshold, cfg, record=False):

@@ -113,6 +113,14 @@ def count_spikes(packed: torch.Tensor) -> int:
     return int(module().count_spikes(packed))
 
 
+def time_mean(packed: torch.Tensor, shape, dtype) -> torch.Tensor:
+    """``x.mean(0, keepdim=True)`` of the binary ``x`` of ``shape`` whose bits are ``packed``
+    (a CPU tensor): the ones of each element counted over the first axis."""
+    steps, rest = shape[0], list(shape[1:])
+    like = packed.new_empty(0, dtype=dtype)
+    return module().time_mean_bits(packed, steps, math.prod(rest), like).reshape([1] + rest)
+
+
 def unpack_spikes(packed: torch.Tensor, shape, dtype) -> torch.Tensor:
     """:func:`.reference.sparse.unpack_bits`."""
     like = packed.new_empty(0, dtype=dtype)

@@ -17,8 +17,9 @@ neuron_scan_sparse_backward     gx, gv0, gi0
 spiking_synapse_sparse          out, v_T, idx, sg, gates, x_packed  (fused Linear/Conv2d + neuron)
 spiking_synapse_sparse_backward gx, gweight, gbias, gv0   (gx only at ``x_active`` if given; one value
                                                           per entry with the tap, below)
-binary_synapse                  out, x_packed             (Linear/Conv2d keeping its spike input packed;
-                                                          event-driven Linear forward if ``event``)
+binary_synapse                  out, x_packed, x_mean     (Linear/Conv2d keeping its spike input packed;
+                                                          event-driven Linear forward if ``event``; the
+                                                          input's time average if ``mean``)
 binary_synapse_backward         gx, gweight, gbias        (gx as for spiking_synapse_sparse_backward)
 neuron_rate_stats               out, v_T, i_T, v_seq, rate, eligibility, v_bar, e_v
                                 (spike pass of rate mode; the last two for a recorded membrane)
@@ -211,20 +212,21 @@ threads, K, N in 256-1024), ``dW`` between 0.12 and 0.15 (2 threads, K 256-700, 
 
 
 def _synapse_forward(x, weight, bias, syn, stride, padding, dilation, groups, save, event=True):
-    """``(I, saved)``: ``I = syn(x)`` (event-driven for a sparse binary input to a Linear when
-    ``event``; else the matrix product, bit for bit that of the module) and the input kept
-    for backward (bit-packed when binary, else its raw bytes; empty unless ``save``)."""
+    """``(I, saved, bits)``: ``I = syn(x)`` (event-driven for a sparse binary input to a Linear
+    when ``event``; else the matrix product, bit for bit that of the module), the input kept
+    for backward (bit-packed when binary, else its raw bytes; empty unless ``save``) and the
+    bits of ``x`` if it was packed here (else None)."""
     if not native.serves_synapse(x) or not (save or (event and syn == 0)):  # (the latter: nothing to pack for)
         current = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
-        return current, (_pack_input(x) if save else x.new_empty(0, dtype=torch.uint8))
+        return current, (_pack_input(x) if save else x.new_empty(0, dtype=torch.uint8)), None
     packed, count = native.pack_spikes(x)
     if packed is not None and syn == 0 and event and count < EVENT_DENSITY * x.numel():
         current = native.event_linear(packed, list(x.shape), weight, bias)
     else:
         current = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
     if not save:
-        return current, x.new_empty(0, dtype=torch.uint8)
-    return current, (packed if packed is not None else _raw_bytes(x))
+        return current, x.new_empty(0, dtype=torch.uint8), packed
+    return current, (packed if packed is not None else _raw_bytes(x)), packed
 
 
 def _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, groups, x_shape, needs, x_active,
@@ -270,7 +272,7 @@ def spiking_synapse_sparse(x: Tensor, weight: Tensor, bias: Tensor | None, v0: T
                            dilation: list[int], groups: int, cfg: list[float], band: float, save: bool,
                            x_active: Tensor | None,
                            x_tap: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    current, packed = _synapse_forward(x, weight, bias, syn, stride, padding, dilation, groups, save)
+    current, packed, _ = _synapse_forward(x, weight, bias, syn, stride, padding, dilation, groups, save)
     c = Config(cfg)
     impl = native if native.serves(current, c, sparse=True) else ref_sparse
     out, v_T, _, _, idx, sg, gates = impl.scan_forward_sparse(current, v0, None, beta, None, threshold, c, band, save)
@@ -358,15 +360,26 @@ register_autograd("spiking_synapse_sparse", _synapse_backward, setup_context=_sy
 @custom_op("binary_synapse")
 def binary_synapse(x: Tensor, weight: Tensor, bias: Tensor | None, syn: int, stride: list[int], padding: list[int],
                    dilation: list[int], groups: int, save: bool, x_active: Tensor | None,
-                   event: bool = True, x_tap: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    return _synapse_forward(x, weight, bias, syn, stride, padding, dilation, groups, save, event)
+                   event: bool = True, x_tap: Tensor | None = None,
+                   mean: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    current, saved, bits = _synapse_forward(x, weight, bias, syn, stride, padding, dilation, groups, save, event)
+    return current, saved, _time_mean(x, bits) if mean else x.new_empty(0)
+
+
+def _time_mean(x: Tensor, bits: Tensor | None) -> Tensor:
+    """``x.mean(0, keepdim=True)``; from the bits of a binary ``x`` on the CPU, whose count of
+    ones per element divided by T is that value exactly."""
+    if bits is None or bits.device.type != "cpu":
+        return x.mean(0, keepdim=True)
+    return native.time_mean(bits, list(x.shape), x.dtype)
 
 
 @binary_synapse.register_fake
-def _(x, weight, bias, syn, stride, padding, dilation, groups, save, x_active, event=True, x_tap=None):
+def _(x, weight, bias, syn, stride, padding, dilation, groups, save, x_active, event=True, x_tap=None, mean=False):
     out = ref_sparse.synapse(x, weight, bias, syn, stride, padding, dilation, groups)
     size = torch.library.get_ctx().new_dynamic_size() if save else 0
-    return torch.empty_like(out), x.new_empty(size, dtype=torch.uint8)
+    x_mean = torch.empty_like(x[:1]) if mean else x.new_empty(0)
+    return torch.empty_like(out), x.new_empty(size, dtype=torch.uint8), x_mean
 
 
 @custom_op("binary_synapse_backward")
@@ -388,21 +401,24 @@ def _(g, x_packed, weight, syn, stride, padding, dilation, groups, x_shape, need
 
 
 def _binary_setup(ctx, inputs, output):
-    x, weight, bias, syn, stride, padding, dilation, groups, save, x_active, event, x_tap = inputs
+    x, weight, bias, syn, stride, padding, dilation, groups, save, x_active, event, x_tap, mean = inputs
     ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(output[2])  # the time average of x, a statistic for rate mode
     ctx.static, ctx.x_shape = (syn, stride, padding, dilation, groups), list(x.shape)
     ctx.compact = _tapped(ctx, x_active, x_tap, 11)
     ctx.save_for_backward(output[1], weight, x_active)
 
 
-def _binary_backward(ctx, g, _gp):
+def _binary_backward(ctx, g, _gp, _gm):
     packed, weight, active = ctx.saved_tensors
     needs = [bool(ctx.needs_input_grad[0]) or ctx.compact, bool(ctx.needs_input_grad[1]),
              bool(ctx.needs_input_grad[2])]
     gx, gw, gb = call("binary_synapse_backward", g, packed, weight, *ctx.static, ctx.x_shape, needs, active,
                       ctx.compact)
     grads = (gw if needs[1] else None, gb if needs[2] else None) + (None,) * 8
-    return (None,) + grads + (gx,) if ctx.compact else (gx if needs[0] else None,) + grads + (None,)
+    if ctx.compact:
+        return (None,) + grads + (gx, None)
+    return (gx if needs[0] else None,) + grads + (None, None)
 
 
 register_autograd("binary_synapse", _binary_backward, setup_context=_binary_setup)

@@ -11,7 +11,9 @@
     rate    neuron_scan -> neuron_rate_stats (rate and eligibility tagged as aux
             ``rate:<key>``, ``elig:<key>``, and for a recorded membrane its time average
             and eligibility ``vbar:<key>``, ``eligv:<key>``); each BatchNorm in training mode gets its
-            input's batch ``(var, mean)`` tagged ``bn:<key>``
+            input's batch ``(var, mean)`` tagged ``bn:<key>``; a graph input that a
+            binary_synapse reads gets its time average from that op (from the bits it packs
+            anyway), tagged ``mean:<k>`` for the k-th input
 
 ``lower_rate_pass`` rewrites the graph traced at T = 1 into the rate pass: state writes
 and resets go (the spike pass did them), each scan becomes ``rate_neuron(x, r, e)``
@@ -203,6 +205,7 @@ def _lower_rate_stats(gm, b: Builder):
         _swap(b, n, new, aux)
         notes.append(Note("rewritten", new.name, f"`{new.meta['snn_module']}` -> rate spike pass (r, e)"))
         modified = True
+    modified |= _input_means(gm, b)
     for n, m, key in list(_bn_nodes(gm)):
         if any(u.meta.get("snn_aux", "").startswith("bn:") for u in n.args[0].users):
             continue
@@ -217,6 +220,23 @@ def _lower_rate_stats(gm, b: Builder):
             notes.append(Note("warning", n.name, f"non-affine op `{n.name}` between neurons breaks the rate "
                                                  f"approximation (value and gradient no longer consistent)"))
     return PassResult(gm, modified, notes)
+
+
+def _input_means(gm: fx.GraphModule, b: Builder) -> bool:
+    """Tag ``mean:<k>``: the time average of the k-th graph input, returned by the first
+    binary_synapse that reads it (the rate pass's input; reading the input again would cost
+    as much as packing it)."""
+    modified = False
+    for k, ph in enumerate(n for n in gm.graph.nodes if n.op == "placeholder"):
+        readers = [u for u in ph.users if u.target is kernels.binary_synapse and u.args[0] is ph]
+        if not readers or any(u.kwargs.get("mean") for u in readers):
+            continue
+        n = readers[0]
+        n.kwargs = {**n.kwargs, "mean": True}
+        with gm.graph.inserting_after(n):
+            _tag(b.call(operator.getitem, (n, 2), from_=[n]), f"mean:{k}")
+        modified = True
+    return modified
 
 
 def expose_aux(gm: fx.GraphModule) -> PassResult:

@@ -57,6 +57,11 @@ at::Tensor count_spikes(const at::Tensor& packed) {
   return cpu::count_spikes(packed);
 }
 
+at::Tensor time_mean_bits(const at::Tensor& packed, int64_t steps, int64_t M, const at::Tensor& like) {
+  TORCH_CHECK(!packed.is_cuda() && !like.is_cuda(), "snnopt time_mean_bits runs on the CPU only");
+  return cpu::time_mean_bits(packed, steps, M, like);
+}
+
 std::vector<at::Tensor> trace_linear_backward(const at::Tensor& g_out, const at::Tensor& g_tap, const at::Tensor& g_v,
                                               const at::Tensor& idx, const at::Tensor& sg, const at::Tensor& packed,
                                               const at::Tensor& weight, const at::Tensor& x_active, bool every_x,
@@ -93,6 +98,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_backward", &snnopt::sparse_backward);
   m.def("pack_spikes", &snnopt::pack_spikes);
   m.def("count_spikes", &snnopt::count_spikes);
+  m.def("time_mean_bits", &snnopt::time_mean_bits);
   m.def("trace_linear_backward", &snnopt::trace_linear_backward);
   m.def("unpack_spikes", &snnopt::unpack_spikes);
   m.def("event_linear", &snnopt::event_linear);

@@ -21,6 +21,10 @@ namespace cpu {
 // Number of set bits in packed (int64 scalar): the ones of the binary input it holds.  CPU only.
 at::Tensor count_spikes(const at::Tensor& packed);
 
+// mean_t x[t, m] ([M], like's dtype) of the binary x [steps, M] whose bits are packed: the
+// ones of each element counted over time, divided by steps (the value of x.mean(0)).  CPU only.
+at::Tensor time_mean_bits(const at::Tensor& packed, int64_t steps, int64_t M, const at::Tensor& like);
+
 // {dX, dW [N, K], db [N], dL/dv0 [M]} (needs = (x, weight, bias, v0)) of a Linear -> LIF/IF
 // layer in sparse mode with one decay beta and no reset gate, through traces
 // (cpu/trace.cpp), from the active set (idx, sg), dL/ds there (g_out [T, M] read at idx,

@@ -210,6 +210,26 @@ at::Tensor count_spikes(const at::Tensor& packed) {
   return at::scalar_tensor(ones, at::kLong);
 }
 
+at::Tensor time_mean_bits(const at::Tensor& packed, int64_t steps, int64_t M, const at::Tensor& like) {
+  TORCH_CHECK(steps >= 0 && M >= 0 && packed.numel() * 8 >= steps * M, "snnopt time_mean_bits: ", packed.numel(),
+              " packed bytes for ", steps, " x ", M, " inputs");
+  auto out = at::empty({M}, like.options());
+  AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "snnopt_time_mean_bits", [&] {
+    using T = scalar_t;
+    const uint8_t* bits = packed.data_ptr<uint8_t>();
+    const int64_t nbytes = packed.numel();
+    T* op = out.data_ptr<T>();
+    // Each thread counts the ones of a range of elements, walking their bits step by step.
+    at::parallel_for(0, M, 4096, [&](int64_t m0, int64_t m1) {
+      std::vector<int32_t> count(m1 - m0);
+      for (int64_t t = 0; t < steps; ++t)
+        for_each_bit(bits, nbytes, t * M + m0, t * M + m1, [&](int64_t j) { ++count[j]; });
+      for (int64_t m = m0; m < m1; ++m) op[m] = T(count[m - m0]) / T(steps);  // a sum of ones is exact
+    });
+  });
+  return out;
+}
+
 at::Tensor unpack_spikes(const at::Tensor& packed, int64_t n, const at::Tensor& like) {
   auto x = at::empty({n}, like.options());
   AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "snnopt_unpack_spikes", [&] {
