@@ -82,6 +82,73 @@ def test_event_linear_matches_linear(dtype, rows, K, N, p, bias, device):
     assert none_w is None and none_b is None
 
 
+CONVS = [  # (T, B, C, O, H, W, kernel, stride, padding, dilation, p)
+    (3, 2, 2, 12, 13, 11, (5, 5), (1, 1), (0, 0), (1, 1), 0.05),
+    (2, 3, 3, 5, 9, 10, (3, 3), (2, 2), (1, 1), (1, 1), 0.1),
+    (1, 2, 1, 4, 7, 6, (3, 2), (1, 2), (2, 0), (2, 1), 0.3),
+    (2, 1, 4, 9, 5, 5, (1, 1), (1, 1), (0, 0), (1, 1), 0.05),
+    (2, 2, 2, 20, 6, 6, (3, 3), (3, 2), (2, 2), (1, 2), 1.0),  # every input a spike; taps past the edges
+    (2, 2, 3, 7, 8, 8, (3, 3), (1, 1), (1, 1), (1, 1), 0.0),  # no spike at all
+]
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("T,B,C,O,H,W,kernel,stride,padding,dilation,p", CONVS)
+def test_event_conv2d_backward_matches_autograd(dtype, T, B, C, O, H, W, kernel, stride, padding, dilation, p):
+    """dW from the input spikes, dX only at the listed positions (or, unlisted, everywhere),
+    db: equal to autograd through ``F.conv2d`` (rtol 1e-5 of the largest value in float32,
+    1e-12 in float64)."""
+    torch.manual_seed(T * 100 + C * 10 + O)
+    x = spikes((T, B, C, H, W), p=p).to(dtype).requires_grad_()
+    w = torch.randn(O, C, *kernel, dtype=dtype, requires_grad=True)
+    conv = (list(stride), list(padding), list(dilation), 1)
+    y = ref_sparse.synapse(x, w, None, 1, *conv)
+    g = torch.randn_like(y)
+    rx, rw = torch.autograd.grad((y * g).sum(), (x, w))
+    packed, _ = native.pack_spikes(x.detach())
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    active = torch.randperm(x.numel())[: x.numel() // 3].int()  # in no particular order
+    dX, dW, db = native.event_conv2d_backward(g, packed, w.detach(), list(x.shape), *conv[:3], active,
+                                              [True, True, True])
+    close(dW, rw, rtol)
+    close(db, g.sum((0, 1, 3, 4)), rtol)
+    close(dX, ref_sparse.only_at(rx, active), rtol)
+    compact, _, _ = native.event_conv2d_backward(g, packed, w.detach(), list(x.shape), *conv[:3], active,
+                                                 [True, False, False], compact=True)
+    close(compact, rx.reshape(-1)[active.long()], rtol)
+    every, none_w, none_b = native.event_conv2d_backward(g, packed, w.detach(), list(x.shape), *conv[:3], None,
+                                                         [True, False, False])
+    close(every, rx, rtol)
+    assert none_w is None and none_b is None
+
+
+@pytest.mark.parametrize("tap", [False, True])
+def test_conv_synapse_backward_runs_event_driven_on_sparse_binary_input(monkeypatch, tap):
+    """A Conv2d ``binary_synapse`` on sparse spikes takes the event-driven backward on the
+    CPU kernels, with the gradients of autograd through ``F.conv2d``."""
+    if native.backend("cpu") != "native":
+        pytest.skip("the fused CPU kernels did not build")
+    calls = []
+    original = native.event_conv2d_backward
+    monkeypatch.setattr(native, "event_conv2d_backward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    torch.manual_seed(6)
+    x = spikes((4, 3, 2, 12, 12), p=0.05).requires_grad_()
+    w, b = torch.randn(6, 2, 3, 3, requires_grad=True), torch.randn(6, requires_grad=True)
+    conv = ([1, 1], [1, 1], [1, 1], 1)
+    active = torch.randperm(x.numel())[: x.numel() // 10].sort().values.int()
+    t = torch.rand(active.numel(), requires_grad=True) if tap else None
+    out, _, _ = kernels.binary_synapse(x, w, b, 1, *conv, x_active=active, x_tap=t)
+    ref = ref_sparse.synapse(x, w, b, 1, *conv)
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad((out * g).sum(), (t if tap else x, w, b))
+    want = torch.autograd.grad((ref * g).sum(), (x, w, b))
+    assert calls
+    close(got[0], want[0].reshape(-1)[active.long()] if tap else ref_sparse.only_at(want[0], active))
+    close(got[1], want[1])
+    close(got[2], want[2])
+
+
 @pytest.mark.parametrize("event", [True, False])
 @pytest.mark.parametrize("device", DEVICES)
 def test_synapse_ops_take_the_event_path_and_match_autograd(monkeypatch, event, device):

@@ -149,6 +149,26 @@ def event_linear_backward(g: torch.Tensor, packed: torch.Tensor, weight: torch.T
     return (dX if needs[0] else None), (dW if needs[1] else None), (db if needs[2] else None)
 
 
+def event_conv2d_backward(g: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor, x_shape, stride, padding,
+                          dilation, x_active: torch.Tensor | None, needs, compact: bool = False):
+    """:func:`.reference.sparse.synapse_backward` of a time-distributed Conv2d (groups 1) on
+    packed binary input ``x [T, B, C, H, W]`` from ``g = dL/dI [T, B, O, Ho, Wo]`` (a CPU
+    tensor): ``dW`` from the input spikes; ``dX`` only at ``x_active`` (one value per index
+    if ``compact``), or, if it is None, by the transposed convolution."""
+    g4 = g.contiguous().flatten(0, 1)
+    listed = needs[0] and x_active is not None
+    active = x_active if listed else g.new_empty(0, dtype=torch.int32)
+    dX, dW, db = module().event_conv2d_backward(g4, packed, weight.contiguous(), x_shape[-2], x_shape[-1],
+                                                list(stride), list(padding), list(dilation), active,
+                                                listed and compact, [listed, needs[1], needs[2]])
+    if needs[0] and not listed:
+        shape4 = [x_shape[0] * x_shape[1], *x_shape[2:]]
+        dX = torch.nn.grad.conv2d_input(shape4, weight, g4, stride, padding, dilation)
+    if needs[0] and not (listed and compact):
+        dX = dX.reshape(x_shape)
+    return (dX if needs[0] else None), (dW if needs[1] else None), (db if needs[2] else None)
+
+
 def trace_linear_backward(g_out: torch.Tensor | None, g_tap: torch.Tensor | None, g_v: torch.Tensor,
                           idx: torch.Tensor, sg: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor, x_shape,
                           x_active: torch.Tensor | None, beta: float, cfg: Config, needs, compact: bool = False):

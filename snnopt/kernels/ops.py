@@ -207,8 +207,11 @@ register_autograd("neuron_scan_sparse", _sparse_backward, setup_context=_sparse_
 EVENT_DENSITY = 0.15
 """Binary Linear inputs with fewer ones than this fraction run event-driven (one weight row
 per spike forward, one gradient row per spike for ``dW``) instead of the BLAS matrix
-product.  Measured crossovers of the CPU kernels: forward between 0.15 and 0.3 (2-16
-threads, K, N in 256-1024), ``dW`` between 0.12 and 0.15 (2 threads, K 256-700, N 256)."""
+product, and binary Conv2d inputs (groups 1) take ``dW`` by their spikes (one gradient
+vector per spike and tap) instead of the convolution backward.  Measured crossovers of the
+CPU kernels: Linear forward between 0.15 and 0.3 (2-16 threads, K, N in 256-1024), ``dW``
+between 0.12 and 0.15 (2 threads, K 256-700, N 256); Conv2d ``dW`` between 0.15 and 0.2
+(2 threads; 2-64 channels in and 12-64 out, kernels 3 and 5, 8 x 8 to 34 x 34 inputs)."""
 
 
 def _synapse_forward(x, weight, bias, syn, stride, padding, dilation, groups, save, event=True):
@@ -247,9 +250,20 @@ def _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, 
         return dX, dW, db
     if event and (not needs[1] or native.count_spikes(x_packed) < EVENT_DENSITY * math.prod(x_shape)):
         return native.event_linear_backward(g_current, x_packed, weight, x_shape, x_active, needs, compact)
+    if _event_conv(g_current, x_packed, syn, groups, x_shape) and (
+            (x_active is not None and not needs[1]) or native.count_spikes(x_packed) < EVENT_DENSITY * math.prod(x_shape)):
+        return native.event_conv2d_backward(g_current, x_packed, weight, x_shape, stride, padding, dilation, x_active,
+                                            needs, compact)
     x = _unpack_input(x_packed, x_shape, g_current.dtype)
     return ref_sparse.synapse_backward(g_current, x, weight, syn, stride, padding, dilation, groups, needs, x_active,
                                        compact)
+
+
+def _event_conv(g_current, x_packed, syn, groups, x_shape) -> bool:
+    """Whether the CPU kernels can take the backward of this Conv2d event by event (groups 1,
+    packed binary input)."""
+    return syn == 1 and groups == 1 and g_current.device.type == "cpu" and _is_packed(x_packed, x_shape) \
+        and native.serves_synapse(g_current)
 
 
 def _traced(sg, idx, x_packed, weight, beta, syn, x_shape, c: Config) -> bool:

@@ -57,6 +57,15 @@ at::Tensor count_spikes(const at::Tensor& packed) {
   return cpu::count_spikes(packed);
 }
 
+std::vector<at::Tensor> event_conv2d_backward(const at::Tensor& g, const at::Tensor& packed, const at::Tensor& weight,
+                                              int64_t H, int64_t W, const std::vector<int64_t>& stride,
+                                              const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
+                                              const at::Tensor& x_active, bool compact,
+                                              const std::vector<bool>& needs) {
+  TORCH_CHECK(!g.is_cuda(), "snnopt event_conv2d_backward runs on the CPU only");
+  return cpu::event_conv2d_backward(g, packed, weight, H, W, stride, padding, dilation, x_active, compact, needs);
+}
+
 at::Tensor time_mean_bits(const at::Tensor& packed, int64_t steps, int64_t M, const at::Tensor& like) {
   TORCH_CHECK(!packed.is_cuda() && !like.is_cuda(), "snnopt time_mean_bits runs on the CPU only");
   return cpu::time_mean_bits(packed, steps, M, like);
@@ -103,4 +112,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("unpack_spikes", &snnopt::unpack_spikes);
   m.def("event_linear", &snnopt::event_linear);
   m.def("event_linear_backward", &snnopt::event_linear_backward);
+  m.def("event_conv2d_backward", &snnopt::event_conv2d_backward);
 }

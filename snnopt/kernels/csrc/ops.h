@@ -21,6 +21,16 @@ namespace cpu {
 // Number of set bits in packed (int64 scalar): the ones of the binary input it holds.  CPU only.
 at::Tensor count_spikes(const at::Tensor& packed);
 
+// {dX, dW, db} of a Conv2d with groups 1 (stride, padding, dilation: two values each) on the
+// binary x [R, C, H, W] bit-packed, given g = dL/dy [R, O, Ho, Wo] (needs = (x, weight, bias)):
+// dW by the input spikes, dX only at the flat indices x_active (int32, into [R, C, H, W];
+// possibly none): as [R, C, H, W], zero elsewhere, or, if compact, one value per listed
+// index in x_active's order (cpu/synapse.cpp).  CPU only.
+std::vector<at::Tensor> event_conv2d_backward(const at::Tensor& g, const at::Tensor& packed, const at::Tensor& weight,
+                                              int64_t H, int64_t W, const std::vector<int64_t>& stride,
+                                              const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
+                                              const at::Tensor& x_active, bool compact, const std::vector<bool>& needs);
+
 // mean_t x[t, m] ([M], like's dtype) of the binary x [steps, M] whose bits are packed: the
 // ones of each element counted over time, divided by steps (the value of x.mean(0)).  CPU only.
 at::Tensor time_mean_bits(const at::Tensor& packed, int64_t steps, int64_t M, const at::Tensor& like);

@@ -9,9 +9,16 @@
 //             from a matrix product
 //
 // so the work is proportional to the number of spikes (and of listed entries), not to
-// R x K.  Rows are independent in the forward and in dX; dW is split over the input
-// features i, each thread owning a block of rows of dW^T, so no two threads add to the
-// same place and the result does not depend on the thread count.
+// R x K.  The same for the backward of a Conv2d (groups 1) on a binary x [R, C, H, W], with
+// y[r, o, p, q] = b[o] + sum_{c, i, j} W[o, c, i, j] x[r, c, p s_h - pad_h + i d_h, q s_w - pad_w + j d_w]:
+//
+//   dW        dW[:, c, i, j] = sum over the spikes x[r, c, u, v] = 1 of g[r, :, p, q], (p, q)
+//             the output the spike reaches through tap (i, j), if any
+//   dX        dX[r, c, u, v] = sum_{i, j} <g[r, :, p, q], W[:, c, i, j]> at the listed (r, c, u, v)
+//
+// with g and W read channels-last (the O values of one position, or of one tap, contiguous).  Rows are independent in
+// the forward and in dX; dW is split over the input features i, each thread owning a block of rows of dW^T, so no two
+// threads add to the same place and the result does not depend on the thread count.
 #include <ATen/Parallel.h>
 
 #if defined(__AVX2__)
@@ -307,6 +314,113 @@ std::vector<at::Tensor> event_linear_backward(const at::Tensor& g, const at::Ten
       });
     }
   });
+  return {dX, dW, db};
+}
+
+namespace {
+
+// reach[u * k + i]: the output coordinate that input coordinate u (of n_in) reaches through
+// tap i (of k) of a convolution with stride s, padding pad and dilation d (n_out outputs),
+// or -1 if none.
+std::vector<int32_t> reach_table(int64_t n_in, int64_t k, int64_t s, int64_t pad, int64_t d, int64_t n_out) {
+  std::vector<int32_t> reach(n_in * k, -1);
+  for (int64_t u = 0; u < n_in; ++u)
+    for (int64_t i = 0; i < k; ++i) {
+      const int64_t a = u + pad - i * d;
+      if (a >= 0 && a % s == 0 && a / s < n_out) reach[u * k + i] = static_cast<int32_t>(a / s);
+    }
+  return reach;
+}
+
+}  // namespace
+
+std::vector<at::Tensor> event_conv2d_backward(const at::Tensor& g, const at::Tensor& packed, const at::Tensor& weight,
+                                              int64_t H, int64_t W, const std::vector<int64_t>& stride,
+                                              const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
+                                              const at::Tensor& x_active, bool compact,
+                                              const std::vector<bool>& needs) {
+  const int64_t R = g.size(0), O = g.size(1), Ho = g.size(2), Wo = g.size(3), P = Ho * Wo;
+  const int64_t C = weight.size(1), KH = weight.size(2), KW = weight.size(3), HW = H * W, taps = C * KH * KW;
+  TORCH_CHECK(weight.size(0) == O && stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+              "snnopt event_conv2d_backward: a weight [", O, ", C, kh, kw] and two strides, paddings and dilations");
+  const bool need_x = needs[0], need_w = needs[1], need_b = needs[2];
+  TORCH_CHECK(!need_w || packed.numel() * 8 >= R * C * HW, "snnopt event_conv2d_backward: ", packed.numel(),
+              " packed bytes for ", R, " x ", C, " x ", H, " x ", W, " inputs");
+  const auto rows = reach_table(H, KH, stride[0], padding[0], dilation[0], Ho);
+  const auto cols = reach_table(W, KW, stride[1], padding[1], dilation[1], Wo);
+  // Fixed chunks of samples, each with its own partial dW, summed in chunk order: the
+  // result does not depend on the thread count, and each sample's gradient is read once.
+  const int64_t chunks = std::min<int64_t>(R, 16);
+  auto empty = g.new_empty({0});
+  at::Tensor dX = empty, dW = empty, db = need_b ? g.sum({0, 2, 3}) : empty;
+  at::Tensor partial = need_w ? at::zeros({chunks, taps, O}, g.options()) : empty;
+  if (need_x) dX = compact ? at::empty({x_active.numel()}, g.options()) : at::zeros({R, C, H, W}, g.options());
+  // The listed positions grouped by sample (stable counting sort).
+  const int64_t n_listed = need_x ? x_active.numel() : 0;
+  const int32_t* ap = need_x ? x_active.data_ptr<int32_t>() : nullptr;
+  std::vector<int64_t> first(R + 1, 0);
+  std::vector<int32_t> order(n_listed);
+  const Divider by_sample(static_cast<uint32_t>(C * HW));
+  for (int64_t a = 0; a < n_listed; ++a) ++first[by_sample(static_cast<uint32_t>(ap[a])) + 1];
+  for (int64_t r = 0; r < R; ++r) first[r + 1] += first[r];
+  {
+    std::vector<int64_t> next(first.begin(), first.end() - 1);
+    for (int64_t a = 0; a < n_listed; ++a)
+      order[next[by_sample(static_cast<uint32_t>(ap[a]))]++] = static_cast<int32_t>(a);
+  }
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "snnopt_event_conv2d_backward", [&] {
+    using T = scalar_t;
+    const auto gcont = g.contiguous();
+    const T* gp = gcont.data_ptr<T>();
+    const auto wt = need_x ? weight.permute({1, 2, 3, 0}).contiguous() : empty;  // [C, KH, KW, O]
+    const T* wp = need_x ? wt.data_ptr<T>() : nullptr;
+    T* xp = need_x ? dX.data_ptr<T>() : nullptr;
+    T* pp = need_w ? partial.data_ptr<T>() : nullptr;
+    const uint8_t* bits = packed.data_ptr<uint8_t>();
+    const int64_t nbytes = packed.numel();
+    const Divider by_w(static_cast<uint32_t>(W)), by_hw(static_cast<uint32_t>(HW));
+    at::parallel_for(0, chunks, 1, [&](int64_t k0, int64_t k1) {
+      std::vector<T> gt(P * O);  // one sample's gradient, channels-last: [Ho Wo, O]
+      for (int64_t k = k0; k < k1; ++k) {
+        T* dwt = need_w ? pp + k * taps * O : nullptr;  // [C, KH, KW, O]
+        for (int64_t r = R * k / chunks; r < R * (k + 1) / chunks; ++r) {
+          const T* gr = gp + r * O * P;
+          for (int64_t o = 0; o < O; ++o)
+            for (int64_t q = 0; q < P; ++q) gt[q * O + o] = gr[o * P + q];
+          auto g_at = [&](int64_t p, int64_t q) { return gt.data() + (p * Wo + q) * O; };
+          if (need_w)
+            for (int64_t c = 0; c < C; ++c)
+              for_each_bit(bits, nbytes, (r * C + c) * HW, (r * C + c + 1) * HW, [&](int64_t f) {
+                const int64_t u = by_w(static_cast<uint32_t>(f)), v = f - u * W;
+                for (int64_t i = 0; i < KH; ++i) {
+                  const int64_t p = rows[u * KH + i];
+                  if (p < 0) continue;
+                  T* tap_row = dwt + (c * KH + i) * KW * O;
+                  for (int64_t j = 0; j < KW; ++j) {
+                    const int64_t q = cols[v * KW + j];
+                    if (q >= 0) add_row(tap_row + j * O, g_at(p, q), O);
+                  }
+                }
+              });
+          for (int64_t s = first[r]; s < first[r + 1]; ++s) {
+            const int64_t a = order[s], f = ap[a] - r * C * HW, c = by_hw(static_cast<uint32_t>(f)),
+                          u = by_w(static_cast<uint32_t>(f - c * HW)), v = f - c * HW - u * W;
+            T acc = T(0);
+            for (int64_t i = 0; i < KH; ++i) {
+              const int64_t p = rows[u * KH + i];
+              if (p < 0) continue;
+              for (int64_t j = 0; j < KW; ++j) {
+                const int64_t q = cols[v * KW + j];
+                if (q >= 0) acc += dot(g_at(p, q), wp + ((c * KH + i) * KW + j) * O, O);
+              }
+            }
+            xp[compact ? a : ap[a]] = acc;
+          }
+        }
+      }
+    });
+  });
+  if (need_w) dW = partial.sum(0).reshape({C, KH, KW, O}).permute({3, 0, 1, 2}).contiguous();
   return {dX, dW, db};
 }
 
