@@ -187,11 +187,8 @@ def _synapse_backward(gI, x, weight, syn: int, stride, padding, dilation, groups
         db = gI2.sum(0) if need_b else None
         dX = gI @ weight if need_x else None
         return dX, dW, db
-    g4 = gI.flatten(0, 1)
-    x4 = x.flatten(0, 1)
-    dW = torch.nn.grad.conv2d_weight(x4, weight.shape, g4, stride, padding, dilation, groups) if need_w else None
-    db = g4.sum((0, 2, 3)) if need_b else None
-    dX = None
-    if need_x:
-        dX = torch.nn.grad.conv2d_input(x4.shape, weight, g4, stride, padding, dilation, groups).unflatten(0, x.shape[:2])
-    return dX, dW, db
+    # one call for all three, as autograd makes it (separate calls repeat the unfolding)
+    dX, dW, db = torch.ops.aten.convolution_backward(gI.flatten(0, 1), x.flatten(0, 1), weight, [weight.shape[0]],
+                                                     stride, padding, dilation, False, [0, 0], groups,
+                                                     [need_x, need_w, need_b])
+    return (dX.unflatten(0, x.shape[:2]) if need_x else None), (dW if need_w else None), (db if need_b else None)
