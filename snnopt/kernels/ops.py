@@ -248,15 +248,20 @@ def _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, 
         _, dW, db = ref_sparse.synapse_backward(g_current, x, weight, syn, stride, padding, dilation, groups,
                                                 (False, needs[1], needs[2]))
         return dX, dW, db
-    if event and (not needs[1] or native.count_spikes(x_packed) < EVENT_DENSITY * math.prod(x_shape)):
+    if event and (not needs[1] or _sparse(x_packed, x_shape)):
         return native.event_linear_backward(g_current, x_packed, weight, x_shape, x_active, needs, compact)
     if _event_conv(g_current, x_packed, syn, groups, x_shape) and (
-            (x_active is not None and not needs[1]) or native.count_spikes(x_packed) < EVENT_DENSITY * math.prod(x_shape)):
+            (x_active is not None and not needs[1]) or _sparse(x_packed, x_shape)):
         return native.event_conv2d_backward(g_current, x_packed, weight, x_shape, stride, padding, dilation, x_active,
                                             needs, compact)
     x = _unpack_input(x_packed, x_shape, g_current.dtype)
     return ref_sparse.synapse_backward(g_current, x, weight, syn, stride, padding, dilation, groups, needs, x_active,
                                        compact)
+
+
+def _sparse(x_packed, x_shape) -> bool:
+    """Whether the packed binary input has fewer ones than :data:`EVENT_DENSITY`."""
+    return native.count_spikes(x_packed) < EVENT_DENSITY * math.prod(x_shape)
 
 
 def _event_conv(g_current, x_packed, syn, groups, x_shape) -> bool:

@@ -9,16 +9,20 @@
 //             from a matrix product
 //
 // so the work is proportional to the number of spikes (and of listed entries), not to
-// R x K.  The same for the backward of a Conv2d (groups 1) on a binary x [R, C, H, W], with
-// y[r, o, p, q] = b[o] + sum_{c, i, j} W[o, c, i, j] x[r, c, p s_h - pad_h + i d_h, q s_w - pad_w + j d_w]:
+// R x K.  Rows are independent in the forward and in dX; dW is split over the input
+// features i, each thread owning a block of rows of dW^T, so no two threads add to the
+// same place and the result does not depend on the thread count.
+//
+// The backward of a Conv2d (groups 1) on a binary x [R, C, H, W] the same way, with
+// y[r, o, p, q] = b[o] + sum_{c, i, j} W[o, c, i, j] x[r, c, p s + i d - pad, q s + j d - pad]
+// (per axis stride s, dilation d, padding pad):
 //
 //   dW        dW[:, c, i, j] = sum over the spikes x[r, c, u, v] = 1 of g[r, :, p, q], (p, q)
 //             the output the spike reaches through tap (i, j), if any
 //   dX        dX[r, c, u, v] = sum_{i, j} <g[r, :, p, q], W[:, c, i, j]> at the listed (r, c, u, v)
 //
-// with g and W read channels-last (the O values of one position, or of one tap, contiguous).  Rows are independent in
-// the forward and in dX; dW is split over the input features i, each thread owning a block of rows of dW^T, so no two
-// threads add to the same place and the result does not depend on the thread count.
+// sample by sample, with g and W read channels-last (the O values of one position or of
+// one tap contiguous), dW summed over fixed chunks of samples in chunk order.
 #include <ATen/Parallel.h>
 
 #if defined(__AVX2__)
