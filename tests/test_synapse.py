@@ -123,6 +123,16 @@ def test_event_conv2d_backward_matches_autograd(dtype, T, B, C, O, H, W, kernel,
     assert none_w is None and none_b is None
 
 
+@needs_native
+def test_event_conv2d_backward_refuses_a_position_outside_the_input():
+    x, w = spikes((2, 2, 3, 5, 5), p=0.2), torch.randn(4, 3, 3, 3)
+    packed, _ = native.pack_spikes(x)
+    outside = torch.tensor([x.numel()], dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="listed position 300 outside the 300 inputs"):
+        native.event_conv2d_backward(torch.randn(2, 2, 4, 3, 3), packed, w, list(x.shape), [1, 1], [0, 0], [1, 1],
+                                     outside, [True, False, False])
+
+
 @pytest.mark.parametrize("tap", [False, True])
 def test_conv_synapse_backward_runs_event_driven_on_sparse_binary_input(monkeypatch, tap):
     """A Conv2d ``binary_synapse`` on sparse spikes takes the event-driven backward on the

@@ -365,7 +365,11 @@ std::vector<at::Tensor> event_conv2d_backward(const at::Tensor& g, const at::Ten
   std::vector<int64_t> first(R + 1, 0);
   std::vector<int32_t> order(n_listed);
   const Divider by_sample(static_cast<uint32_t>(C * HW));
-  for (int64_t a = 0; a < n_listed; ++a) ++first[by_sample(static_cast<uint32_t>(ap[a])) + 1];
+  for (int64_t a = 0; a < n_listed; ++a) {
+    TORCH_CHECK(ap[a] >= 0 && ap[a] < R * C * HW, "snnopt event_conv2d_backward: listed position ", ap[a],
+                " outside the ", R * C * HW, " inputs");
+    ++first[by_sample(static_cast<uint32_t>(ap[a])) + 1];
+  }
   for (int64_t r = 0; r < R; ++r) first[r + 1] += first[r];
   {
     std::vector<int64_t> next(first.begin(), first.end() - 1);
