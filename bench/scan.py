@@ -2,8 +2,8 @@
 layer's scan on its own, against the memory roofline and SpikingJelly's LIF.
 
 The layer is the neuron of ``snnopt bench`` (``snnopt.nn.LIF``, beta 0.9, threshold 1,
-subtract reset, detached, atan surrogate) on a ``[T, B, N]`` float32 input current, in training (the forward keeps what its backward
-needs).  Rows, each timed in the same process, median over the repeats:
+subtract reset, detached, atan surrogate) on a ``[T, B, N]`` float32 input current, in
+training (the forward keeps what its backward needs).  Rows, each timed in the same process, median over the repeats:
 
 ``snnopt dense``   the layer compiled in dense mode (the fused scan kernels)
 ``snnopt sparse``  compiled in sparse mode (band 0.05: the active set, then the sparse backward)
@@ -15,8 +15,8 @@ The dense scan must move at least ``3 x T x B x N`` values each way: the forward
 input and writes the spikes and the membrane it keeps, the backward reads the output
 gradient and that membrane and writes the input gradient.  The dense row's ``fwd roofline``
 and ``bwd roofline`` are those bytes over the measured time, divided by the device-to-device
-copy rate measured here (bytes read plus bytes written).  On a CPU the copy is one ``Tensor.copy_`` on the threads
-torch uses.
+copy rate measured here (bytes read plus bytes written).  On a CPU the copy is one
+``Tensor.copy_`` on the threads torch uses.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ class _Program:
                 stats.append(bn[name][int(part)])
             else:
                 stats.append(aux[key])
-        means = [_time_mean(x, aux.get(f"mean:{k}")) for k, x in enumerate(inputs)]
+        means = [_rate_input(x, aux.get(f"mean:{k}")) for k, x in enumerate(inputs)]
         rate_out = self.rate_gm(*means, *stats)
         return tree_map(_attach, spike_out, rate_out)
 
@@ -69,7 +69,7 @@ def synchronise_batch_stats(stats: dict) -> dict:
     return out
 
 
-def _time_mean(x, from_spike_pass: torch.Tensor | None):
+def _rate_input(x, from_spike_pass: torch.Tensor | None):
     """The rate pass's input: the time average of input ``x`` (as the spike pass returned it,
     if it did), or ``x`` itself if it is not a tensor."""
     if not isinstance(x, torch.Tensor):
