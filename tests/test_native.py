@@ -191,6 +191,28 @@ def test_odd_sizes(T, B, N, device):
     assert all(same(a, b) for a, b in zip(got[:4], ref[:4]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("device", DEVICES)
+def test_sparse_band_edges(dtype, device):
+    """The band test over whole words of 64 elements and a ragged tail (200 per step):
+    |v - theta| = band exactly is outside, just inside is in, NaN never is."""
+    cfg = Config(snnopt.nn.LIF(0.5, detach_reset=True).spec().op_config())
+    band = 0.25
+    eps = torch.finfo(dtype).eps
+    edges = torch.tensor([band, -band, band - eps, eps - band, 0.0, 3.0, -3.0, float("nan")],  # 1 + each: exact
+                         dtype=dtype)
+    u = edges[torch.randperm(200 * 2, generator=torch.Generator().manual_seed(5)) % len(edges)].reshape(2, 1, 200)
+    beta, th = (torch.full((200,), value, dtype=dtype, device=device) for value in (0.5, 1.0))
+    v0 = torch.zeros(1, 200, dtype=dtype, device=device)
+    x = (1 + u).to(device)  # at the first step h = x, so h - theta = u exactly
+    ref = ref_sparse.scan_forward_sparse(x, v0, None, beta, None, th, cfg, band, True)
+    got = native.scan_forward_sparse(x, v0, None, beta, None, th, cfg, band, True)
+    order = torch.argsort(got[4])
+    assert torch.equal(got[4][order], ref[4]) and torch.equal(got[5][order], ref[5])
+    first = ref[4][ref[4] < 200].cpu()
+    assert torch.equal(first, torch.nonzero(u[0, 0].abs() < band).flatten().int())
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_nan_input_stays_local_and_is_never_active(device):
     cfg, (x, v0, i0, beta, alpha, th) = inputs("lif", "subtract", "same", True, "before", T=6, B=2, N=4,

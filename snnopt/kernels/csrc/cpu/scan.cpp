@@ -4,13 +4,17 @@
 // of operations of the plain-torch reference (built with -ffp-contract=off).
 #include <ATen/Parallel.h>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
-#include <cstring>
 #include <limits>
 #include <vector>
 
 #include "../neuron.h"
 #include "../ops.h"
+#include "vec.h"
 
 namespace snnopt {
 namespace cpu {
@@ -18,7 +22,6 @@ namespace {
 
 constexpr int64_t kBlock = 512;  // elements scanned together by one thread
 constexpr int64_t kGrain = 512;  // parallel_for grain: elements per task at least
-static_assert(kBlock % 8 == 0, "sparse_forward reads a block's band flags eight at a time");
 
 at::Tensor empty_like0(const at::Tensor& x) { return x.new_empty({0}); }
 
@@ -31,6 +34,27 @@ template <typename T>
 T* mut_or_null(at::Tensor& t) {
   return t.numel() ? t.data_ptr<T>() : nullptr;
 }
+
+// Bit l set where lane l of the kLanes values at h lies in the band, |h - theta| < band (a
+// NaN never does): the comparison (u < 0 ? -u : u) < band of the reference, lane by lane.
+template <typename T>
+inline uint32_t band_bits(const T* h, const T* theta, T band) {
+  uint32_t bits = 0;
+  for (int64_t l = 0; l < kLanes<T>; ++l) {
+    const T u = h[l] - theta[l];
+    bits |= uint32_t((u < T(0) ? -u : u) < band) << l;
+  }
+  return bits;
+}
+
+#if defined(__AVX2__)
+template <>
+inline uint32_t band_bits<float>(const float* h, const float* theta, float band) {  // a compare and a movemask
+  const __m256 u = _mm256_sub_ps(_mm256_loadu_ps(h), _mm256_loadu_ps(theta));
+  const __m256 mag = _mm256_andnot_ps(_mm256_set1_ps(-0.f), u);
+  return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(mag, _mm256_set1_ps(band), _CMP_LT_OQ)));
+}
+#endif
 
 // Parameters of one element (arrays of M values, one per element, made here from a single
 // value; an absent alpha or theta reads as zeros, so that the accessors have no branch).
@@ -486,10 +510,9 @@ std::vector<at::Tensor> sparse_forward(const at::Tensor& x, const at::Tensor& v0
           auto& fi = found_idx[task];
           auto& fs = found_sg[task];
           T v_[kBlock], i_[kBlock], h_[kBlock], total_[kBlock];
-          uint8_t near_[kBlock];  // in the band (1) or not (0), read eight at a time: zero past n
           for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
             const int64_t n = std::min(kBlock, end - m0);
-            std::fill(near_ + n, near_ + ((n + 7) & ~int64_t(7)), uint8_t(0));
+            const T* th = p.theta + m0;
             init_state(v_, v0p, m0, n);
             init_state(i_, i0p, m0, n);
             if (gp && c.timing != SAME)
@@ -504,17 +527,23 @@ std::vector<at::Tensor> sparse_forward(const at::Tensor& x, const at::Tensor& v0
                                         : forward_step(c, p, m0 + j, xp[row + j], v_[j], i_[j], h_[j], total_[j]);
               if (vsp) std::copy(v_, v_ + n, vsp + row);
               if (!save) continue;
-              for (int64_t j = 0; j < n; ++j) {  // which are in the band: vectorises
-                const T u = h_[j] - p.th(m0 + j);
-                near_[j] = (u < T(0) ? -u : u) < bd;
-              }
-              for (int64_t j0 = 0; j0 < n; j0 += 8) {  // eight flags at a time, in order
-                uint64_t flags;
-                std::memcpy(&flags, near_ + j0, 8);
-                for (; flags; flags &= flags - 1) {
-                  const int64_t j = j0 + __builtin_ctzll(flags) / 8;
+              // The entries in the band, in order: a word of band flags per 64 elements, then
+              // its set bits, each listed with u = h - theta (the surrogate follows per task).
+              for (int64_t j0 = 0; j0 < n; j0 += 64) {
+                uint64_t word = 0;
+                if (j0 + 64 <= n) {
+                  for (int64_t l = 0; l < 64; l += kLanes<T>)
+                    word |= uint64_t(band_bits(h_ + j0 + l, th + j0 + l, bd)) << l;
+                } else {
+                  for (int64_t j = j0; j < n; ++j) {
+                    const T u = h_[j] - th[j];
+                    word |= uint64_t((u < T(0) ? -u : u) < bd) << (j - j0);
+                  }
+                }
+                for (; word; word &= word - 1) {
+                  const int64_t j = j0 + __builtin_ctzll(word);
                   fi.push_back(static_cast<int32_t>(row + j));
-                  fs.push_back(sg_at(c, h_[j] - p.th(m0 + j)));
+                  fs.push_back(h_[j] - th[j]);
                 }
               }
               if (gp)
@@ -531,6 +560,7 @@ std::vector<at::Tensor> sparse_forward(const at::Tensor& x, const at::Tensor& v0
               if (iTp) iTp[m0 + j] = i_[j];
             }
           }
+          for (T& u : fs) u = sg_at(c, u);  // f'(u) of the task's entries: vectorises
         }
       });
     });
