@@ -142,6 +142,57 @@ def test_sparse_scan_matches_reference(kind, reset, timing, detach, decay, band,
         close(u, w, 1e-5)
 
 
+@pytest.mark.parametrize("kind,reset,timing,detach,decay", SPARSE)
+@pytest.mark.parametrize("parts", ["out", "tap", "both", "none"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_sparse_backward_takes_the_tap(kind, reset, timing, detach, decay, parts, device):
+    """dL/ds as g_out, as one value per active entry (the tap), or both: the same gradients
+    as the reference given the equivalent dense dL/ds (g_out plus the tap scattered onto the
+    active set)."""
+    cfg, (x, v0, i0, beta, alpha, th) = inputs(kind, reset, timing, detach, decay, T=9, B=3, N=70, dtype=torch.float64,
+                                               device=device)
+    idx, sg, gates = native.scan_forward_sparse(x, v0, i0, beta, alpha, th, cfg, 0.5, True)[4:]
+    assert idx.numel() > 0
+    g = torch.Generator().manual_seed(6)
+    g_out = randn(x.shape, g, x.dtype, device) if parts in ("out", "both") else None
+    g_tap = randn(idx.shape, g, x.dtype, device) if parts in ("tap", "both") else None
+    g_v = randn(x.shape[1:], g, x.dtype, device)
+    g_i = randn(x.shape[1:], g, x.dtype, device) if cfg.has_current else None
+    dense = torch.zeros_like(x) if g_out is None else g_out.clone()
+    if g_tap is not None:
+        dense.view(-1).index_add_(0, idx.long(), g_tap)
+    needs = [True, True, cfg.has_current]
+    got = native.neuron_sparse_backward(g_out, g_v, g_i, None, idx, sg, gates, beta, alpha, cfg, list(x.shape), needs,
+                                        g_tap)
+    ref = ref_sparse.neuron_sparse_backward(g_out, g_v, g_i, None, idx, sg, gates, beta, alpha, cfg, list(x.shape),
+                                            needs, g_tap)
+    want = ref_sparse.neuron_sparse_backward(dense, g_v, g_i, None, idx, sg, gates, beta, alpha, cfg, list(x.shape),
+                                             needs)
+    for a, b, c in zip(got, ref, want):
+        close(a, c, 1e-10)
+        close(b, c, 1e-12)
+
+
+@pytest.mark.parametrize("T,B,N", [(1, 2, 700), (6, 3, 700), (4, 5, 1024)])
+@pytest.mark.parametrize("device", DEVICES)
+def test_sparse_backward_over_many_blocks(T, B, N, device):
+    """The reverse scan of several blocks of elements (a ragged last one), entries from the
+    output and the tap, in float32: the reference's gradients."""
+    cfg, (x, v0, i0, beta, alpha, th) = inputs("lif", "subtract", "same", True, "before", T=T, B=B, N=N, seed=N + T,
+                                               device=device)
+    idx, sg, gates = native.scan_forward_sparse(x, v0, i0, beta, alpha, th, cfg, 0.4, True)[4:]
+    g = torch.Generator().manual_seed(T)
+    g_out, g_v = randn(x.shape, g, x.dtype, device), randn(x.shape[1:], g, x.dtype, device)
+    g_tap = randn(idx.shape, g, x.dtype, device)
+    for needs in ([True, True, False], [True, False, False], [False, True, False]):
+        got = native.neuron_sparse_backward(g_out, g_v, None, None, idx, sg, gates, beta, None, cfg, list(x.shape),
+                                            needs, g_tap)
+        ref = ref_sparse.neuron_sparse_backward(g_out, g_v, None, None, idx, sg, gates, beta, None, cfg,
+                                                list(x.shape), needs, g_tap)
+        for a, b in zip(got, ref):
+            close(a, b, 1e-5)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_input_discarding_reset_runs_sparse_natively(device):
     cfg, (x, v0, i0, beta, alpha, th) = inputs("cuba_lif", "zero", "next", True, "before", T=10, device=device)

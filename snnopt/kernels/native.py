@@ -270,14 +270,16 @@ def scan_forward_sparse(x, v0, i0, beta, alpha, theta, cfg: Config, band: float,
     return tuple(_shaped(results[:4], x)) + tuple(results[4:])
 
 
-def neuron_sparse_backward(g_out, g_v, g_i, g_vseq, idx, sg, gates, beta, alpha, cfg: Config, shape, needs):
+def neuron_sparse_backward(g_out, g_v, g_i, g_vseq, idx, sg, gates, beta, alpha, cfg: Config, shape, needs,
+                           g_tap=None):
     """:func:`.reference.sparse.neuron_sparse_backward`."""
-    like = g_out.new_empty(shape)
+    like = sg.new_empty(shape)
     step = like[0]
     b, _, a, _ = _params(like, beta, alpha, None, cfg)
-    empty = g_out.new_empty(0)
+    empty = sg.new_empty(0)
     results = module().sparse_backward(
-        _seq(g_out), _flat(g_v, step), empty if g_i is None else _flat(g_i, step),
-        empty if g_vseq is None else _seq(g_vseq), idx, sg, gates, b, a, cfg.values, list(needs))
+        empty if g_out is None else _seq(g_out), empty if g_tap is None else g_tap.contiguous(), _flat(g_v, step),
+        empty if g_i is None else _flat(g_i, step), empty if g_vseq is None else _seq(g_vseq), idx, sg, gates, b, a,
+        cfg.values, shape[0], step.numel(), list(needs))
     gx, gv0, gi0 = _shaped(results, like)
     return (gx if needs[0] else None), (gv0 if needs[1] else None), (gi0 if needs[2] and cfg.has_current else None)

@@ -55,15 +55,6 @@ def _opt(t: Tensor) -> Tensor | None:
     return None if t.numel() == 0 else t
 
 
-def _dense_ds(g_out: Tensor, g_tap: Tensor | None, idx: Tensor, like: Tensor, shape) -> Tensor:
-    """``dL/ds`` of a sparse neuron as one tensor of ``shape``: ``g_out`` (empty: none) plus
-    the tap's gradient, one value per entry of the active set ``idx``."""
-    g = g_out if g_out.numel() else like.new_zeros(shape)
-    if g_tap is None:
-        return g
-    return g.reshape(-1).index_add(0, idx.long(), g_tap).reshape(shape)
-
-
 # --------------------------------------------------------------------------- dense
 
 
@@ -168,11 +159,10 @@ def neuron_scan_sparse_backward(g_out: Tensor, g_v: Tensor, g_i: Tensor, g_vseq:
                                 shape: list[int], needs: list[bool],
                                 g_tap: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     c = Config(cfg)
-    g_out = _dense_ds(g_out, g_tap, idx, sg, shape)
-    impl = native if native.serves(g_out, c, sparse=True) else ref_sparse
-    grads = impl.neuron_sparse_backward(g_out, g_v, _opt(g_i), _opt(g_vseq), idx, sg, gates, beta, alpha, c, shape,
-                                        needs)
-    return tuple(g_out.new_empty(0) if g is None else g.contiguous() for g in grads)
+    impl = native if native.serves(g_v, c, sparse=True) else ref_sparse
+    grads = impl.neuron_sparse_backward(_opt(g_out), g_v, _opt(g_i), _opt(g_vseq), idx, sg, gates, beta, alpha, c,
+                                        shape, needs, g_tap)
+    return tuple(sg.new_empty(0) if g is None else g.contiguous() for g in grads)
 
 
 @neuron_scan_sparse_backward.register_fake
@@ -323,10 +313,9 @@ def spiking_synapse_sparse_backward(g_out: Tensor, g_v: Tensor, idx: Tensor, sg:
         dX, dW, db, gv0 = native.trace_linear_backward(_opt(g_out), g_tap, g_v, idx, sg, x_packed, weight, x_shape,
                                                        x_active, ref_dense._beta(beta, c), c, needs, compact)
     else:
-        g_out = _dense_ds(g_out, g_tap, idx, sg, out_shape)
-        impl = native if native.serves(g_out, c, sparse=True) else ref_sparse
-        g_current, gv0, _ = impl.neuron_sparse_backward(g_out, g_v, None, None, idx, sg, gates, beta, None, c,
-                                                        out_shape, [True, need_v0, False])
+        impl = native if native.serves(g_v, c, sparse=True) else ref_sparse
+        g_current, gv0, _ = impl.neuron_sparse_backward(_opt(g_out), g_v, None, None, idx, sg, gates, beta, None, c,
+                                                        out_shape, [True, need_v0, False], g_tap)
         dX, dW, db = _synapse_grads(g_current, x_packed, weight, syn, stride, padding, dilation, groups, x_shape,
                                     (need_x, need_w, need_b), x_active, compact)
     empty = sg.new_empty(0)

@@ -43,11 +43,13 @@ std::vector<at::Tensor> sparse_forward(const at::Tensor& x, const at::Tensor& v0
   return SNNOPT_DISPATCH(sparse_forward, x, x, v0, i0, b, cc, alpha, theta, cfg, band, save, record);
 }
 
-std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tensor& g_v, const at::Tensor& g_i,
-                                        const at::Tensor& g_vseq, const at::Tensor& idx, const at::Tensor& sg,
-                                        const at::Tensor& gates, const at::Tensor& b, const at::Tensor& alpha,
-                                        const std::vector<double>& cfg, const std::vector<bool>& needs) {
-  return SNNOPT_DISPATCH(sparse_backward, g_out, g_out, g_v, g_i, g_vseq, idx, sg, gates, b, alpha, cfg, needs);
+std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tensor& g_tap, const at::Tensor& g_v,
+                                        const at::Tensor& g_i, const at::Tensor& g_vseq, const at::Tensor& idx,
+                                        const at::Tensor& sg, const at::Tensor& gates, const at::Tensor& b,
+                                        const at::Tensor& alpha, const std::vector<double>& cfg, int64_t steps,
+                                        int64_t states, const std::vector<bool>& needs) {
+  return SNNOPT_DISPATCH(sparse_backward, sg, g_out, g_tap, g_v, g_i, g_vseq, idx, sg, gates, b, alpha, cfg, steps,
+                         states, needs);
 }
 
 std::vector<at::Tensor> pack_spikes(const at::Tensor& x) { return SNNOPT_DISPATCH(pack_spikes, x, x); }

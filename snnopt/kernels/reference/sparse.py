@@ -97,12 +97,16 @@ def scan_forward_sparse(x, v0, i0, beta, alpha, theta, cfg: Config, band: float,
     return out, v_T, i_T, v_seq, idx, sg, (reset_gates(out, v0, theta, cfg) if gated(cfg) else no_gates)
 
 
-def delta_scan(g_out, g_v, idx, sg, gates, beta, cfg: Config, shape, g_vseq=None):
+def delta_scan(g_out, g_v, idx, sg, gates, beta, cfg: Config, shape, g_vseq=None, g_tap=None):
     """``(delta, dL/dv_0)`` with ``delta = dL/dh`` by the reverse scan of the module docstring;
-    ``g_vseq``, the gradient of recorded states (dense), adds to ``C`` at every step."""
+    ``dL/ds`` on the active set is ``g_out`` there plus ``g_tap`` (one value per entry; either
+    may be None); ``g_vseq``, the gradient of recorded states (dense), adds to ``C`` at every
+    step."""
     g = torch.zeros(shape, dtype=sg.dtype, device=sg.device).reshape(-1)
-    if g_out is not None and idx.numel():
-        g[idx.long()] = g_out.reshape(-1)[idx.long()] * sg
+    if idx.numel() and (g_out is not None or g_tap is not None):
+        i = idx.long()
+        ds = g_tap if g_out is None else g_out.reshape(-1)[i] if g_tap is None else g_out.reshape(-1)[i] + g_tap
+        g[i] = ds * sg
     g = g.reshape(shape)
     keep = 1 - unpack_bits(gates, shape, g.dtype) if gated(cfg) else None
     b = _beta(beta, cfg)
@@ -143,10 +147,12 @@ def current_backward(delta, g_i, alpha, cfg: Config, need_i0: bool):
     return gx, (carry.clone() if need_i0 else None)
 
 
-def neuron_sparse_backward(g_out, g_v, g_i, g_vseq, idx, sg, gates, beta, alpha, cfg: Config, shape, needs):
-    """``(dL/dx, dL/dv_0, dL/di_0)``, None where ``needs`` (x, v0, i0) is False."""
+def neuron_sparse_backward(g_out, g_v, g_i, g_vseq, idx, sg, gates, beta, alpha, cfg: Config, shape, needs,
+                           g_tap=None):
+    """``(dL/dx, dL/dv_0, dL/di_0)``, None where ``needs`` (x, v0, i0) is False; ``dL/ds`` is
+    ``g_out`` (or None) plus ``g_tap`` on the active set (one value per entry, or None)."""
     need_x, need_v0, need_i0 = needs
-    delta, gv0 = delta_scan(g_out, g_v, idx, sg, gates, beta, cfg, shape, g_vseq)
+    delta, gv0 = delta_scan(g_out, g_v, idx, sg, gates, beta, cfg, shape, g_vseq, g_tap)
     delta = input_gate(delta, gates, cfg)
     gx, gi0 = current_backward(delta, g_i, alpha, cfg, need_i0) if (need_x or need_i0) else (None, None)
     return (gx if need_x else None), (gv0 if need_v0 else None), gi0

@@ -14,6 +14,7 @@
 
 #include "../neuron.h"
 #include "../ops.h"
+#include "divider.h"
 #include "vec.h"
 
 namespace snnopt {
@@ -22,6 +23,7 @@ namespace {
 
 constexpr int64_t kBlock = 512;  // elements scanned together by one thread
 constexpr int64_t kGrain = 512;  // parallel_for grain: elements per task at least
+static_assert(kBlock <= 32768, "sparse_backward keeps the place of an element in its block as int16");
 
 at::Tensor empty_like0(const at::Tensor& x) { return x.new_empty({0}); }
 
@@ -581,28 +583,41 @@ std::vector<at::Tensor> sparse_forward(const at::Tensor& x, const at::Tensor& v0
   return {out, vT, iT, vseq, idx, sg, gates};
 }
 
-std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tensor& g_v, const at::Tensor& g_i,
-                                        const at::Tensor& g_vseq, const at::Tensor& idx, const at::Tensor& sg,
-                                        const at::Tensor& gates, const at::Tensor& b, const at::Tensor& alpha,
-                                        const std::vector<double>& cfg, const std::vector<bool>& needs) {
+std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tensor& g_tap, const at::Tensor& g_v,
+                                        const at::Tensor& g_i, const at::Tensor& g_vseq, const at::Tensor& idx,
+                                        const at::Tensor& sg, const at::Tensor& gates, const at::Tensor& b,
+                                        const at::Tensor& alpha, const std::vector<double>& cfg, int64_t steps,
+                                        int64_t states, const std::vector<bool>& needs) {
   const Cfg c = Cfg::from(cfg);
-  const int64_t T_ = g_out.size(0), M = g_out.numel() / std::max<int64_t>(T_, 1);
-  auto g = at::zeros({T_, M}, g_out.options());
-  auto gx = needs[0] ? g_out.new_empty({T_, M}) : empty_like0(g_out);
-  auto gv0 = needs[1] ? g_out.new_empty({M}) : empty_like0(g_out);
-  auto gi0 = needs[2] && c.has_current() ? g_out.new_empty({M}) : empty_like0(g_out);
+  const int64_t T_ = steps, M = states, n = idx.numel();
+  TORCH_CHECK(g_out.numel() == 0 || g_out.numel() == T_ * M, "snnopt sparse backward: dL/ds has ", g_out.numel(),
+              " values for ", T_, " x ", M, " states");
+  TORCH_CHECK(g_tap.numel() == 0 || g_tap.numel() == n, "snnopt sparse backward: the tap has ", g_tap.numel(),
+              " values for ", n, " active entries");
+  TORCH_CHECK(sg.numel() == n, "snnopt sparse backward: ", sg.numel(), " surrogate values for ", n, " active entries");
   const bool gated = c.spiking() && c.reset == ZERO, same = c.timing == SAME;
   TORCH_CHECK(!gated || gates.numel() * 8 >= T_ * M, "snnopt sparse backward: a reset to a fixed value needs the ",
               "reset gates its forward saved (got ", gates.numel(), " bytes for ", T_ * M, " states)");
-  AT_DISPATCH_FLOATING_TYPES(g_out.scalar_type(), "snnopt_sparse_backward", [&] {
+  // The common case (no reset gate, recorded membrane or current, dL/dx wanted) reads the
+  // entries by block and step and writes every value of gx once; the others scan a dense g.
+  const bool common = !gated && g_vseq.numel() == 0 && !c.has_current() && !c.discards_input && needs[0];
+  auto gx = needs[0] ? (common ? sg.new_empty({T_, M}) : at::zeros({T_, M}, sg.options())) : empty_like0(sg);
+  auto gv0 = needs[1] ? sg.new_empty({M}) : empty_like0(sg);
+  auto gi0 = needs[2] && c.has_current() ? sg.new_empty({M}) : empty_like0(sg);
+  AT_DISPATCH_FLOATING_TYPES(sg.scalar_type(), "snnopt_sparse_backward", [&] {
     using T = scalar_t;
-    const int64_t n = idx.numel();
     const int32_t* ip = idx.data_ptr<int32_t>();
-    const T *sgp = sg.data_ptr<T>(), *go = g_out.data_ptr<T>();
-    T* gp = g.data_ptr<T>();
-    at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {  // indices are distinct
-      for (int64_t a = begin; a < end; ++a) gp[ip[a]] = go[ip[a]] * sgp[a];
-    });
+    const T *sgp = sg.data_ptr<T>(), *go = ptr_or_null<T>(g_out), *tap = ptr_or_null<T>(g_tap);
+    auto state = [&](int64_t a) {  // the state k of entry a, checked
+      const int64_t k = ip[a];
+      TORCH_CHECK(k >= 0 && k < T_ * M, "snnopt sparse backward: active entry ", k, " outside the ", T_, " x ", M,
+                  " states");
+      return k;
+    };
+    auto value = [&](int64_t a, int64_t k) {  // g = dL/ds f' of entry a (state k); dL/ds: output + tap
+      const T ds = go && tap ? go[k] + tap[a] : go ? go[k] : tap ? tap[a] : T(0);
+      return ds * sgp[a];
+    };
     const T *gvp = ptr_or_null<T>(g_v), *gip = ptr_or_null<T>(g_i), *gsp = ptr_or_null<T>(g_vseq);
     const auto p = params_of<T>(b, b, alpha, alpha.new_empty({0}), M);
     const T *bp = p.b, *ap = alpha.numel() ? p.alpha : nullptr;
@@ -610,28 +625,58 @@ std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tenso
     T *gxp = mut_or_null<T>(gx), *gv0p = mut_or_null<T>(gv0), *gi0p = mut_or_null<T>(gi0);
     const T scale = T(c.scale);
     const bool want_x = gxp || gi0p;
-    if (!bits && !gsp && !c.has_current() && !c.discards_input && gxp) {
-      // The common case, branch-free so that it vectorises: delta_t = g_t + b delta_{t+1}.
-      at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
-        T carry[kBlock];
-        for (int64_t m0 = begin; m0 < end; m0 += kBlock) {
-          const int64_t n = std::min(kBlock, end - m0);
+    if (common) {
+      // delta_t = g_t + b delta_{t+1}, branch-free so that it vectorises, with g_t added from
+      // the entries of the block at step t: grouped by key = block T + t (a stable counting
+      // sort; col = the element in its block).
+      const int64_t blocks = (M + kBlock - 1) / kBlock;
+      std::vector<int64_t> first(blocks * T_ + 1, 0);
+      std::vector<int64_t> keys(n);
+      std::vector<int16_t> in_block(n), col(n);
+      std::vector<T> val(n);
+      const Divider by_m(static_cast<uint32_t>(M));
+      for (int64_t a = 0; a < n; ++a) {
+        const uint32_t k = static_cast<uint32_t>(state(a)), t = by_m(k), m = k - t * static_cast<uint32_t>(M);
+        in_block[a] = static_cast<int16_t>(m % kBlock);
+        ++first[(keys[a] = (m / kBlock) * T_ + t) + 1];
+      }
+      for (int64_t key = 0; key < blocks * T_; ++key) first[key + 1] += first[key];
+      {
+        std::vector<int64_t> next(first.begin(), first.end() - 1);
+        for (int64_t a = 0; a < n; ++a) {
+          const int64_t s = next[keys[a]]++;
+          col[s] = in_block[a];
+          val[s] = value(a, ip[a]);
+        }
+      }
+      at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+        T carry[kBlock], delta[kBlock];
+        for (int64_t blk = b0; blk < b1; ++blk) {
+          const int64_t m0 = blk * kBlock, w = std::min(kBlock, M - m0);
           const T* beta = bp + m0;
-          init_state(carry, gvp, m0, n);
+          init_state(carry, gvp, m0, w);
           for (int64_t t = T_ - 1; t >= 0; --t) {
-            const T* gr = gp + t * M + m0;
-            T* out = gxp + t * M + m0;
-            for (int64_t j = 0; j < n; ++j) {
-              const T delta = gr[j] + carry[j];
-              carry[j] = beta[j] * delta;
-              out[j] = delta * scale;
+            for (int64_t j = 0; j < w; ++j) delta[j] = T(0) + carry[j];  // (+0: as the dense g's zeros add)
+            for (int64_t s = first[blk * T_ + t]; s < first[blk * T_ + t + 1]; ++s) delta[col[s]] += val[s];
+            T* row = gxp + t * M + m0;
+            for (int64_t j = 0; j < w; ++j) {
+              carry[j] = beta[j] * delta[j];
+              row[j] = delta[j] * scale;
             }
           }
-          if (gv0p) std::copy(carry, carry + n, gv0p + m0);
+          if (gv0p) std::copy(carry, carry + w, gv0p + m0);
         }
       });
       return;
     }
+    auto g = gxp ? gx : at::zeros({T_, M}, sg.options());  // read, then overwritten by dL/dx
+    T* gp = g.data_ptr<T>();
+    at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {  // indices are distinct
+      for (int64_t a = begin; a < end; ++a) {
+        const int64_t k = state(a);
+        gp[k] = value(a, k);
+      }
+    });
     at::parallel_for(0, M, kGrain, [&](int64_t begin, int64_t end) {
       T carry_[kBlock], cur_[kBlock];
       for (int64_t m0 = begin; m0 < end; m0 += kBlock) {

@@ -402,16 +402,18 @@ __global__ void __launch_bounds__(kThreads, kBackBlocks<T>)
   if (gth) gth[m] = e.acc_th;
 }
 
-// g[idx_j] = g_out[idx_j] * sg_j: the output gradient through the surrogate, kept on the
-// active set (g is zero elsewhere; the indices are distinct).
+// g[idx_j] = (g_out[idx_j] + tap_j) * sg_j: the output gradient (either part may be absent)
+// through the surrogate, kept on the active set (g is zero elsewhere; the indices are
+// distinct).
 template <typename T>
-__global__ void scatter_active_kernel(const int32_t* idx, const T* sg, int64_t nnz, const T* g_out, int64_t numel,
-                                      T* g) {
+__global__ void scatter_active_kernel(const int32_t* idx, const T* sg, int64_t nnz, const T* g_out, const T* tap,
+                                      int64_t numel, T* g) {
   const int64_t j = element();
   if (j >= nnz) return;
   const int32_t k = idx[j];
   CUDA_KERNEL_ASSERT(k >= 0 && k < numel);
-  g[k] = g_out[k] * sg[j];
+  const T ds = g_out && tap ? g_out[k] + tap[j] : g_out ? g_out[k] : tap ? tap[j] : T(0);
+  g[k] = ds * sg[j];
 }
 
 // The inputs of the sparse backward.
@@ -720,41 +722,44 @@ std::vector<at::Tensor> sparse_forward(const at::Tensor& x, const at::Tensor& v0
   return {out, v_T, i_T, v_seq, idx, sg, gates};
 }
 
-std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tensor& g_v, const at::Tensor& g_i,
-                                        const at::Tensor& g_vseq, const at::Tensor& idx, const at::Tensor& sg,
-                                        const at::Tensor& gates, const at::Tensor& b, const at::Tensor& alpha,
-                                        const std::vector<double>& cfg, const std::vector<bool>& needs) {
+std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tensor& g_tap, const at::Tensor& g_v,
+                                        const at::Tensor& g_i, const at::Tensor& g_vseq, const at::Tensor& idx,
+                                        const at::Tensor& sg, const at::Tensor& gates, const at::Tensor& b,
+                                        const at::Tensor& alpha, const std::vector<double>& cfg, int64_t steps,
+                                        int64_t states, const std::vector<bool>& needs) {
   const Cfg c = config(cfg);
   TORCH_CHECK(c.timing != SAME_PENDING, "snnopt.cuda.sparse_backward: same_pending timing is not covered");
   TORCH_CHECK(needs.size() == 3, "snnopt: needs must hold 3 flags (x, v0, i0)");
-  const c10::cuda::CUDAGuard guard(g_out.device());
-  const Shape shape(g_out, "g_out");
-  const int64_t M = shape.M, n = shape.numel();
+  TORCH_CHECK(sg.is_cuda(), "snnopt.cuda: sg must be a CUDA tensor");
+  TORCH_CHECK(sg.scalar_type() == at::kFloat || sg.scalar_type() == at::kDouble,
+              "snnopt.cuda: sg must be float32 or float64, got ", sg.scalar_type());
+  TORCH_CHECK(steps >= 0 && states >= 0, "snnopt.cuda.sparse_backward: ", steps, " steps of ", states, " states");
+  const c10::cuda::CUDAGuard guard(sg.device());
+  const int64_t M = states, n = steps * states;
   const bool cuba = c.has_current();
-  const at::Tensor go = g_out.contiguous();
-  const at::Tensor gv = input(g_v, go, "g_v", M, false), gi = input(g_i, go, "g_i", M, false),
-                   gvs = input(g_vseq, go, "g_vseq", n, false), ic = input(idx, go, "idx", -1, false, at::kInt),
-                   sgc = input(sg, go, "sg", ic.numel(), ic.numel() > 0),
-                   gc = gated(c) ? input(gates, go, "gates", (n + 7) / 8, n > 0, at::kByte)
-                                 : at::empty({0}, go.options().dtype(at::kByte)),
-                   bc = input(b, go, "beta", -1, false), ac = input(alpha, go, "alpha", -1, cuba);
-  const auto opts = go.options();
-  at::Tensor gx = needs[0] ? at::empty(go.sizes(), opts) : at::empty({0}, opts);
-  at::Tensor gv0 = needs[1] ? at::empty({shape.M}, opts) : at::empty({0}, opts);
-  at::Tensor gi0 = needs[2] && cuba ? at::empty({shape.M}, opts) : at::empty({0}, opts);
+  const at::Tensor ic = input(idx, sg, "idx", -1, false, at::kInt), sgc = input(sg, sg, "sg", ic.numel(), false);
+  const at::Tensor go = input(g_out, sg, "g_out", n, false), tap = input(g_tap, sg, "g_tap", ic.numel(), false),
+                   gv = input(g_v, sg, "g_v", M, false), gi = input(g_i, sg, "g_i", M, false),
+                   gvs = input(g_vseq, sg, "g_vseq", n, false),
+                   gc = gated(c) ? input(gates, sg, "gates", (n + 7) / 8, n > 0, at::kByte)
+                                 : at::empty({0}, sg.options().dtype(at::kByte)),
+                   bc = input(b, sg, "beta", -1, false), ac = input(alpha, sg, "alpha", -1, cuba);
+  const auto opts = sg.options();
+  at::Tensor gx = needs[0] ? at::empty({steps, M}, opts) : at::empty({0}, opts);
+  at::Tensor gv0 = needs[1] ? at::empty({M}, opts) : at::empty({0}, opts);
+  at::Tensor gi0 = needs[2] && cuba ? at::empty({M}, opts) : at::empty({0}, opts);
   if (M == 0 || !(gx.numel() || gv0.numel() || gi0.numel())) return {gx, gv0, gi0};
   const at::Tensor g = at::zeros({n}, opts);
   const int64_t nnz = ic.numel();
-  AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "snnopt_cuda_sparse_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(sg.scalar_type(), "snnopt_cuda_sparse_backward", [&] {
     using T = scalar_t;
     if (nnz > 0) {
-      scatter_active_kernel<T>
-          <<<blocks(nnz), kThreads, 0, stream()>>>(cptr<int32_t>(ic), cptr<T>(sgc), nnz, cptr<T>(go), n, mptr<T>(g));
+      scatter_active_kernel<T><<<blocks(nnz), kThreads, 0, stream()>>>(cptr<int32_t>(ic), cptr<T>(sgc), nnz,
+                                                                       cptr<T>(go), cptr<T>(tap), n, mptr<T>(g));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     const SparseBackIn<T> in{
-        c,           cptr<T>(g), cptr<T>(gv), cptr<T>(gi), cptr<T>(gvs), cptr<uint8_t>(gc), param<T>(bc), param<T>(ac),
-        shape.steps, M};
+        c, cptr<T>(g), cptr<T>(gv), cptr<T>(gi), cptr<T>(gvs), cptr<uint8_t>(gc), param<T>(bc), param<T>(ac), steps, M};
     sparse_backward_kernel<T><<<blocks(M), kThreads, 0, stream()>>>(in, mptr<T>(gx), mptr<T>(gv0), mptr<T>(gi0));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
