@@ -19,11 +19,11 @@ from .reference.rate import rate_neuron
 from .reference.sparse import synapse
 
 __all__ = ["neuron_scan", "spiking_synapse", "neuron_scan_sparse", "spiking_synapse_sparse", "binary_synapse",
-           "neuron_rate_stats", "rate_neuron", "rate_batch_norm", "status", "through_dispatcher", "OPS"]
+           "neuron_rate_stats", "rate_neuron", "rate_batch_norm", "avg_pool", "status", "through_dispatcher", "OPS"]
 
 OPS = ("neuron_scan", "neuron_scan_backward", "neuron_scan_sparse", "neuron_scan_sparse_backward",
        "spiking_synapse_sparse", "spiking_synapse_sparse_backward", "binary_synapse", "binary_synapse_backward",
-       "neuron_rate_stats", "rate_batch_norm")
+       "neuron_rate_stats", "rate_batch_norm", "avg_pool", "avg_pool_backward")
 
 
 def _needs_save(*tensors) -> bool:
@@ -96,15 +96,26 @@ def rate_batch_norm(x, mean, var, weight, bias, eps):
     return call("rate_batch_norm", x, mean, var, weight, bias, eps)
 
 
+def avg_pool(x, kernel, stride):
+    """Average pooling without padding of every plane of ``x [..., H, W]`` (``kernel``,
+    ``stride``: two values each): ``torch.nn.functional.avg_pool2d``'s value and gradient, bit
+    for bit, from a CPU kernel that is several times faster on small planes."""
+    return call("avg_pool", x, list(kernel), list(stride))
+
+
 NATIVE_OPS = ("neuron_scan", "neuron_scan_backward", "neuron_scan_sparse", "neuron_scan_sparse_backward",
               "spiking_synapse_sparse", "spiking_synapse_sparse_backward", "binary_synapse", "binary_synapse_backward",
-              "neuron_rate_stats")
+              "neuron_rate_stats", "avg_pool", "avg_pool_backward")
 """Ops with a fused kernel (the others are compositions of ATen ops; the synapse ops run the
 event-driven Linear kernels on binary input)."""
+
+CPU_ONLY_OPS = ("avg_pool", "avg_pool_backward")
+"""Native ops with a CPU kernel only (on CUDA they run PyTorch's own, already fast there)."""
 
 
 def status() -> dict:
     """The backend serving each op on each device type: ``"native"`` (fused kernel) or
     ``"reference"`` (plain torch; also the native ops' fallback for generic dynamics)."""
     backends = {dev: ops.native.backend(dev) for dev in ("cpu", "cuda")}
-    return {name: {dev: (b if name in NATIVE_OPS else "reference") for dev, b in backends.items()} for name in OPS}
+    return {name: {dev: (b if name in NATIVE_OPS and not (dev == "cuda" and name in CPU_ONLY_OPS) else "reference")
+                   for dev, b in backends.items()} for name in OPS}

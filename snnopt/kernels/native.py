@@ -52,7 +52,7 @@ def _build():
 
     with_cuda = torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
     sources = [_CSRC / "bindings.cpp", _CSRC / "cpu" / "scan.cpp", _CSRC / "cpu" / "synapse.cpp",
-               _CSRC / "cpu" / "trace.cpp"]
+               _CSRC / "cpu" / "trace.cpp", _CSRC / "cpu" / "pool.cpp"]
     suffix, isa = _isa()
     flags = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp", *isa]
     if with_cuda:
@@ -98,6 +98,22 @@ def serves(x: torch.Tensor, cfg: Config, sparse: bool = False) -> bool:
 def serves_synapse(x: torch.Tensor) -> bool:
     """Whether the event-driven synapse kernels (packing, event Linear) run for input ``x``."""
     return x.dtype in _DTYPES and x.numel() > 0 and backend(x.device.type) == "native"
+
+
+def serves_pool(x: torch.Tensor) -> bool:
+    """Whether the average-pooling kernels (CPU only) run for input ``x``."""
+    return x.device.type == "cpu" and x.dtype in _DTYPES and x.numel() > 0 and x.dim() >= 3 \
+        and backend("cpu") == "native"
+
+
+def avg_pool(x: torch.Tensor, kernel, stride) -> torch.Tensor:
+    """:func:`.reference.pool.avg_pool`."""
+    return module().avg_pool2d(x, *kernel, *stride)
+
+
+def avg_pool_backward(g: torch.Tensor, size, kernel, stride) -> torch.Tensor:
+    """:func:`.reference.pool.avg_pool_backward`."""
+    return module().avg_pool2d_backward(g, *size, *kernel, *stride)
 
 
 def pack_spikes(x: torch.Tensor) -> tuple[torch.Tensor | None, int]:

@@ -24,6 +24,8 @@ binary_synapse_backward         gx, gweight, gbias        (gx as for spiking_syn
 neuron_rate_stats               out, v_T, i_T, v_seq, rate, eligibility, v_bar, e_v
                                 (spike pass of rate mode; the last two for a recorded membrane)
 rate_batch_norm                 y                         (RateBN)
+avg_pool                        y                         (average pooling of every plane, no padding)
+avg_pool_backward               gx
 ==============================  ==============================================================
 
 **The tap.**  A synapse op fed by the spikes of a sparse neuron op reads ``dL/dx`` only at
@@ -47,6 +49,7 @@ from . import native
 from .dispatch import call, custom_op, register_autograd
 from .reference import dense as ref_dense
 from .reference import generic as ref_generic
+from .reference import pool as ref_pool
 from .reference import rate as ref_rate
 from .reference import sparse as ref_sparse
 
@@ -504,3 +507,42 @@ def _rbn_backward(ctx, g):
 
 
 register_autograd("rate_batch_norm", _rbn_backward, setup_context=_rbn_setup)
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+@custom_op("avg_pool")
+def avg_pool(x: Tensor, kernel: list[int], stride: list[int]) -> Tensor:
+    if native.serves_pool(x):
+        return native.avg_pool(x, kernel, stride)
+    return ref_pool.avg_pool(x, kernel, stride)
+
+
+@avg_pool.register_fake
+def _(x, kernel, stride):
+    return x.new_empty(*x.shape[:-2], *ref_pool.pooled_size(x.shape[-2:], kernel, stride))
+
+
+@custom_op("avg_pool_backward")
+def avg_pool_backward(g: Tensor, size: list[int], kernel: list[int], stride: list[int]) -> Tensor:
+    if native.serves_pool(g):
+        return native.avg_pool_backward(g, size, kernel, stride)
+    return ref_pool.avg_pool_backward(g, size, kernel, stride)
+
+
+@avg_pool_backward.register_fake
+def _(g, size, kernel, stride):
+    return g.new_empty(*g.shape[:-2], *size)
+
+
+def _pool_setup(ctx, inputs, output):
+    x, ctx.kernel, ctx.stride = inputs
+    ctx.size = list(x.shape[-2:])
+
+
+def _pool_backward(ctx, g):
+    return call("avg_pool_backward", g.contiguous(), ctx.size, ctx.kernel, ctx.stride), None, None
+
+
+register_autograd("avg_pool", _pool_backward, setup_context=_pool_setup)

@@ -6,6 +6,7 @@ from .dce import dce
 from .fuse import fuse_synapses
 from .infra import Note, PassError, PassManager, PassResult
 from .lower import expose_aux, lower, lower_rate_pass
+from .pool import fast_pooling
 from .reroll import reroll_time
 from .verify import VerificationError, verify
 
@@ -13,15 +14,18 @@ from .verify import VerificationError, verify
 def pipeline(mode: str, band: float = 0.05, device: str = "cpu") -> list:
     """The passes ``snnopt.compile`` runs for ``mode`` on the time-major graph of inputs on
     ``device`` (a device type).  Dense mode off the CPU leaves synapses to the BLAS: there
-    the matrix products are cheap and telling binary input apart costs a device sync."""
+    the matrix products are cheap and telling binary input apart costs a device sync; average
+    pooling has its own kernel on the CPU only (PyTorch's is fast on CUDA)."""
     passes = [canonicalize_neurons, reroll_time]
     if mode == "sparse":
         passes.append(fuse_synapses)
     if mode != "dense" or device == "cpu":
         passes.append(binary_synapses(event=mode != "dense"))
+    if device == "cpu":
+        passes.append(fast_pooling)
     return passes + [lower(mode, band), expose_aux, dce]
 
 
-__all__ = ["canonicalize_neurons", "reroll_time", "fuse_synapses", "binary_synapses", "mark_binary_inputs", "lower",
-           "lower_rate_pass", "expose_aux", "dce", "verify", "pipeline", "PassManager", "PassResult", "PassError", "Note",
-           "VerificationError"]
+__all__ = ["canonicalize_neurons", "reroll_time", "fuse_synapses", "binary_synapses", "mark_binary_inputs",
+           "fast_pooling", "lower", "lower_rate_pass", "expose_aux", "dce", "verify", "pipeline", "PassManager",
+           "PassResult", "PassError", "Note", "VerificationError"]

@@ -68,6 +68,17 @@ std::vector<at::Tensor> event_conv2d_backward(const at::Tensor& g, const at::Ten
   return cpu::event_conv2d_backward(g, packed, weight, H, W, stride, padding, dilation, x_active, compact, needs);
 }
 
+at::Tensor avg_pool2d(const at::Tensor& x, int64_t kh, int64_t kw, int64_t sh, int64_t sw) {
+  TORCH_CHECK(!x.is_cuda(), "snnopt avg_pool2d runs on the CPU only");
+  return cpu::avg_pool2d(x, kh, kw, sh, sw);
+}
+
+at::Tensor avg_pool2d_backward(const at::Tensor& g, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh,
+                               int64_t sw) {
+  TORCH_CHECK(!g.is_cuda(), "snnopt avg_pool2d_backward runs on the CPU only");
+  return cpu::avg_pool2d_backward(g, H, W, kh, kw, sh, sw);
+}
+
 at::Tensor time_mean_bits(const at::Tensor& packed, int64_t steps, int64_t M, const at::Tensor& like) {
   TORCH_CHECK(!packed.is_cuda() && !like.is_cuda(), "snnopt time_mean_bits runs on the CPU only");
   return cpu::time_mean_bits(packed, steps, M, like);
@@ -110,6 +121,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_spikes", &snnopt::pack_spikes);
   m.def("count_spikes", &snnopt::count_spikes);
   m.def("time_mean_bits", &snnopt::time_mean_bits);
+  m.def("avg_pool2d", &snnopt::avg_pool2d);
+  m.def("avg_pool2d_backward", &snnopt::avg_pool2d_backward);
   m.def("trace_linear_backward", &snnopt::trace_linear_backward);
   m.def("unpack_spikes", &snnopt::unpack_spikes);
   m.def("event_linear", &snnopt::event_linear);

@@ -1,5 +1,5 @@
 // Host entry points of the fused neuron kernels and the event-driven synapse:
-// snnopt::cpu (cpu/scan.cpp, cpu/synapse.cpp, cpu/trace.cpp) and snnopt::cuda (cuda/scan.cu,
+// snnopt::cpu (cpu/scan.cpp, cpu/synapse.cpp, cpu/trace.cpp, cpu/pool.cpp) and snnopt::cuda (cuda/scan.cu,
 // cuda/synapse.cu, built when SNNOPT_WITH_CUDA) have the same signatures and give the
 // same results.
 //
@@ -47,6 +47,13 @@ std::vector<at::Tensor> trace_linear_backward(const at::Tensor& g_out, const at:
                                               const at::Tensor& weight, const at::Tensor& x_active, bool every_x,
                                               bool compact, int64_t steps, int64_t batch, double beta, double scale,
                                               const std::vector<bool>& needs);
+
+// Average pooling without padding (window kh x kw, strides sh, sw) of every plane of x
+// [..., H, W] (contiguous or not), bit for bit PyTorch's CPU avg_pool2d, and its input
+// gradient [..., H, W] from g [..., Ho, Wo] (cpu/pool.cpp).  CPU only.
+at::Tensor avg_pool2d(const at::Tensor& x, int64_t kh, int64_t kw, int64_t sh, int64_t sw);
+at::Tensor avg_pool2d_backward(const at::Tensor& g, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh,
+                               int64_t sw);
 }  // namespace cpu
 
 #if defined(SNNOPT_WITH_CUDA)
