@@ -289,7 +289,7 @@ def scan_forward_sparse(x, v0, i0, beta, alpha, theta, cfg: Config, band: float,
 def neuron_sparse_backward(g_out, g_v, g_i, g_vseq, idx, sg, gates, beta, alpha, cfg: Config, shape, needs,
                            g_tap=None):
     """:func:`.reference.sparse.neuron_sparse_backward`."""
-    like = sg.new_empty(shape)
+    like = sg.new_empty(1).expand(shape)  # the shape, dtype and device, no memory
     step = like[0]
     b, _, a, _ = _params(like, beta, alpha, None, cfg)
     empty = sg.new_empty(0)
