@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "../ops.h"
 
@@ -52,6 +53,18 @@ void unpool_plane(const T* g, T* dx, int64_t W, int64_t Ho, int64_t Wo, int64_t 
   }
 }
 
+// The planes split over the threads: f(K, c0, c1) for the planes [c0, c1), K a
+// std::integral_constant holding 2 for a 2 x 2 window (unrolled), else 0 (sizes at run time).
+template <class F>
+void over_planes(int64_t planes, bool two, F&& f) {
+  at::parallel_for(0, planes, 1, [&](int64_t c0, int64_t c1) {
+    if (two)
+      f(std::integral_constant<int, 2>{}, c0, c1);
+    else
+      f(std::integral_constant<int, 0>{}, c0, c1);
+  });
+}
+
 void check_window(int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh, int64_t sw, const char* name) {
   TORCH_CHECK(kh > 0 && kw > 0 && sh > 0 && sw > 0 && kh <= H && kw <= W, "snnopt ", name, ": a ", kh, " x ", kw,
               " window with strides ", sh, ", ", sw, " does not fit planes of ", H, " x ", W);
@@ -72,14 +85,10 @@ at::Tensor avg_pool2d(const at::Tensor& x, int64_t kh, int64_t kw, int64_t sh, i
     using T = scalar_t;
     const T* xp = xc.data_ptr<T>();
     T* yp = y.data_ptr<T>();
-    const bool two = kh == 2 && kw == 2;
-    at::parallel_for(0, planes, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        if (two)
-          pool_plane<T, 2, 2>(xp + c * H * W, yp + c * Ho * Wo, W, Ho, Wo, kh, kw, sh, sw);
-        else
-          pool_plane<T, 0, 0>(xp + c * H * W, yp + c * Ho * Wo, W, Ho, Wo, kh, kw, sh, sw);
-      }
+    over_planes(planes, kh == 2 && kw == 2, [&](auto k, int64_t c0, int64_t c1) {
+      constexpr int K = decltype(k)::value;
+      for (int64_t c = c0; c < c1; ++c)
+        pool_plane<T, K, K>(xp + c * H * W, yp + c * Ho * Wo, W, Ho, Wo, kh, kw, sh, sw);
     });
   });
   return y;
@@ -101,14 +110,10 @@ at::Tensor avg_pool2d_backward(const at::Tensor& g, int64_t H, int64_t W, int64_
     using T = scalar_t;
     const T* gp = gc.data_ptr<T>();
     T* dp = dx.data_ptr<T>();
-    const bool two = kh == 2 && kw == 2;
-    at::parallel_for(0, planes, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        if (two)
-          unpool_plane<T, 2, 2>(gp + c * Ho * Wo, dp + c * H * W, W, Ho, Wo, kh, kw, sh, sw);
-        else
-          unpool_plane<T, 0, 0>(gp + c * Ho * Wo, dp + c * H * W, W, Ho, Wo, kh, kw, sh, sw);
-      }
+    over_planes(planes, kh == 2 && kw == 2, [&](auto k, int64_t c0, int64_t c1) {
+      constexpr int K = decltype(k)::value;
+      for (int64_t c = c0; c < c1; ++c)
+        unpool_plane<T, K, K>(gp + c * Ho * Wo, dp + c * H * W, W, Ho, Wo, kh, kw, sh, sw);
     });
   });
   return dx;
