@@ -18,7 +18,7 @@ from snnopt.kernels.reference import sparse as ref_sparse
 from snnopt.spec import Config
 
 from .devices import DEVICES
-from .models import MLP, spikes
+from .models import MLP, ConvNet, spikes
 from .test_ops import CASES, make
 
 pytestmark = pytest.mark.skipif(native.backend("cpu") != "native",
@@ -283,14 +283,15 @@ def test_reference_is_forced_by_environment(monkeypatch):
     assert kernels.status()["neuron_scan"]["cpu"] == "native"
 
 
+@pytest.mark.parametrize("model_cls,shape", [(MLP, (10, 4, 12)), (ConvNet, (6, 3, 2, 12, 12))])
 @pytest.mark.parametrize("mode", ["dense", "sparse"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_torch_compile_fullgraph_training_step(mode, device):
+def test_torch_compile_fullgraph_training_step(model_cls, shape, mode, device):
     """A compiled model's training step under torch.compile(fullgraph=True) gives the
-    eager step's loss and gradients."""
+    eager step's loss and gradients (the conv net: with the avg_pool op on the CPU)."""
     torch.manual_seed(6)
-    model = MLP(**{"detach_reset": True}).to(device)
-    x = spikes((10, 4, 12)).to(device)
+    model = model_cls(**{"detach_reset": True}).to(device)
+    x = spikes(shape).to(device)
     fast = snnopt.compile(model, mode=mode, example_inputs=(x,))
     gm = fast._program((x,)).gm
 
