@@ -7,8 +7,9 @@ for ``padding=0``, ``ceil_mode=False`` and no ``divisor_override`` (``count_incl
 then changes nothing).  The op's value and gradient are PyTorch's, bit for bit
 (:mod:`snnopt.kernels.reference.pool`); its CPU kernel sums each plane's windows in a tight
 loop, several times faster than PyTorch's on the small planes of spiking conv nets (a
-2 x 2 window on 512 planes of 12 x 30 x 30: 1.4 against 12 ms forward, 2.6 against 14 ms
-backward, 2 threads).  Other pooling keeps PyTorch's call.
+2 x 2 window on 512 x 12 planes of 30 x 30: 1.4 against 12 ms forward, 2.6 against 14 ms
+backward, 2 threads).  Other pooling keeps PyTorch's call, and so do subclasses of
+``AvgPool2d`` (their forward may differ).
 """
 
 from __future__ import annotations
