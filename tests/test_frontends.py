@@ -240,6 +240,29 @@ def test_spikingjelly_conv(v_reset, sg):
     torch.manual_seed(20 + sg)
     compiled = check(SJConv(SJ_SURROGATES[sg], v_reset).double(), spikes((8, 3, 1, 14, 14), dtype=torch.float64))
     assert sum(n.detail.endswith("one multi-step scan") for n in compiled.report.rewritten) == 2
+    assert any("avg_pool" in n.detail for n in compiled.report.rewritten)  # layer.AvgPool2d: snnopt's kernel
+
+
+class SJPoolMultiStep(nn.Module):
+    """``layer.AvgPool2d`` in ``step_mode="m"``, over ``[T, B, C, H, W]``."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(sj_layer.Conv2d(1, 4, 3), sj_layer.AvgPool2d(2), sj_neuron.LIFNode(tau=2.0),
+                                 sj_layer.Flatten(), sj_layer.Linear(4 * 6 * 6, 5), sj_neuron.LIFNode(tau=2.0))
+        with torch.no_grad():
+            self.net[0].weight.mul_(4)
+        sj_functional.set_step_mode(self.net, "m")
+
+    def forward(self, x):
+        sj_functional.reset_net(self.net)
+        return self.net(x)
+
+
+def test_spikingjelly_multistep_average_pooling_runs_on_the_avg_pool_op():
+    torch.manual_seed(4)
+    compiled = check(SJPoolMultiStep(), spikes((8, 3, 1, 14, 14)))
+    assert sum("avg_pool" in n.detail for n in compiled.report.rewritten) == 1
 
 
 @pytest.mark.parametrize("step_mode", ["s", "m"])

@@ -145,6 +145,22 @@ def is_layer_leaf(module: nn.Module) -> bool:
     return any(p(module) for p in _LAYER_LEAVES)
 
 
+_PLANE_POOLS: set[type] = {nn.AvgPool2d}
+
+
+def register_plane_pooling(cls: type) -> None:
+    """Let the ``fast_pooling`` pass take calls of ``cls``: an ``nn.AvgPool2d`` subclass whose
+    call pools every plane of its input exactly as ``nn.AvgPool2d`` does (a library's
+    multi-step wrapper, over any leading dims)."""
+    _PLANE_POOLS.add(cls)
+
+
+def pools_planes(module: nn.Module) -> bool:
+    """Whether a call of ``module`` is ``nn.AvgPool2d``'s on every plane of its input."""
+    _load_library_adapters(module)
+    return type(module) in _PLANE_POOLS
+
+
 def _refuse_recurrent(module):
     raise UnsupportedNeuron("it feeds its spikes back through a recurrent weight at every step; it runs eagerly "
                             "(exact, uncompiled)")

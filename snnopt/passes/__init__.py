@@ -21,9 +21,10 @@ def pipeline(mode: str, band: float = 0.05, device: str = "cpu") -> list:
         passes.append(fuse_synapses)
     if mode != "dense" or device == "cpu":
         passes.append(binary_synapses(event=mode != "dense"))
+    passes += [lower(mode, band), expose_aux, dce]
     if device == "cpu":
-        passes.append(fast_pooling)
-    return passes + [lower(mode, band), expose_aux, dce]
+        passes.append(fast_pooling)  # last: it sees only the pooling left alive
+    return passes
 
 
 __all__ = ["canonicalize_neurons", "reroll_time", "fuse_synapses", "binary_synapses", "mark_binary_inputs",
