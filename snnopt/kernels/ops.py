@@ -542,7 +542,7 @@ def _pool_setup(ctx, inputs, output):
 
 
 def _pool_backward(ctx, g):
-    return call("avg_pool_backward", g.contiguous(), ctx.size, ctx.kernel, ctx.stride), None, None
+    return call("avg_pool_backward", g, ctx.size, ctx.kernel, ctx.stride), None, None
 
 
 register_autograd("avg_pool", _pool_backward, setup_context=_pool_setup)

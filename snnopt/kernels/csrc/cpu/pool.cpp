@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
 #include "../ops.h"
 
@@ -56,13 +57,20 @@ void unpool_plane(const T* g, T* dx, int64_t W, int64_t Ho, int64_t Wo, int64_t 
 // The planes split over the threads: f(K, c0, c1) for the planes [c0, c1), K a
 // std::integral_constant holding 2 for a 2 x 2 window (unrolled), else 0 (sizes at run time).
 template <class F>
-void over_planes(int64_t planes, bool two, F&& f) {
+void over_planes(int64_t planes, int64_t kh, int64_t kw, F&& f) {
   at::parallel_for(0, planes, 1, [&](int64_t c0, int64_t c1) {
-    if (two)
+    if (kh == 2 && kw == 2)
       f(std::integral_constant<int, 2>{}, c0, c1);
     else
       f(std::integral_constant<int, 0>{}, c0, c1);
   });
+}
+
+// The sizes of t with planes of h x w.
+std::vector<int64_t> with_planes(const at::Tensor& t, int64_t h, int64_t w) {
+  auto sizes = t.sizes().vec();
+  sizes[sizes.size() - 2] = h, sizes[sizes.size() - 1] = w;
+  return sizes;
 }
 
 void check_window(int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh, int64_t sw, const char* name) {
@@ -77,15 +85,13 @@ at::Tensor avg_pool2d(const at::Tensor& x, int64_t kh, int64_t kw, int64_t sh, i
   const int64_t H = x.size(-2), W = x.size(-1);
   check_window(H, W, kh, kw, sh, sw, "avg_pool2d");
   const int64_t Ho = (H - kh) / sh + 1, Wo = (W - kw) / sw + 1, planes = x.numel() / std::max<int64_t>(H * W, 1);
-  auto sizes = x.sizes().vec();
-  sizes[sizes.size() - 2] = Ho, sizes[sizes.size() - 1] = Wo;
   const auto xc = x.contiguous();
-  auto y = at::empty(sizes, x.options());
+  auto y = at::empty(with_planes(x, Ho, Wo), x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "snnopt_avg_pool2d", [&] {
     using T = scalar_t;
     const T* xp = xc.data_ptr<T>();
     T* yp = y.data_ptr<T>();
-    over_planes(planes, kh == 2 && kw == 2, [&](auto k, int64_t c0, int64_t c1) {
+    over_planes(planes, kh, kw, [&](auto k, int64_t c0, int64_t c1) {
       constexpr int K = decltype(k)::value;
       for (int64_t c = c0; c < c1; ++c)
         pool_plane<T, K, K>(xp + c * H * W, yp + c * Ho * Wo, W, Ho, Wo, kh, kw, sh, sw);
@@ -102,15 +108,13 @@ at::Tensor avg_pool2d_backward(const at::Tensor& g, int64_t H, int64_t W, int64_
   TORCH_CHECK(g.size(-2) == Ho && g.size(-1) == Wo, "snnopt avg_pool2d_backward: the gradient has planes of ",
               g.size(-2), " x ", g.size(-1), ", the pooling gives ", Ho, " x ", Wo);
   const int64_t planes = g.numel() / std::max<int64_t>(Ho * Wo, 1);
-  auto sizes = g.sizes().vec();
-  sizes[sizes.size() - 2] = H, sizes[sizes.size() - 1] = W;
   const auto gc = g.contiguous();
-  auto dx = at::zeros(sizes, g.options());
+  auto dx = at::zeros(with_planes(g, H, W), g.options());
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "snnopt_avg_pool2d_backward", [&] {
     using T = scalar_t;
     const T* gp = gc.data_ptr<T>();
     T* dp = dx.data_ptr<T>();
-    over_planes(planes, kh == 2 && kw == 2, [&](auto k, int64_t c0, int64_t c1) {
+    over_planes(planes, kh, kw, [&](auto k, int64_t c0, int64_t c1) {
       constexpr int K = decltype(k)::value;
       for (int64_t c = c0; c < c1; ++c)
         unpool_plane<T, K, K>(gp + c * Ho * Wo, dp + c * H * W, W, Ho, Wo, kh, kw, sh, sw);
