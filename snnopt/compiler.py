@@ -6,9 +6,10 @@ import logging
 
 import torch
 from torch import fx, nn
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 
-from .frontend.tracer import trace
+from .frontend.registry import UnsupportedNeuron, adapter_for
+from .frontend.tracer import TraceFailure, complete_inputs, trace
 from .passes import (PassError, PassManager, canonicalize_neurons, dce, lower_rate_pass, mark_binary_inputs, pipeline,
                      reroll_time, verify)
 from .passes.infra import Note
@@ -21,10 +22,13 @@ MODES = ("dense", "sparse", "rate")
 
 
 class _Program:
-    """One compiled specialisation: graph(s) plus how to run them."""
+    """One compiled specialisation: graph(s) plus how to run them, and the neuron
+    descriptions it was built from (:class:`NeuronGuard`)."""
 
-    def __init__(self, gm: fx.GraphModule, report: CompileReport, generic: bool, rate_gm=None):
+    def __init__(self, gm: fx.GraphModule, report: CompileReport, generic: bool, rate_gm=None,
+                 guard: "NeuronGuard | None" = None):
         self.gm, self.report, self.generic, self.rate_gm = gm, report, generic, rate_gm
+        self.guard = guard
 
     def __call__(self, inputs, training: bool):
         if self.rate_gm is None or not (training and torch.is_grad_enabled()):
@@ -46,6 +50,37 @@ class _Program:
         means = [_rate_input(x, aux.get(f"mean:{k}")) for k, x in enumerate(inputs)]
         rate_out = self.rate_gm(*means, *stats)
         return tree_map(_attach, spike_out, rate_out)
+
+
+class NeuronGuard:
+    """The dynamics a program baked in: for each neuron module of the traced model, the
+    description its adapter gave (constant decays, thresholds, reset, surrogate; tensors
+    read at run time are named, not valued).  ``holds()`` is False once a module describes
+    itself differently — ``load_state_dict`` or an assignment changed a constant buffer or
+    attribute — and the program must be rebuilt (one adapter call per neuron and call,
+    some 20 us each)."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self._modules = []
+        for node in gm.graph.nodes:
+            if node.op == "call_module":
+                module = gm.get_submodule(node.target)
+                adapter = adapter_for(module)
+                if adapter is not None and all(m is not module for m, _, _ in self._modules):
+                    self._modules.append((module, adapter, _described(module, adapter)))
+
+    def holds(self) -> bool:
+        return all(_described(m, adapter) == seen for m, adapter, seen in self._modules)
+
+
+def _described(module, adapter):
+    """A comparable description of ``adapter.spec(module)`` (the reason if it stays eager)."""
+    try:
+        spec = adapter.spec(module)
+    except UnsupportedNeuron as exc:
+        return str(exc)
+    return (tuple(spec.op_config()), spec.beta, spec.alpha, spec.threshold, spec.learnable,
+            tuple(name for name, _ in spec.param_attrs))
 
 
 def synchronise_batch_stats(stats: dict) -> dict:
@@ -98,10 +133,11 @@ class CompiledSNN(nn.Module):
         self.mode, self.band = mode, float(band)
         self._programs: dict = {}
         self._report: CompileReport | None = None
-        self._rank: tuple | None = None
+        self._rank: int | None = None
         self._warned: set[str] = set()
         if example_inputs is not None:
             example_inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+            example_inputs = complete_inputs(model, example_inputs)
             self._check(example_inputs)
             self._program(example_inputs)
 
@@ -115,6 +151,7 @@ class CompiledSNN(nn.Module):
         return self._source
 
     def forward(self, *inputs):
+        inputs = complete_inputs(self._source, inputs)
         self._check(inputs)
         program = self._program(inputs)
         if not self.training and not any(isinstance(x, torch.Tensor) and x.requires_grad for x in inputs):
@@ -136,27 +173,36 @@ class CompiledSNN(nn.Module):
         return state
 
     def _check(self, inputs):
-        tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
-        if not tensors:
+        """The first tensor input is the time-major sequence ``[T, B, ...]`` with the rank it
+        was compiled with; later inputs (initial states, say) may have any shape."""
+        x = next((x for x in inputs if isinstance(x, torch.Tensor)), None)
+        if x is None:
             raise ValueError("snnopt compiled modules take time-major tensor inputs [T, B, ...]")
-        rank = tuple(x.dim() for x in tensors)
-        for x in tensors:
-            if x.dim() < 2:
-                raise ValueError(f"expected a time-major input [T, B, ...]; got shape {list(x.shape)}")
-        if self._rank is not None and rank != self._rank:
-            raise ValueError(f"expected time-major inputs [T, B, ...] with {list(self._rank)} dims (as compiled); "
-                             f"got shapes {[list(x.shape) for x in tensors]}. Put time first and batch second, "
+        if x.dim() < 2:
+            raise ValueError(f"expected a time-major input [T, B, ...]; got shape {list(x.shape)}")
+        if self._rank is not None and x.dim() != self._rank:
+            raise ValueError(f"expected a time-major input [T, B, ...] with {self._rank} dims (as compiled); "
+                             f"got shape {list(x.shape)}. Put time first and batch second, "
                              f"e.g. x.unsqueeze(0) for one step or x.transpose(0, 1) for batch-first data.")
-        self._rank = rank
+        self._rank = x.dim()
 
     def _key(self, inputs, generic: bool):
+        """What a program is specialised on: train/eval, the tensors' shapes (without T and
+        B when ``generic``), dtypes and devices — also inside tuples of states — and the
+        other inputs' values."""
+        leaves, spec = tree_flatten(inputs)
         sig = tuple((tuple(x.shape[2:]) if generic else tuple(x.shape), x.dtype, x.device.type)
-                    if isinstance(x, torch.Tensor) else x for x in inputs)
-        return self.training, generic, sig
+                    if isinstance(x, torch.Tensor) else x for x in leaves)
+        return self.training, generic, str(spec), sig
 
     def _program(self, inputs) -> _Program:
         for generic in (True, False):
             program = self._programs.get(self._key(inputs, generic))
+            if program is not None and not program.guard.holds():
+                log.info("%s: a neuron's constants changed since compilation; recompiling",
+                         type(self._source).__name__)
+                self._programs.clear()
+                break
             if program is not None:
                 self._report = program.report  # the report of the program that runs (and records activity)
                 return program
@@ -174,6 +220,7 @@ class CompiledSNN(nn.Module):
     def _build(self, inputs) -> _Program:
         model, mode = self._source, self.mode
         gm, specialised = trace(model, inputs)
+        guard = NeuronGuard(gm)
         mark_binary_inputs(gm, inputs)
         device = next((x.device.type for x in inputs if isinstance(x, torch.Tensor)), "cpu")
         pm = PassManager(pipeline(mode, self.band, device), verifier=verify)
@@ -183,20 +230,27 @@ class CompiledSNN(nn.Module):
         if mode == "rate" and self.training:
             try:
                 rate_gm = self._build_rate_pass(inputs, gm)
-            except PassError as exc:
-                if not isinstance(exc.__cause__, RateUnsupported):
+            except (PassError, RateUnsupported) as exc:
+                reason = exc if isinstance(exc, RateUnsupported) else exc.__cause__
+                if not isinstance(reason, RateUnsupported):
                     raise
-                return self._fallback(inputs, f"rate mode is not possible here ({exc.__cause__}); "
-                                              f"compiled in dense mode")
+                return self._fallback(inputs, f"rate mode is not possible here ({reason}); compiled in dense mode")
         report = build_report(type(model).__name__, mode, self.band, inputs, gm, notes, pm.history)
-        return _Program(gm, report, generic=not specialised, rate_gm=rate_gm)
+        return _Program(gm, report, generic=not specialised, rate_gm=rate_gm, guard=guard)
 
     def _build_rate_pass(self, inputs, gm_T: fx.GraphModule) -> fx.GraphModule:
         keys = set(neuron_keys(gm_T.graph).values())
         recorded = frozenset(n.meta["snn_aux"][len("vbar:"):] for n in gm_T.graph.nodes
                              if n.meta.get("snn_aux", "").startswith("vbar:"))
+        if sum(isinstance(x, torch.Tensor) for x in inputs) > 1:
+            raise RateUnsupported("the model takes more than one tensor input (an initial state, say); the rate "
+                                  "pass averages its one time-major input over time")
         ones = tuple(x[:1].mean(0, keepdim=True) if isinstance(x, torch.Tensor) else x for x in inputs)
-        gm1, _ = trace(self._source, ones)
+        try:
+            gm1, _ = trace(self._source, ones)
+        except TraceFailure as exc:
+            raise RateUnsupported(f"the model does not trace on a one-step input ({exc}); rate mode needs the "
+                                  "time-major input [T, B, ...] to drive the steps") from exc
         pm = PassManager([canonicalize_neurons, reroll_time, lower_rate_pass(keys, recorded), dce], verifier=verify)
         return pm(gm1, ones)
 

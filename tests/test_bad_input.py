@@ -75,7 +75,7 @@ def test_input_without_time_axis_is_a_value_error():
     with pytest.raises(ValueError, match=r"\[T, B"):
         snnopt.compile(model, example_inputs=(spikes((4, 12)),))
     compiled = snnopt.compile(model, example_inputs=(spikes((6, 4, 12)),))
-    with pytest.raises(ValueError, match=r"time-major inputs \[T, B, \.\.\.\]"):
+    with pytest.raises(ValueError, match=r"time-major input \[T, B, \.\.\.\]"):
         compiled(spikes((4, 12)))
     with pytest.raises(ValueError, match=r"\[T, B"):
         snnopt.compile(LoopMLP())(spikes((12,)))

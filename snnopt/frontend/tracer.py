@@ -11,6 +11,7 @@ where tracing stopped.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 
@@ -175,6 +176,9 @@ class SNNTracer(fx.Tracer):
     def _fake_value(self, node: fx.Node):
         if node.op == "placeholder":
             i = self._placeholder_index
+            if str(node.target).startswith("*"):  # forward(self, *inputs): the remaining inputs, as a tuple
+                self._placeholder_index = len(self.fake_inputs)
+                return tuple(self.fake_inputs[i:])
             self._placeholder_index += 1
             return self.fake_inputs[i] if i < len(self.fake_inputs) else None
         args = map_aggregate(node.args, lambda a: self._value_of(a) if isinstance(a, fx.Node) else a)
@@ -243,14 +247,40 @@ def _recording_state_resets(tracer: SNNTracer):
             setattr(owner, name, fn)
 
 
+def _positional(model: nn.Module) -> list[inspect.Parameter]:
+    return [p for p in inspect.signature(model.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def complete_inputs(model: nn.Module, inputs: tuple) -> tuple:
+    """``inputs`` followed by the defaults of the positional ``forward`` arguments they
+    leave out (``forward(self, x, state=None)`` called with ``x`` only); a left-out
+    argument without a default is a ValueError naming it."""
+    missing = _positional(model)[len(inputs):]
+    for p in missing:
+        if p.default is p.empty:
+            raise ValueError(f"{type(model).__name__}.forward takes `{p.name}`, which the inputs do not give "
+                             f"({len(inputs)} given); pass it in example_inputs and in every call")
+    return tuple(inputs) + tuple(p.default for p in missing)
+
+
+def concrete_arguments(model: nn.Module, inputs: tuple) -> dict:
+    """The ``forward`` arguments the trace specialises on: those given as ``None``, so that
+    ``if state is None:`` takes its branch while tracing (the compiled graph asserts the
+    same value at run time, and the compiled module keys its programs on it)."""
+    return {p.name: None for p, x in zip(_positional(model), inputs) if x is None}
+
+
 def trace(model: nn.Module, example_inputs) -> tuple[fx.GraphModule, bool]:
     """Trace ``model`` on ``example_inputs``; returns the GraphModule (sharing the model's
     submodules and parameters) and whether the graph is specialised on the input shapes."""
     load_adapters(model)  # before tracing: their state resets must be recorded
+    example_inputs = complete_inputs(model, tuple(example_inputs))
     tracer = SNNTracer(example_inputs)
+    concrete = concrete_arguments(model, example_inputs)
     try:
         with _recording_state_resets(tracer), preserved_buffers(model):
-            graph = tracer.trace(model)
+            graph = tracer.trace(model, concrete_args=concrete or None)
     except ValueError as exc:
         if not isinstance(exc, fx.proxy.TraceError):  # snnopt's own input errors pass through
             raise

@@ -265,8 +265,16 @@ def lower_rate_pass(keys_T: set[str], recorded_T: frozenset = frozenset()):
                 gm.graph.erase_node(n)
         gm.graph.eliminate_dead_code()
         keys = neuron_keys(gm.graph)
+        if not keys:
+            raise RateUnsupported("the model has no neuron to take rates of")
         if set(keys.values()) != keys_T:
             raise RateUnsupported("the neurons of the T = 1 trace differ from those of the full trace")
+        for n in keys:
+            if n.args[0].meta["val"].shape[0] != 1:
+                raise RateUnsupported(f"`{n.meta['snn_module']}` runs {n.args[0].meta['val'].shape[0]} steps on a "
+                                      "one-step input: the model's time steps do not follow the first dim of its "
+                                      "input (a fixed number of steps over a static input, say); rate mode needs "
+                                      "the time-major input [T, B, ...] to drive the steps")
         last_ph = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
         inputs = []
 

@@ -1,0 +1,195 @@
+"""How compiled modules are called: forward signatures, state inputs, constants changed after
+compiling, and the models rate mode leaves to dense mode (with the reason)."""
+
+import pytest
+import torch
+from torch import nn
+
+import snnopt
+import snnopt.nn as snn
+
+from .models import MLP, grads_of, spikes
+
+NUM_STEPS = 7
+
+
+class Varargs(nn.Module):
+    """``forward(self, *inputs)``: a generic wrapper signature."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.lif = nn.Linear(12, 9), snn.LIFCell(0.8)
+
+    def forward(self, *inputs):
+        x, v, out = inputs[0], None, []
+        for t in range(x.shape[0]):
+            s, v = self.lif(3 * self.fc(x[t]), v)
+            out.append(s)
+        return torch.stack(out)
+
+
+class OptionalState(nn.Module):
+    """``forward(self, x, v=None)``: starts at rest unless a membrane is given; returns it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.lif = nn.Linear(12, 9), snn.LIFCell(0.8)
+
+    def forward(self, x, v=None):
+        out = []
+        for t in range(x.shape[0]):
+            s, v = self.lif(3 * self.fc(x[t]), v)
+            out.append(s)
+        return torch.stack(out), v
+
+
+class Static(nn.Module):
+    """A static input ``[B, F]`` presented for a fixed number of steps (snnTorch tutorial 5)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.lif1 = nn.Linear(12, 16), snn.LIFCell(0.85)
+        self.fc2, self.lif2 = nn.Linear(16, 5), snn.LIFCell(0.8)
+
+    def forward(self, x):
+        v1 = v2 = None
+        out = []
+        for _ in range(NUM_STEPS):
+            s1, v1 = self.lif1(3 * self.fc1(x), v1)
+            s2, v2 = self.lif2(3 * self.fc2(s1), v2)
+            out.append(s2)
+        return torch.stack(out)
+
+
+def test_varargs_forward_runs_over_time():
+    torch.manual_seed(0)
+    model, x = Varargs(), spikes((10, 3, 12))
+    compiled = snnopt.compile(model, example_inputs=(x,))
+    assert torch.equal(compiled(x), model(x))
+    assert not compiled.report.eager
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_optional_state_argument(mode):
+    torch.manual_seed(1)
+    model, x = OptionalState(), spikes((8, 3, 12))
+    compiled = snnopt.compile(model, mode=mode, example_inputs=(x,))
+    out, v = compiled(x)
+    ref, v_ref = model(x)
+    assert torch.equal(out, ref)
+    torch.testing.assert_close(v, v_ref, rtol=1e-5, atol=1e-6)
+    x2 = spikes((5, 3, 12), seed=2)
+    out2, _ = compiled(x2, v_ref)  # the state given: a second program, same results as the model
+    assert torch.equal(out2, model(x2, v_ref)[0])
+    assert torch.equal(compiled(x2, None)[0], model(x2)[0])
+
+
+def test_missing_argument_without_default_is_named():
+    class TwoInputs(nn.Module):
+        def forward(self, x, y):
+            return x + y
+    with pytest.raises(ValueError, match="`y`"):
+        snnopt.compile(TwoInputs(), example_inputs=(spikes((4, 2, 3)),))
+
+
+def test_state_tuples_do_not_recompile():
+    norse = pytest.importorskip("norse.torch")
+    torch.manual_seed(2)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif = nn.Linear(12, 9), norse.LIF(norse.LIFParameters(v_th=torch.as_tensor(0.3)))
+
+        def forward(self, x, state=None):
+            return self.lif(20 * self.fc(x), state)
+
+    model, x = Net(), spikes((6, 3, 12))
+    compiled = snnopt.compile(model, example_inputs=(x,))
+    _, state = compiled(x)
+    _, state_ref = model(x)
+    for _ in range(3):
+        out, state = compiled(x, state)
+        ref, state_ref = model(x, state_ref)
+        torch.testing.assert_close(out, ref)
+    assert len(compiled._programs) == 2  # from rest, and from a given state
+
+
+def test_constants_changed_after_compiling_are_followed():
+    snntorch = pytest.importorskip("snntorch")
+    torch.manual_seed(3)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif = nn.Linear(12, 16), snntorch.Leaky(beta=0.9, threshold=1.0)
+
+        def forward(self, x):
+            mem, out = self.lif.init_leaky(), []
+            for t in range(x.shape[0]):
+                s, mem = self.lif(2 * self.fc(x[t]), mem)
+                out.append(s)
+            return torch.stack(out)
+
+    model, x = Net(), spikes((12, 4, 12))
+    compiled = snnopt.compile(model, example_inputs=(x,))
+    state = model.state_dict()
+    state["lif.beta"], state["lif.threshold"] = torch.tensor(0.5), torch.tensor(0.4)
+    model.load_state_dict(state)
+    assert torch.equal(compiled(x), model(x))
+    with torch.no_grad():
+        model.lif.threshold.fill_(1.7)
+    assert torch.equal(compiled(x), model(x))
+
+
+def test_spikingjelly_attributes_changed_after_compiling_are_followed():
+    pytest.importorskip("spikingjelly")
+    from spikingjelly.activation_based import functional, layer, neuron
+    torch.manual_seed(4)
+    model = nn.Sequential(layer.Linear(12, 16), neuron.LIFNode(tau=2.0))
+    functional.set_step_mode(model, "m")
+    x = 3 * spikes((10, 4, 12))
+    compiled = snnopt.compile(model, example_inputs=(x,))
+    model[1].tau, model[1].v_threshold = 4.0, 0.3
+    functional.reset_net(model)
+    ref = model(x)
+    functional.reset_net(model)
+    assert torch.equal(compiled(x), ref)
+
+
+def test_rate_mode_leaves_a_static_input_model_to_dense_mode():
+    torch.manual_seed(5)
+    model, x = Static(), torch.rand(8, 12)
+    compiled = snnopt.compile(model, mode="rate", example_inputs=(x,))
+    assert compiled.report.mode == "rate -> dense"
+    assert "time-major" in compiled.report.fallback
+    out = compiled(x)
+    dense = grads_of(model, out)
+    ref = grads_of(model, model(x))
+    for name in ref:
+        torch.testing.assert_close(dense[name], ref[name], rtol=1e-4, atol=1e-6)
+
+
+def test_rate_mode_leaves_a_model_without_neurons_to_dense_mode():
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.rand(6, 3, 12)
+    compiled = snnopt.compile(model, mode="rate", example_inputs=(x,))
+    assert "no neuron" in compiled.report.fallback
+    got, ref = grads_of(model, compiled(x)), grads_of(model, model(x))
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name])
+
+
+def test_rate_mode_with_a_state_input_falls_back():
+    torch.manual_seed(7)
+    model, x = OptionalState(), spikes((8, 3, 12))
+    v = torch.rand(3, 9)
+    compiled = snnopt.compile(model, mode="rate", example_inputs=(x, v))
+    assert "more than one tensor input" in compiled.report.fallback
+    assert torch.equal(compiled(x, v)[0], model(x, v)[0])
+
+
+def test_rate_mode_still_runs_time_major_models():
+    compiled = snnopt.compile(MLP(), mode="rate", example_inputs=(spikes((8, 3, 12)),))
+    assert compiled.report.fallback is None
