@@ -101,3 +101,14 @@ def test_bad_arguments():
         snnopt.nn.LIF(0.9, surrogate="magic")
     with pytest.raises(ValueError, match="reset"):
         NeuronSpec(reset="soft")
+
+
+@pytest.mark.parametrize("neuron_after", [True, False])
+def test_input_that_does_not_fit_a_layer_names_the_layer(neuron_after, caplog):
+    layers = [nn.Linear(100, 16)] + ([snnopt.nn.LIF(0.9)] if neuron_after else [nn.ReLU()])
+    model = nn.Sequential(*layers)
+    with caplog.at_level("ERROR"), pytest.raises(snnopt.frontend.tracer.TraceFailure) as info:
+        snnopt.compile(model, example_inputs=(spikes((5, 2, 50)),))
+    assert "`_0` (call_module 0) fails on its traced input" in str(info.value)
+    assert "[10, 50] X [100, 16]" in str(info.value)
+    assert not [r for r in caplog.records if r.name.startswith("torch")]  # no fake-tensor tracebacks logged

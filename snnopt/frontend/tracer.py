@@ -45,8 +45,9 @@ class ShapedProxy(fx.Proxy):
     def _tensor(self) -> torch.Tensor:
         val = self.node.meta.get("val")
         if not isinstance(val, torch.Tensor):
-            raise fx.proxy.TraceError(f"the shape of `{self.node.name}` is not known while tracing "
-                                      f"(its value could not be computed on fake tensors)")
+            cause = upstream_failure(self.node)
+            raise fx.proxy.TraceError(f"the shape of `{self.node.name}` is not known while tracing ("
+                                      + (cause or "its value could not be computed on fake tensors") + ")")
         self.tracer.shape_reads += 1
         return val
 
@@ -132,6 +133,42 @@ def neuron_fake_value(module: nn.Module, args, kwargs, fake_mode: FakeTensorMode
                          if isinstance(r, torch.Tensor) else r)
 
 
+FAKE_LOG = logging.getLogger("torch._subclasses.fake_tensor")
+
+
+@contextlib.contextmanager
+def quiet(logger: logging.Logger):
+    """Silence ``logger`` (fake tensors log every failing meta kernel as an error; the
+    tracer reports the failure itself where it matters)."""
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
+def _what(node: fx.Node) -> str:
+    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+    return f"`{node.name}` ({node.op} {target})"
+
+
+def upstream_failure(node: fx.Node, own: bool = True) -> str | None:
+    """Why the value of ``node`` (``own``) or of the nodes it is computed from is unknown:
+    the message of the nearest node whose fake evaluation failed (a layer given an input
+    of the wrong shape, say), or None."""
+    seen, frontier = set(), [node] if own else list(node.all_input_nodes)
+    while frontier:
+        n = frontier.pop(0)
+        if n in seen:
+            continue
+        seen.add(n)
+        if "fake_error" in n.meta:
+            return n.meta["fake_error"]
+        if n.meta.get("val") is None:
+            frontier.extend(n.all_input_nodes)
+    return None
+
+
 class SNNTracer(fx.Tracer):
     """fx tracer with neuron leaves and fake-tensor shape propagation."""
 
@@ -187,7 +224,7 @@ class SNNTracer(fx.Tracer):
         try:
             if node.op == "call_module" and is_neuron(self.root.get_submodule(node.target)):
                 return neuron_fake_value(self.root.get_submodule(node.target), args, kwargs, self.fake_mode)
-            with self.fake_mode:
+            with self.fake_mode, quiet(FAKE_LOG):
                 if node.op == "call_function":
                     return node.target(*args, **kwargs)
                 if node.op == "call_method":
@@ -198,7 +235,11 @@ class SNNTracer(fx.Tracer):
                     return self._value_of(node)
         except Exception as exc:  # the value stays unknown; shape queries on it then fail clearly
             log.debug("no fake value for %s: %s", node.name, exc)
+            node.meta["fake_error"] = f"{_what(node)} fails on its traced input: {str(exc).splitlines()[0]}"
             if node.op == "call_module" and is_neuron(self.root.get_submodule(node.target)):
+                cause = upstream_failure(node, own=False)
+                if cause:
+                    raise fx.proxy.TraceError(cause) from exc
                 if isinstance(exc, ValueError):
                     raise ValueError(f"neuron module `{node.target}`: {exc}") from exc
                 raise fx.proxy.TraceError(f"neuron module `{node.target}` failed on its traced input: {exc}") from exc
@@ -292,5 +333,8 @@ def trace(model: nn.Module, example_inputs) -> tuple[fx.GraphModule, bool]:
         raise TraceFailure(f"cannot trace {type(model).__name__}{where}: {exc}", tracer.last_node,
                            tracer.graph if hasattr(tracer, "graph") else None) from exc
     name = type(model).__name__
+    failed = next((n for n in graph.nodes if "fake_error" in n.meta), None)
+    if failed is not None:  # every pass evaluates the graph on fake tensors: it would fail there
+        raise TraceFailure(f"cannot trace {name}: {failed.meta['fake_error']}", failed.name, graph)
     gm = fx.GraphModule(tracer.root, graph, name)
     return gm, tracer.shape_reads > 0

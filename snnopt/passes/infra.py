@@ -19,7 +19,7 @@ from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from ..frontend.registry import is_neuron
-from ..frontend.tracer import neuron_fake_value, preserved_buffers
+from ..frontend.tracer import FAKE_LOG, neuron_fake_value, preserved_buffers, quiet
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def fake_propagate(gm: fx.GraphModule, example_inputs) -> None:
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     values = list(example_inputs) + [p.meta["example"] for p in placeholders[len(example_inputs):]]
     fakes = [mode.from_tensor(x, static_shapes=True) if isinstance(x, torch.Tensor) else x for x in values]
-    with preserved_buffers(gm):  # modules update buffers (BatchNorm statistics) even on fake inputs
+    with preserved_buffers(gm), quiet(FAKE_LOG):  # modules update buffers (BatchNorm statistics) on fake inputs too
         _Propagation(gm, mode).propagate_dont_convert_inputs(*fakes)
     for node in gm.graph.nodes:  # results that are not tensors (a module, None) get no fake value
         node.meta.setdefault("val", None)
