@@ -242,6 +242,10 @@ class CompiledSNN(nn.Module):
         keys = set(neuron_keys(gm_T.graph).values())
         recorded = frozenset(n.meta["snn_aux"][len("vbar:"):] for n in gm_T.graph.nodes
                              if n.meta.get("snn_aux", "").startswith("vbar:"))
+        per_step = next((n for n in gm_T.graph.nodes if "snn_per_step_reason" in n.meta), None)
+        if per_step is not None:
+            raise RateUnsupported(f"`{per_step.meta.get('snn_module', per_step.name)}` stays per-step: "
+                                  f"{per_step.meta['snn_per_step_reason']}")
         if sum(isinstance(x, torch.Tensor) for x in inputs) > 1:
             raise RateUnsupported("the model takes more than one tensor input (an initial state, say); the rate "
                                   "pass averages its one time-major input over time")

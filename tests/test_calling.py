@@ -175,7 +175,7 @@ def test_rate_mode_leaves_a_model_without_neurons_to_dense_mode():
     model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
     x = torch.rand(6, 3, 12)
     compiled = snnopt.compile(model, mode="rate", example_inputs=(x,))
-    assert "no neuron" in compiled.report.fallback
+    assert "no compiled neuron" in compiled.report.fallback
     got, ref = grads_of(model, compiled(x)), grads_of(model, model(x))
     for name in ref:
         torch.testing.assert_close(got[name], ref[name])
@@ -193,3 +193,30 @@ def test_rate_mode_with_a_state_input_falls_back():
 def test_rate_mode_still_runs_time_major_models():
     compiled = snnopt.compile(MLP(), mode="rate", example_inputs=(spikes((8, 3, 12)),))
     assert compiled.report.fallback is None
+
+
+class BatchFirst(nn.Module):
+    """Steps taken from dim 1 (``x[:, t]``): batch-first data."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.lif = nn.Linear(12, 9), snn.LIFCell(0.8)
+
+    def forward(self, x):
+        v, out = None, []
+        for t in range(x.shape[1]):
+            s, v = self.lif(3 * self.fc(x[:, t]), v)
+            out.append(s)
+        return torch.stack(out)
+
+
+@pytest.mark.parametrize("mode", ["dense", "rate"])
+def test_batch_first_loop_stays_per_step_and_says_how_to_fix(mode):
+    torch.manual_seed(8)
+    model, x = BatchFirst(), spikes((3, 10, 12))
+    compiled = snnopt.compile(model, mode=mode, example_inputs=(x,))
+    assert torch.equal(compiled(x), model(x))
+    reasons = " ".join(note.detail for note in compiled.report.eager)
+    assert "takes the steps from dim 1" in reasons and "x.transpose(0, 1)" in reasons
+    if mode == "rate":
+        assert "stays per-step" in compiled.report.fallback

@@ -266,7 +266,7 @@ def lower_rate_pass(keys_T: set[str], recorded_T: frozenset = frozenset()):
         gm.graph.eliminate_dead_code()
         keys = neuron_keys(gm.graph)
         if not keys:
-            raise RateUnsupported("the model has no neuron to take rates of")
+            raise RateUnsupported("the model has no compiled neuron to take rates of")
         if set(keys.values()) != keys_T:
             raise RateUnsupported("the neurons of the T = 1 trace differ from those of the full trace")
         for n in keys:

@@ -112,6 +112,7 @@ class _Lifter:
         if not all(n.op == first.op and n.target == first.target and len(n.args) == len(first.args)
                    and n.kwargs.keys() == first.kwargs.keys() for n in items):
             raise CannotLift(f"`{first.name}` is not computed the same way at every step")
+        _check_time_dim(items)
         if first.op in ("placeholder", "get_attr", "output"):
             raise CannotLift(f"`{first.name}` differs between steps")
         args = [self.lift([n.args[k] for n in items]) for k in range(len(first.args))]
@@ -183,6 +184,21 @@ class _Lifter:
     def _merged(self, call, x_ms: fx.Node, L: int, batch, node: fx.Node) -> fx.Node:
         flat = self.b.call(torch.flatten, (x_ms, 0, 1), from_=[node])
         return self.b.call(torch.unflatten, (call(flat), 0, (L, batch)), from_=[node])
+
+
+def _check_time_dim(items: list[fx.Node]) -> None:
+    """Steps indexed along a later dim (``x[:, t]``, batch-first data) cannot become a
+    time-major sequence: say so, with the fix."""
+    first = items[0]
+    if not (first.op == "call_function" and first.target is operator.getitem):
+        return
+    indices = [n.args[1] for n in items]
+    if not all(isinstance(i, tuple) and len(i) == len(indices[0]) for i in indices):
+        return
+    varying = [d for d in range(len(indices[0])) if len({repr(i[d]) for i in indices}) > 1]
+    if varying and varying[0] > 0:
+        raise CannotLift(f"`{first.name}` takes the steps from dim {varying[0]} of `{first.args[0]}`; snnopt takes "
+                         f"time-major inputs [T, B, ...]: pass x.transpose(0, {varying[0]}) and loop over x[t]")
 
 
 def _target_name(node: fx.Node) -> str:
