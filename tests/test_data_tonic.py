@@ -326,6 +326,16 @@ def test_corrupt_dvsgesture_file_is_named(tmp_path, damage):
         ds[0]
 
 
+def test_text_in_a_dvsgesture_file_is_not_a_recording(tmp_path):
+    path = write_dvsgesture(tmp_path, "train", "user03_natural", 6, [1, 2], [3, 4], [5, 6], [0, 1])
+    path.write_text("x y p t\n1 2 0 5\n")
+    ds = load_dataset("dvsgesture", tmp_path)
+    with pytest.raises(CorruptDatasetError) as info:
+        ds[0]
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a DVS Gesture recording") and "pickle" not in message
+
+
 def test_dvsgesture_file_name_must_be_a_label(tmp_path):
     folder = tmp_path / "DVSGesture" / "ibmGestureTrain" / "user01_led"
     folder.mkdir(parents=True)

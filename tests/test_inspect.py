@@ -221,3 +221,48 @@ def test_page_renders_in_headless_chromium(loop_conv_page, tmp_path):
     for fill in ("created", "erased"):
         target = tuple(int(FILLS[fill][i:i + 2], 16) for i in (1, 3, 5))
         assert target in colours, f"no {fill} node visible"
+
+
+def inspect_cli(capsys, *args) -> tuple[int, str, str]:
+    """``snnopt inspect ARGS``: the exit status, stdout and stderr."""
+    status = main(list(args))
+    printed = capsys.readouterr()
+    return status, printed.out, printed.err
+
+
+def test_graphviz_layout_without_dot_is_reported_before_compiling(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("snnopt.inspect.svg.shutil.which", lambda name: None)
+    monkeypatch.setattr("snnopt.inspect.cli.inspect_model", lambda *a, **k: pytest.fail("compiled anyway"))
+    out = tmp_path / "mlp.html"
+    status, printed, err = inspect_cli(capsys, "--preset", "mlp", "--layout", "graphviz", "--out", str(out))
+    assert status == 2 and not printed and "Traceback" not in err
+    assert err.startswith("snnopt inspect: --layout graphviz: ") and "`dot`" in err and "--layout matplotlib" in err
+    assert not out.exists()
+
+
+def test_preset_shape_misfit_names_inspect_options(tmp_path, capsys):
+    status, printed, err = inspect_cli(capsys, "--preset", "conv", "--input-shape", "100", "--out",
+                                       str(tmp_path / "conv.html"))
+    assert status == 2 and not printed
+    assert "(100,)" in err and "--input-shape C,H,W" in err and "--preset mlp" in err and "--model" not in err
+
+
+@pytest.mark.parametrize("signature", ["a, b, c", "input_shape"])
+def test_factory_signature_mismatch_states_the_calling_convention(tmp_path, capsys, signature):
+    source = tmp_path / "net.py"
+    source.write_text(f"from torch import nn\n\ndef make({signature}):\n    return nn.Linear(1, 1)\n")
+    status, printed, err = inspect_cli(capsys, f"{source}:make", "--input-shape", "7", "--classes", "3", "--out",
+                                       str(tmp_path / "net.html"))
+    assert status == 2 and not printed and "Traceback" not in err
+    for fragment in ("cannot build the model", f"make({signature})", "make(input_shape, n_classes)", "make((7,), 3)",
+                     "make()"):
+        assert fragment in err, fragment
+
+
+def test_input_errors_go_to_stderr(tmp_path, capsys):
+    status, printed, err = inspect_cli(capsys, f"{ROOT / 'tests' / 'models.py'}:LoopConvNet", "--out",
+                                       str(tmp_path / "x.html"))
+    assert status == 2 and not printed and "--input-shape is needed" in err
+    with pytest.raises(SystemExit) as done:
+        main(["--preset", "mlp", "--seed", "-1"])
+    assert done.value.code == 2 and "argument --seed: expected an integer >= 0" in capsys.readouterr().err

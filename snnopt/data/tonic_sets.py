@@ -378,14 +378,28 @@ def _load_nmnist(root: str | Path | None, split: str, to_frames: EventFrames) ->
 # --- DVS Gesture -----------------------------------------------------------------------------
 
 _DVS_COLUMNS = 4  # x, y, polarity, t [ms]
+_NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """The array in the ``.npy`` file ``path``; :class:`CorruptDatasetError` naming it when the
+    file is not a ``.npy`` file (text, say) or cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            is_npy = f.read(len(_NPY_MAGIC)) == _NPY_MAGIC
+        if is_npy:
+            return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise CorruptDatasetError(f"{path}: cannot read the DVS Gesture .npy file: {err}") from err
+    raise CorruptDatasetError(
+        f"{path}: not a DVS Gesture recording (not a NumPy .npy file: it lacks the .npy header); "
+        f"extract it again from tonic's ibmGestureTrain.tar.gz / ibmGestureTest.tar.gz"
+    )
 
 
 def _dvsgesture_events(path: Path) -> np.ndarray:
     """tonic's DVS Gesture events (``x, y, p, t`` with ``t`` in microseconds) of one ``.npy`` file."""
-    try:
-        raw = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise CorruptDatasetError(f"{path}: cannot read the DVS Gesture .npy file: {err}") from err
+    raw = _load_npy(path)
     if raw.ndim != 2 or raw.shape[1] != _DVS_COLUMNS or raw.dtype.kind not in "iufb":
         raise CorruptDatasetError(
             f"{path}: invalid event record, expected a numeric [N, 4] array of (x, y, p, t_ms), "

@@ -2,7 +2,8 @@
 HTML graph report, printing the per-pass summary table.
 
 Exit status: 0 when the model compiled, 1 when tracing or a pass failed (the page then
-shows the error and where it happened), 2 when the model could not be built or the page not written.
+shows the error and where it happened), 2 when the model could not be built, the asked-for layout
+is not installed or the page not written (the reason goes to stderr).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import logging
 import torch
 
 from ..compiler import MODES
-from ..train.presets import PRESETS, build_model
+from ..train.cli import fail, non_negative_int
+from ..train.presets import PRESETS, InputShapeError, build_model
 from .page import write_report
 from .record import inspect_model
 from .summary import format_table
-from .svg import ENGINES
+from .svg import ENGINES, resolve_engine
 
 DEFAULT_SHAPES = {"mlp": (100,), "conv": (2, 32, 32)}
 """Feature shape of one time step for each preset when ``--input-shape`` is not given."""
@@ -74,7 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--band", type=_positive_float, default=0.05,
                         help="sparse mode: surrogate gradient only where |v - threshold| < band (default: 0.05)")
     parser.add_argument("--eval", action="store_true", help="compile the model in eval mode (default: training mode)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the model's initial weights (default: 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of the model's initial weights (default: 0)")
     parser.add_argument("--layout", choices=ENGINES, default="auto",
                         help="graph drawing: graphviz (dot), matplotlib, or auto (graphviz when dot is installed)")
     parser.add_argument("--out", default="report.html", metavar="FILE.html",
@@ -83,26 +86,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the model, record the pipeline, write the page and print the summary."""
+    """Build the model, record the pipeline, write the page and print the summary; errors
+    that leave no page go to stderr (exit status 2)."""
     spec = args.preset or args.model
     shape = args.input_shape or DEFAULT_SHAPES.get(spec)
     if shape is None:
-        print("snnopt inspect: --input-shape is needed for FILE.py:FUNCTION (the feature shape of one time step, "
-              "e.g. --input-shape 2,34,34)")
-        return 2
+        return fail("inspect", "--input-shape is needed for FILE.py:FUNCTION (the feature shape of one time step, "
+                               "e.g. --input-shape 2,34,34)", status=2)
+    try:
+        engine = resolve_engine(args.layout)
+    except ValueError as exc:
+        return fail("inspect", f"--layout {args.layout}: {exc} (--layout matplotlib, or auto)", status=2)
     try:
         model = build_model(spec, shape, args.classes, args.seed)
-    except Exception as exc:  # the user's code: report it, do not crash
-        print(f"snnopt inspect: cannot build the model {spec}: {type(exc).__name__}: {exc}")
-        return 2
+    except InputShapeError as exc:
+        return fail("inspect", f"{exc}; give --input-shape C,H,W or use --preset mlp", status=2)
+    except ValueError as exc:
+        return fail("inspect", str(exc), status=2)
     model.train(not args.eval)
     example = torch.zeros(args.steps, args.batch, *shape)
     inspection = inspect_model(model, (example,), mode=args.mode, band=args.band)
     try:
-        path = write_report(inspection, args.out, engine=args.layout)
+        path = write_report(inspection, args.out, engine=engine)
     except OSError as exc:
-        print(f"snnopt inspect: cannot write {args.out}: {exc}")
-        return 2
+        return fail("inspect", f"cannot write --out {args.out}: {exc}", status=2)
     print(format_table(inspection))
     print(f"wrote {path}")
     return 0 if inspection.ok else 1

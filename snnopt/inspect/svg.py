@@ -54,7 +54,8 @@ def resolve_engine(engine: str = "auto") -> str:
     if engine == "auto":
         return "graphviz" if shutil.which("dot") else "matplotlib"
     if engine == "graphviz" and not shutil.which("dot"):
-        raise ValueError("graphviz was asked for but `dot` is not on PATH; install graphviz or use matplotlib")
+        raise ValueError("the graphviz layout needs graphviz's `dot` program, which is not on PATH; install graphviz "
+                         "or use the matplotlib layout")
     return engine
 
 

@@ -34,12 +34,33 @@ class Context:
         return self.rank == 0
 
 
+def resolve_device(name: str) -> torch.device:
+    """The device ``name`` (``cpu``, ``cuda``, ``cuda:N``); ``ValueError`` when it is not a
+    device name or this machine has no such device."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ValueError(f"--device {name!r}: snnopt train runs on cpu or cuda, not {dev.type}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: CUDA is not available here (no GPU found, or torch "
+                         f"{torch.__version__} is built without CUDA); use --device cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"numbered from 0")
+    return dev
+
+
 def setup(device: str | None = None) -> Context:
-    """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1)."""
+    """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1); ``device``
+    defaults to cuda when available, else cpu (see :func:`resolve_device`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if world <= 1:
         return Context(device=dev)
     if not dist.is_initialized():

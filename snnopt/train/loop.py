@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +28,20 @@ from .presets import build_model
 
 log = logging.getLogger(__name__)
 
+DEFAULT_LR = 1e-2
+"""Adam's learning rate of a new run when the configuration names none."""
+
+RESUME_FIXED = ("dataset", "model", "mode", "batch_size", "steps", "seed")
+"""Configuration a resumed run must share with its checkpoint (the learning rate may change)."""
+
 
 @dataclass
 class TrainConfig:
     """One training run (the options of ``snnopt train``).  ``out=None`` writes nothing;
     ``measure`` also records the backward time and the bytes saved for backward per step;
-    ``data_options`` go to :func:`snnopt.data.make_dataset_loaders`."""
+    ``data_options`` go to :func:`snnopt.data.make_dataset_loaders`.  ``lr=None`` is
+    :data:`DEFAULT_LR` for a new run and the checkpoint's learning rate on ``resume``; a
+    given ``lr`` on ``resume`` replaces the checkpoint's from the resumed epoch on."""
 
     dataset: str = "embedded"
     data_dir: str | None = None
@@ -40,7 +49,7 @@ class TrainConfig:
     mode: str = "dense"
     epochs: int = 5
     batch_size: int = 64
-    lr: float = 1e-2
+    lr: float | None = None
     steps: int = 50
     hidden: int = 128
     band: float = 0.05
@@ -64,6 +73,11 @@ def make_loaders(cfg: TrainConfig, ctx: distributed.Context):
                                 seed=cfg.seed, sampler=shard if ctx.distributed else None, **cfg.data_options)
 
 
+def frame_shape(x: torch.Tensor) -> tuple:
+    """The shape of one sample's frame in a time-major batch ``[T, B, *frame]``."""
+    return tuple(x.shape[2:])
+
+
 def logits_of(out: torch.Tensor) -> torch.Tensor:
     """``[B, classes]`` logits from a model output (``[T, B, classes]`` is averaged over time)."""
     return out.mean(0) if out.dim() == 3 else out
@@ -74,20 +88,21 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, ctx: distributed.Context | None = None):
         self.cfg = cfg
-        self.ctx = ctx or distributed.Context(device=torch.device(cfg.device or "cpu"))
+        self.ctx = ctx or distributed.Context(device=distributed.resolve_device(cfg.device or "cpu"))
         self.out = Path(cfg.out) if cfg.out is not None else None
+        saved = self._load_checkpoint() if cfg.resume else None
         self.train_loader, self.test_loader = make_loaders(cfg, self.ctx)
+        x0, _ = next(iter(self.test_loader))
         data = self.train_loader.dataset
-        self.model = build_model(cfg.model, tuple(data.sensor_size), data.n_classes, cfg.seed, cfg.hidden).to(self.ctx.device)
-        self.optimizer = adam(self.model.parameters(), lr=cfg.lr)
+        self.model = build_model(cfg.model, frame_shape(x0), data.n_classes, cfg.seed, cfg.hidden).to(self.ctx.device)
+        self.optimizer = adam(self.model.parameters(), lr=DEFAULT_LR if cfg.lr is None else cfg.lr)
         self.history: list[dict] = []
         self.start_epoch = 0
-        if cfg.resume:
-            if self.out is None:
-                raise ValueError("resume needs the output folder of the run to continue")
-            self._restore(checkpoint.load(self.out / checkpoint.CHECKPOINT))
+        if saved is not None:
+            self._restore(saved)
+        elif cfg.lr is None:
+            self.cfg = dataclasses.replace(cfg, lr=DEFAULT_LR)
         kernels.status()  # builds the fused kernels now (first use), not inside the first timed epoch
-        x0, _ = next(iter(self.test_loader))
         self.compiled = snn_compile(self.model, mode=cfg.mode, example_inputs=(x0.to(self.ctx.device),),
                                     band=cfg.band)
         self.net = distributed.wrap(self.compiled, self.ctx)
@@ -99,14 +114,27 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "history": self.history,
                 "rng": torch.get_rng_state(), "loader_rng": _loader_generator_state(self.train_loader)}
 
-    def _restore(self, state: dict) -> None:
+    def _load_checkpoint(self) -> dict:
+        """The checkpoint to resume from, checked against the configuration before any data loads."""
+        if self.out is None:
+            raise ValueError("resume needs the output folder of the run to continue")
+        state = checkpoint.load(self.out / checkpoint.CHECKPOINT)
         saved = state["config"]
-        for key in ("dataset", "model", "mode", "batch_size", "steps", "seed"):
+        for key in RESUME_FIXED:
             if saved.get(key) != getattr(self.cfg, key):
                 raise ValueError(f"--resume: the checkpoint in {str(self.out)!r} was trained with {key}="
                                  f"{saved.get(key)!r}, not {getattr(self.cfg, key)!r}")
+        return state
+
+    def _restore(self, state: dict) -> None:
+        misfit = state_misfit(self.model.state_dict(), state["model"])
+        if misfit:
+            raise ValueError(f"--resume: the checkpoint in {str(self.out)!r} does not fit the model {self.cfg.model} "
+                             f"(did its code change since?): {misfit}. Restore the model that trained it, or start "
+                             f"a new run with another --out")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.cfg = dataclasses.replace(self.cfg, lr=self._resumed_lr(state["config"]["lr"]))
         self.history = list(state["history"])
         self.start_epoch = int(state["epoch"])
         torch.set_rng_state(state["rng"])
@@ -114,12 +142,26 @@ class Trainer:
             self.train_loader.generator.set_state(state["loader_rng"])
         log.info("resuming after epoch %d from %s", self.start_epoch, self.out / checkpoint.CHECKPOINT)
 
+    def _resumed_lr(self, saved_lr: float) -> float:
+        """The learning rate from the resumed epoch on: the checkpoint's, unless the config
+        names another, which then replaces it in the restored optimizer."""
+        if self.cfg.lr is None or self.cfg.lr == saved_lr:
+            return saved_lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr
+        log.warning("resuming with lr %g; the checkpoint in %s trained with lr %g", self.cfg.lr, self.out, saved_lr)
+        return self.cfg.lr
+
     # -- loop -------------------------------------------------------------------------------
     def run(self) -> list[dict]:
+        """Train the epochs from :attr:`start_epoch` to ``cfg.epochs`` (none when a resumed
+        checkpoint already holds them all, which is logged); returns the whole history."""
         cfg, ctx = self.cfg, self.ctx
         writes = ctx.main and self.out is not None
-        if writes:
-            self.out.mkdir(parents=True, exist_ok=True)
+        if self.start_epoch >= cfg.epochs and ctx.main:
+            log.warning("the checkpoint in %s already holds %d trained epochs and --epochs is %d: nothing to train "
+                        "(give --epochs above %d to continue)", self.out, self.start_epoch, cfg.epochs,
+                        self.start_epoch)
         total = (cfg.epochs - self.start_epoch) * len(self.train_loader)
         with tqdm(total=max(total, 0), disable=not (cfg.progress and ctx.main), unit="step",
                   dynamic_ncols=True) as bar:
@@ -168,9 +210,9 @@ class Trainer:
                             refresh=False)
         elapsed = time.perf_counter() - start
         loss_sum, correct, seen = distributed.sum_over_ranks([loss_sum, correct, seen], self.ctx)
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen, "epoch_s": elapsed,
-                  "samples_per_s": seen / elapsed, "last_loss": loss.item(),
-                  "active_fraction": {k: sum(v) / len(v) for k, v in active.items()}}
+        record = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": loss_sum / seen,
+                  "train_acc": correct / seen, "epoch_s": elapsed, "samples_per_s": seen / elapsed,
+                  "last_loss": loss.item(), "active_fraction": {k: sum(v) / len(v) for k, v in active.items()}}
         if self.cfg.measure:
             record.update(backward_s=sum(backward_s) / len(backward_s), saved_bytes=saved)
         return record
@@ -211,6 +253,9 @@ class Trainer:
         return rates
 
     def _write(self, epoch: int) -> None:
+        """Save the checkpoint, ``metrics.json`` and the plots after ``epoch``; the output
+        folder is created here, so a run that fails before its first epoch leaves none."""
+        self.out.mkdir(parents=True, exist_ok=True)
         checkpoint.save(self.out / checkpoint.CHECKPOINT, self._state(epoch))
         metrics = {"config": dataclasses.asdict(self.cfg), "world_size": self.ctx.world_size,
                    "compiled_mode": self.report.mode, "epochs": self.history}
@@ -220,19 +265,52 @@ class Trainer:
         write_plots(self.history, self.out)
 
 
+def state_misfit(expected: dict, saved: dict, shown: int = 3) -> str:
+    """How a checkpoint's ``saved`` state dict differs from the model's ``expected`` one:
+    the first ``shown`` missing, unexpected or resized entries; ``""`` when it fits."""
+    missing = [f"{k} is missing" for k in expected if k not in saved]
+    unexpected = [f"{k} is not in the model" for k in saved if k not in expected]
+    resized = [f"{k} is {list(saved[k].shape)} there, {list(v.shape)} here" for k, v in expected.items()
+               if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
+    found = missing + unexpected + resized
+    more = f" and {len(found) - shown} more" if len(found) > shown else ""
+    return "; ".join(found[:shown]) + more
+
+
 def _loader_generator_state(loader: DataLoader):
     gen = getattr(loader, "generator", None)
     return gen.get_state() if gen is not None else None
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Raise ``ValueError`` naming the option when ``cfg`` cannot run: checked before any
+    data loads or model compiles."""
+    if cfg.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {cfg.epochs}")
+    if cfg.lr is not None and not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise ValueError(f"--lr must be a positive number, got {cfg.lr}")
+    if cfg.seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {cfg.seed}")
+    if cfg.out is not None:
+        check_output_folder(Path(cfg.out))
+
+
+def check_output_folder(out: Path) -> None:
+    """Raise ``ValueError`` unless ``out`` is, or can be created as, a writable folder."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a folder; give a folder path (new or existing)")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--out {str(out)!r}: {str(existing)!r} is a file, so the folder cannot be created there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {str(out)!r}: no permission to write in {str(existing)!r}; give another folder")
 
 
 def train(cfg: TrainConfig) -> list[dict]:
     """Train as configured (in this process, or in each ``torchrun`` process); returns the
     per-epoch history (rank 0 also writes ``metrics.json``, plots and checkpoints to
     ``cfg.out``)."""
-    if cfg.epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise ValueError(f"lr must be a positive number, got {cfg.lr}")
+    check_config(cfg)
     ctx = distributed.setup(cfg.device)
     try:
         return Trainer(cfg, ctx).run()

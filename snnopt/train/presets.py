@@ -6,9 +6,12 @@ A model takes time-major input ``[T, B, *shape]`` and returns logits ``[B, class
 ``mlp``   Linear -> LIF -> Linear -> LIF -> Linear -> LI readout, logits = mean of the
           readout membrane over time (the input is flattened per step).
 ``conv``  two blocks Conv2d(3x3) -> AvgPool2d(2) -> LIF, then Linear -> LI readout; for
-          channels-first frames ``(C, H, W)``.
-``FILE.py:FUNCTION``  ``FUNCTION(input_shape, n_classes)`` (or ``FUNCTION()``) returning
-          an ``nn.Module``.
+          channels-first frames ``(C, H, W)`` with ``H, W >= 4``.
+``FILE.py:FUNCTION``  ``FUNCTION(input_shape, n_classes)`` (or ``FUNCTION()`` when it takes
+          no arguments) returning an ``nn.Module``.
+
+``input_shape`` is the shape of one sample's frame, ``x.shape[2:]`` of the batches: ``(700,)``
+for SHD, ``(2, 34, 34)`` for N-MNIST.
 """
 
 from __future__ import annotations
@@ -23,6 +26,13 @@ from ..loader import load_factory
 from ..nn import LI, LIF
 
 PRESETS = ("mlp", "conv")
+
+CONV_MIN_SIZE = 4
+"""Smallest frame height and width the conv preset takes: its two 2x2 poolings halve them twice."""
+
+
+class InputShapeError(ValueError):
+    """A preset cannot take frames of the given shape; the message says which shapes it takes."""
 
 
 class SpikingMLP(nn.Module):
@@ -71,8 +81,13 @@ signal.  With these gains the initial rates are about 8% and 11% (seed 0)."""
 
 
 def build_model(spec: str, input_shape: tuple, n_classes: int, seed: int, hidden: int = 128) -> nn.Module:
-    """The model named by ``spec`` (a preset or ``FILE.py:FUNCTION``), initialised from ``seed``."""
+    """The model named by ``spec`` (a preset or ``FILE.py:FUNCTION``) for frames of shape
+    ``input_shape`` (one sample, one step), initialised from ``seed``.
+
+    Raises :class:`InputShapeError` when a preset cannot take ``input_shape`` and
+    ``ValueError`` when the factory cannot be loaded, called or fails."""
     torch.manual_seed(seed)
+    input_shape = tuple(input_shape)
     if spec == "mlp":
         model = SpikingMLP(math.prod(input_shape), hidden, n_classes)
         with torch.no_grad():
@@ -80,18 +95,47 @@ def build_model(spec: str, input_shape: tuple, n_classes: int, seed: int, hidden
             model.fc2.weight.mul_(WEIGHT_GAINS[1])
         return model
     if spec == "conv":
-        if len(input_shape) != 3:
-            raise ValueError(f"the conv preset takes frames (C, H, W); this dataset gives {tuple(input_shape)}; "
-                             "use --model mlp")
-        return ConvNet(tuple(input_shape), n_classes)
+        if len(input_shape) != 3 or min(input_shape[1:]) < CONV_MIN_SIZE:
+            raise InputShapeError(f"the conv preset takes channels-first frames (C, H, W) with H and W at least "
+                                  f"{CONV_MIN_SIZE}; these frames have shape {input_shape}")
+        return ConvNet(input_shape, n_classes)
     if ":" not in spec:
         raise ValueError(f"unknown model preset {spec!r}; choose one of {', '.join(PRESETS)} or give FILE.py:FUNCTION")
-    factory = load_factory(spec)
+    return _call_factory(spec, load_factory(spec), input_shape, n_classes)
+
+
+def _call_factory(spec: str, factory, input_shape: tuple, n_classes: int) -> nn.Module:
+    """``factory(input_shape, n_classes)``, or ``factory()`` when its signature takes no
+    arguments; a signature that takes neither, an exception inside the factory or a result
+    that is not a module is a ``ValueError`` naming ``spec`` and the calling convention."""
+    name = spec.rpartition(":")[2]
+    args = _factory_arguments(factory, input_shape, n_classes)
+    if args is None:
+        raise ValueError(f"cannot build the model {spec}: {name}{inspect.signature(factory)} cannot be called the "
+                         f"way snnopt calls a model factory, {name}(input_shape, n_classes) (here "
+                         f"{name}({input_shape}, {n_classes}), input_shape being one sample's frame) or {name}() "
+                         f"without arguments")
     try:
-        takes_args = len(inspect.signature(factory).parameters) >= 2
-    except (TypeError, ValueError):
-        takes_args = True
-    model = factory(tuple(input_shape), n_classes) if takes_args else factory()
+        model = factory(*args)
+    except Exception as exc:  # the user's code: report it with the call that failed
+        call = f"{name}({', '.join(map(repr, args))})"
+        raise ValueError(f"cannot build the model {spec}: {call} raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
-        raise ValueError(f"{spec} returned {type(model).__name__}, not an nn.Module")
+        raise ValueError(f"cannot build the model {spec}: {name} returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def _factory_arguments(factory, input_shape: tuple, n_classes: int) -> tuple | None:
+    """The arguments ``factory``'s signature accepts: ``(input_shape, n_classes)`` when it
+    can take them, else ``()`` when it can be called without any; ``None`` when neither."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # no signature to read (a builtin): assume the documented one
+        return input_shape, n_classes
+    for args in ((input_shape, n_classes), ()):
+        try:
+            signature.bind(*args)
+        except TypeError:
+            continue
+        return args
+    return None
