@@ -82,16 +82,22 @@ def _shape(text: str) -> tuple[int, ...]:
 def _add_export(sub) -> None:
     export = sub.add_parser("export", help="write a model (FILE.py:FUNCTION) or a NIR file as NIR, ONNX or an event "
                                            "graph (format from the suffix of --out)")
-    export.add_argument("source", help="FILE.py:FUNCTION returning the model (an nn.Module), or a .nir file")
+    export.add_argument("source", help="FILE.py:FUNCTION returning the model (an nn.Module; called as FUNCTION() or "
+                                       "FUNCTION(input_shape, n_classes)), or a .nir file")
     export.add_argument("--out", required=True, help="output file: .nir, .onnx, .graphml or .json")
     export.add_argument("--input-shape", type=_shape, default=None,
                         help="feature shape of one time step, e.g. 700 or 2,34,34 (needed for FILE.py:FUNCTION)")
-    export.add_argument("--weights", default=None, help="a state_dict saved with torch.save to load into the model")
+    export.add_argument("--n-classes", type=_positive_int, default=None,
+                        help="classes, for a FUNCTION(input_shape, n_classes) as snnopt train calls it")
+    export.add_argument("--weights", default=None,
+                        help="a state_dict saved with torch.save, or an snnopt train checkpoint, to load into the "
+                             "model")
     export.add_argument("--dt", type=_positive_float, default=None,
                         help="time step in seconds (required for NIR output unless the source is a NIR file)")
     export.add_argument("--extensions", action="store_true",
-                        help="NIR: write dynamics NIR cannot state (subtractive reset, v >= threshold) as snnopt "
-                             "metadata instead of refusing; other readers will not honour it")
+                        help="NIR: write what NIR cannot state (subtractive reset, v >= threshold, an initial "
+                             "membrane, snnTorch's state convention) as snnopt metadata instead of refusing or "
+                             "warning; other readers will not honour it")
     export.add_argument("--check", default=None, metavar="TARGET",
                         help="also check the network against a hardware profile (loihi2, speck, xylo)")
 
@@ -100,20 +106,20 @@ def _export(parser: argparse.ArgumentParser, args) -> int:
     import torch
 
     from . import export as snn_export
-    from .loader import load_factory
+    from .export.hardware import get_profile
+    from .export.sources import load_source
 
     options = {"extensions": True} if args.extensions else {}
     try:
+        if args.check:
+            get_profile(args.check)  # an unknown target is reported before anything is written
         if args.source.lower().endswith(".nir"):
             model, example = snn_export.from_nir(args.source, dt=args.dt), None
         else:
             if args.input_shape is None:
                 parser.error("--input-shape is needed to trace FILE.py:FUNCTION (e.g. --input-shape 2,34,34)")
-            model = load_factory(args.source)()
-            if not isinstance(model, torch.nn.Module):
-                parser.error(f"{args.source} returned {type(model).__name__}, not an nn.Module")
-            if args.weights:
-                model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+            model = load_source(args.source, input_shape=args.input_shape, n_classes=args.n_classes,
+                                weights=args.weights)
             example = (torch.zeros(1, 1, *args.input_shape),)
         path = snn_export.export(model, args.out, dt=args.dt, example_inputs=example, **options)
     except (ValueError, OSError) as exc:

@@ -87,3 +87,53 @@ def test_convert_nir_to_onnx_and_event_graph_and_check_hardware(model_file, tmp_
     status = main(["export", str(nir_path), "--out", str(tmp_path / "again.nir"), "--check", "speck"])
     printed = capsys.readouterr().out
     assert status == 2 and "| leak" in printed and "| neuron_kind" in printed  # Speck: no leak, no LI readout
+
+
+SHAPED_FILE = textwrap.dedent("""
+    import torch
+    from torch import nn
+    import snnopt
+
+
+    def make(input_shape, n_classes):
+        return nn.Sequential(nn.Linear(input_shape[0], 12), snnopt.nn.LIF(0.875, reset="zero"),
+                             nn.Linear(12, n_classes), snnopt.nn.LI(0.75))
+""")
+
+
+def test_factory_of_shape_and_classes_with_a_training_checkpoint(tmp_path, capsys):
+    from snnopt.loader import load_factory
+
+    source = tmp_path / "shaped.py"
+    source.write_text(SHAPED_FILE)
+    torch.manual_seed(3)
+    trained = load_factory(f"{source}:make")((10,), 4)
+    with torch.no_grad():
+        trained[0].weight.mul_(4)
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"epoch": 2, "model": trained.state_dict(), "history": [{"loss": 1.0}]}, checkpoint)
+    out = tmp_path / "net.nir"
+    args = ["export", f"{source}:make", "--input-shape", "10", "--dt", "1e-3", "--weights", str(checkpoint),
+            "--out", str(out)]
+    assert main(args) == 1
+    assert "takes (input_shape, n_classes)" in capsys.readouterr().out and not out.exists()
+    assert main(args + ["--n-classes", "4"]) == 0
+    x = spikes((50, 2, 10), p=0.4)
+    expected = trained(x)
+    assert expected.abs().sum() > 0 and torch.equal(snnopt.from_nir(out)(x), expected)
+
+
+def test_bad_arguments_are_reported_before_anything_is_written(model_file, tmp_path, capsys):
+    out = tmp_path / "a.nir"
+    common = ["--dt", "1e-3", "--out", str(out)]
+    assert main(["export", f"{model_file}:make", "--input-shape", "12", *common]) == 1
+    assert "first layer '0' (Linear) takes 10 features" in capsys.readouterr().out
+    assert main(["export", f"{model_file}:make", "--input-shape", "10", "--check", "tpu", *common]) == 1
+    assert "unknown hardware target 'tpu'" in capsys.readouterr().out
+    assert main(["export", "mlp", "--input-shape", "10", *common]) == 1
+    assert "training preset" in capsys.readouterr().out
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    assert main(["export", f"{model_file}:make", "--input-shape", "10", "--weights", str(tmp_path / "junk.pt"),
+                 *common]) == 1
+    assert "--weights" in capsys.readouterr().out
+    assert not out.exists()

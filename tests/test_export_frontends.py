@@ -114,3 +114,29 @@ def test_spikingjelly_multi_step_conv_wrappers(tmp_path, float64):
     _scaled(model, 6.0)
     _assert_round_trip(model, spikes((40, 2, 2, 12, 12), p=0.3).double(), tmp_path / "sjc.nir", 1e-3,
                        lambda: functional.reset_net(model), extensions=True)
+
+
+def test_spikingjelly_starts_at_v_reset_in_every_format(tmp_path, float64):
+    pytest.importorskip("spikingjelly")
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    from snnopt.export import EventSimulator, NetworkModule, events, to_network
+
+    torch.manual_seed(1)
+    model = nn.Sequential(layer.Linear(12, 16), neuron.LIFNode(tau=3.0, v_reset=-0.3))
+    functional.set_step_mode(model, "m")
+    _scaled(model, 3.0)
+    x = spikes((150, 3, 12), p=0.3).double()
+    functional.reset_net(model)
+    expected = model(x)
+    functional.reset_net(model)
+    assert expected.sum() > 0
+    assert torch.equal(NetworkModule(to_network(model, (x,)))(x), expected)
+    graph = events.read(snnopt.export(model, tmp_path / "sj.json", example_inputs=(x,)))
+    assert torch.equal(EventSimulator(graph).run(x)[0], expected)
+    with pytest.raises(NetworkError, match=r"'1'.*v >= threshold.*starts from membrane v = -0.3"):
+        snnopt.export(model, tmp_path / "sj.nir", dt=1e-3, example_inputs=(x,))
+    _assert_round_trip(model, x, tmp_path / "sj.nir", 1e-3, lambda: functional.reset_net(model), extensions=True)
+    model(x[:, :1])  # a state of batch 1 left on the module by an earlier run
+    with pytest.raises(NetworkError, match="keeps a state from an earlier run; reset it"):
+        to_network(model, (x,))

@@ -367,17 +367,17 @@ def test_models_without_a_nir_form_are_refused_with_the_node_named(tmp_path):
                           snnopt.nn.LIF(0.9, reset="zero"))
     with pytest.raises(NetworkError, match="max pooling"):
         E.export(_Wrapped(model), tmp_path / "m.nir", dt=1e-3, example_inputs=(spikes((4, 2, 2, 10, 10)),))
-    with pytest.raises(NetworkError, match=r"'lif1'.*beta must lie in \(0, 1\)"):
-        nir_export.to_nir(_beta_zero(), dt=1e-3)
+    with pytest.raises(NetworkError, match=r"'lif1'.*beta must lie in \[0, 1\)"):
+        nir_export.to_nir(_beta_negative(), dt=1e-3)
     with pytest.raises(ValueError, match="suffix"):
         E.export(MLP(), tmp_path / "m.xyz", example_inputs=(spikes((4, 2, 12)),))
     with pytest.raises(NetworkError, match="example_inputs"):
         E.export(MLP(), tmp_path / "m.nir", dt=1e-3)
 
 
-def _beta_zero():
+def _beta_negative():
     net = to_network(MLP(reset="zero"), (spikes((4, 2, 12)),))
-    net.nodes["lif1"].beta.zero_()
+    net.nodes["lif1"].beta.fill_(-0.5)
     return net
 
 
@@ -388,3 +388,158 @@ def test_compiled_module_exports_its_source_network(tmp_path):
     fast = snnopt.compile(model, mode="sparse", example_inputs=(x,))
     path = E.export(fast, tmp_path / "fast.nir", dt=1e-3, example_inputs=(x,))
     assert torch.equal(snnopt.from_nir(path)(x), model(x))
+
+
+# -- what NIR states its own way -------------------------------------------------------------
+
+@pytest.fixture
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def _continued(original, loaded, x, k):
+    """Both modules continue ``x[k:]`` from the state ``original`` reached after ``x[:k]``."""
+    _, state = original.run(x[:k])
+    return original.run(x[k:], state)[0], loaded.run(x[k:], state)[0]
+
+
+STATE_CONVENTIONS = {
+    "reset_timing": NeuronSpec(kind="lif", beta=0.9, threshold=1.0, reset="zero", reset_timing="next"),
+    "current_decay": NeuronSpec(kind="cuba_lif", alpha=0.7, beta=0.9, threshold=1.0, reset="zero",
+                                current_decay="after"),
+}
+
+
+@pytest.mark.parametrize("field", list(STATE_CONVENTIONS))
+def test_state_convention_is_kept_with_extensions_and_warned_about_without(field, tmp_path, caplog):
+    spec = STATE_CONVENTIONS[field]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), snnopt.nn.Neuron(spec), nn.Linear(16, 5), snnopt.nn.Neuron(spec))
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            layer.weight.mul_(3)
+    x = spikes((STEPS, 3, 12), p=0.3)
+    original = NetworkModule(to_network(model, (x,)))
+    with caplog.at_level(logging.WARNING, logger="snnopt.export.nir"):
+        plain = snnopt.from_nir(E.export(model, tmp_path / "plain.nir", dt=1e-3, example_inputs=(x,)))
+    assert f"{field}=" in caplog.text and "NIR's convention" in caplog.text
+    assert torch.equal(plain(x), model(x))  # from rest the file gives the same spikes
+    expected, differs = _continued(original, plain, x, STEPS // 2)
+    assert expected.sum() > 0 and not torch.equal(differs, expected)  # a carried state is NIR's
+    exact = snnopt.from_nir(E.export(model, tmp_path / "ext.nir", dt=1e-3, example_inputs=(x,), extensions=True))
+    assert torch.equal(_continued(original, exact, x, STEPS // 2)[1], expected)
+    assert {getattr(n.spec, field) for n in exact.network().nodes.values() if n.kind == "neuron"} == {
+        getattr(spec, field)}
+
+
+def test_imported_cuba_current_is_nirs_own_current(float64):
+    """The current state of an imported CubaLI is NIR's ``I``: compared with a float64 Euler
+    integration of NIR's equations, ``I`` updated first."""
+    n, dt, steps = 6, 1e-3, 40
+    rng = np.random.default_rng(0)
+    tau_syn, w_in = rng.uniform(2e-3, 8e-3, n), rng.uniform(0.5, 3.0, n)
+    tau_mem, r, v_leak = np.full(n, rng.uniform(2e-3, 8e-3)), np.full(n, rng.uniform(0.5, 2.0)), np.zeros(n)
+    graph = nir.NIRGraph(nodes={"input": nir.Input(input_type={"input": np.array([n])}),
+                                "cuba": nir.CubaLI(tau_syn=tau_syn, tau_mem=tau_mem, r=r, v_leak=v_leak, w_in=w_in),
+                                "output": nir.Output(output_type={"output": np.array([n])})},
+                         edges=[("input", "cuba"), ("cuba", "output")], metadata={"dt": dt})
+    x = rng.normal(size=(steps, 2, n))
+    current, v = np.zeros((2, n)), np.zeros((2, n))
+    for t in range(steps):
+        current = current + dt / tau_syn * (-current + w_in * x[t])
+        v = v + dt / tau_mem * (v_leak - v + r * current)
+    _, state = snnopt.from_nir(graph).run(torch.from_numpy(x))
+    i_final, v_final = state["cuba"]
+    np.testing.assert_allclose(i_final.numpy(), current, rtol=1e-10)
+    np.testing.assert_allclose(v_final.numpy(), v, rtol=1e-10)
+
+
+def test_beta_zero_round_trips_and_beta_one_in_part_of_a_population_is_refused(tmp_path):
+    torch.manual_seed(4)
+    beta = torch.rand(16) * 0.9 * (torch.arange(16) % 2)  # every other neuron has beta = 0: tau = dt
+    model = nn.Sequential(nn.Linear(12, 16), snnopt.nn.LIF(beta, reset="zero"))
+    x = spikes((STEPS, 3, 12), p=0.4) * 2
+    loaded = snnopt.from_nir(E.export(model, tmp_path / "b.nir", dt=1e-3, example_inputs=(x,)))
+    original = NetworkModule(to_network(model, (x,)))
+    state = _random_state(original, x)
+    expected = original.run(x, state)[0]
+    assert expected.sum() > 0 and torch.equal(loaded.run(x, state)[0], expected)
+    mixed = nn.Sequential(nn.Linear(12, 16), snnopt.nn.LIF(torch.tensor([0.5] * 15 + [1.0]), reset="zero"))
+    with pytest.raises(NetworkError, match=r"'1': beta is 1 in 1 of its 16 neurons.*infinite.*ONNX or the event"):
+        E.export(mixed, tmp_path / "m.nir", dt=1e-3, example_inputs=(x,))
+
+
+def _lif_chain(n, rng):
+    return {"fc": nir.Affine(weight=rng.normal(size=(n, n)) * 2, bias=rng.uniform(0, 0.5, n)),
+            "lif": nir.LIF(tau=np.full(n, 5e-3), r=np.full(n, 5.0), v_leak=np.zeros(n), v_threshold=np.ones(n),
+                           v_reset=np.zeros(n))}
+
+
+@pytest.mark.parametrize("edges", [[("in", "sub"), ("sub", "out")], [("in", "sub.i"), ("sub.o", "out")]],
+                         ids=["graph", "graph.node"])
+def test_nested_graphs_are_inlined(edges, tmp_path):
+    n = 5
+    chain = _lif_chain(n, np.random.default_rng(1))
+
+    def ports(inp, out):
+        return {inp: nir.Input(input_type={"input": np.array([n])}),
+                out: nir.Output(output_type={"output": np.array([n])})}
+
+    flat = nir.NIRGraph(nodes={**ports("in", "out"), **chain}, edges=[("in", "fc"), ("fc", "lif"), ("lif", "out")],
+                        metadata={"dt": 1e-3})
+    inner = nir.NIRGraph(nodes={**ports("i", "o"), **chain}, edges=[("i", "fc"), ("fc", "lif"), ("lif", "o")],
+                         type_check=False)
+    nested = nir.NIRGraph(nodes={**ports("in", "out"), "sub": inner}, edges=edges, metadata={"dt": 1e-3},
+                          type_check=False)
+    nir.write(tmp_path / "nested.nir", nested)
+    x = torch.randn(40, 2, n)
+    expected = snnopt.from_nir(flat)(x)
+    assert expected.sum() > 0
+    assert torch.equal(snnopt.from_nir(nested)(x), expected)
+    assert torch.equal(snnopt.from_nir(tmp_path / "nested.nir")(x), expected)
+
+
+def _conv_model(conv):
+    with torch.no_grad():
+        conv.weight.copy_(torch.randint(-8, 17, conv.weight.shape).float() / 64)  # exact sums
+    return _Wrapped(nn.Sequential(nn.Flatten(0, 1), conv, nn.Identity(), nn.Identity(),
+                                  snnopt.nn.LIF(0.75, reset="zero")))
+
+
+def test_grouped_conv_is_written_ungrouped_and_non_square_kernel_is_refused(tmp_path, caplog):
+    torch.manual_seed(5)
+    model = _conv_model(nn.Conv2d(4, 6, 3, groups=2))
+    x = spikes((40, 2, 4, 8, 8), p=0.4)
+    with caplog.at_level(logging.WARNING, logger="snnopt.export.nir"):
+        path = E.export(model, tmp_path / "g.nir", dt=1e-3, example_inputs=(x,))
+    assert "ungrouped" in caplog.text
+    conv = nir.read(path).nodes["conv"]  # nir's own reader, with its type check, takes the file
+    assert conv.groups == 1 and conv.weight.shape == (6, 4, 3, 3)
+    expected = model(x)
+    assert expected.sum() > 0 and torch.equal(snnopt.from_nir(path)(x), expected)
+    with pytest.raises(NetworkError, match=r"'conv'.*kernel \(3, 1\).*square kernel"):
+        E.export(_conv_model(nn.Conv2d(4, 6, (3, 1))), tmp_path / "k.nir", dt=1e-3, example_inputs=(x,))
+
+
+def test_export_arguments_are_checked_before_tracing(tmp_path):
+    x = spikes((4, 2, 12))
+    with pytest.raises(NetworkError, match="dt must be a positive number of seconds.*'1ms'"):
+        E.export(MLP(reset="zero"), tmp_path / "a.nir", dt="1ms", example_inputs=(x,))
+    with pytest.raises(ValueError, match="folder .*missing.* does not exist"):
+        E.export(MLP(reset="zero"), tmp_path / "missing" / "a.nir", dt=1e-3, example_inputs=(x,))
+    assert not (tmp_path / "missing").exists()
+
+
+def test_a_nir_file_is_checked_and_converted_without_example_inputs(tmp_path):
+    torch.manual_seed(8)
+    model = MLP(reset="zero")
+    x = spikes((30, 2, 12))
+    path = E.export(model, tmp_path / "m.nir", dt=1e-3, example_inputs=(x,))
+    found = E.check(path, "speck").violations  # no example_inputs: the file has the shapes
+    expected = E.check(model, "speck", example_inputs=(x,)).violations
+    assert found and sorted(map(str, found)) == sorted(map(str, expected))
+    onnx_path = E.export(str(path), tmp_path / "m.onnx")
+    torch.testing.assert_close(E.onnx.run(onnx_path, x)[0], model(x))

@@ -12,8 +12,9 @@ computes (a plain model, a :class:`~snnopt.CompiledSNN` or a module from
 
 ``snnopt.export.onnx.run(path, x, state)`` runs an exported ONNX file with onnxruntime and
 ``snnopt.export.EventSimulator(graph).run(x, state)`` simulates an event graph, taking and
-returning states as :meth:`NetworkModule.run` does.  Every format is written from the same :class:`~snnopt.export.network.Network`
-(:func:`to_network`), which :class:`~snnopt.export.runtime.NetworkModule` runs in PyTorch.
+returning states as :meth:`NetworkModule.run` does.  Every format is written from the same
+:class:`~snnopt.export.network.Network` (:func:`to_network`), which
+:class:`~snnopt.export.runtime.NetworkModule` runs in PyTorch.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import types
 from .events import EventSimulator, to_graph
 from .extract import to_network
 from .hardware import PROFILES, HardwareError, HardwareReport, Profile, Violation, check, quantize
-from .network import Network, NetworkError
+from .network import Network, NetworkError, check_dt
 from .runtime import NetworkModule
 
 __all__ = ["export", "to_network", "from_nir", "check", "quantize", "to_graph", "EventSimulator", "Network",
@@ -38,7 +39,8 @@ def export(model, path, *, format: str | None = None, dt: float | None = None, e
     ``format``: ``"nir"``, ``"onnx"`` or ``"events"`` (default: from the suffix).  ``dt``:
     the time step in seconds (required for NIR, recorded elsewhere).  ``example_inputs``:
     a time-major input ``[T, B, ...]`` to trace ``model`` with (not needed for a module
-    from :func:`from_nir`).  Other keyword ``options`` go to the format's writer.
+    from :func:`from_nir` or a ``.nir`` path).  Other keyword ``options`` go to the
+    format's writer.  The folder of ``path`` must exist.
     """
     from pathlib import Path
 
@@ -47,9 +49,13 @@ def export(model, path, *, format: str | None = None, dt: float | None = None, e
     if fmt is None:
         raise ValueError(f"cannot tell the export format of {str(path)!r} from its suffix; use .nir, .onnx, "
                          f".graphml or .json, or pass format='nir' | 'onnx' | 'events'")
+    if not path.parent.is_dir():
+        raise ValueError(f"cannot write {str(path)!r}: the folder {str(path.parent)!r} does not exist; create it "
+                         "first")
+    dt = None if dt is None else check_dt(dt)
     net = to_network(model, example_inputs)
     if dt is not None:
-        net.metadata["dt"] = float(dt)
+        net.metadata["dt"] = dt
     if fmt == "nir":
         from . import nir as writer
         writer.write(net, path, dt=dt, **options)

@@ -22,15 +22,22 @@ a neuron (``neuron_scan``)                   ``Neuron`` (spec + full-shape param
 ===========================================  ========================================
 
 Anything else raises :class:`~snnopt.export.network.NetworkError` naming the graph node
-and the module or function, with what the model could use instead.  A neuron's initial
-state is not part of the network (it is an argument of the simulators); a neuron that
-keeps its state on the module (snnTorch ``init_hidden``) is read as starting at rest.
+and the module or function, with what the model could use instead.
+
+**Initial state.** A neuron's initial membrane becomes the population's ``v_init``
+(``None`` when it is zero, the rest state): a state made in the model from constants
+(``torch.zeros(B, N)``, ``x.new_zeros(...)``, ``torch.full_like(x, c)``) or, for a neuron
+that keeps its state on the module (snnTorch ``init_hidden``, SpikingJelly), the state the
+adapter's ``load_state`` gives for a batch no earlier run left on the module: SpikingJelly
+starts at ``v_reset``, snnTorch at 0.  The initial state must be the same for every
+sample; an initial synaptic current must be zero.  Any other initial state (computed from
+the input, or a state left on the module by an earlier run) is refused.
 """
 
 from __future__ import annotations
 
 import math
-import operator
+import os
 from dataclasses import dataclass
 
 import torch
@@ -75,11 +82,18 @@ class _Indexed:
     node: fx.Node
 
 
+@dataclass(frozen=True)
 class _Loaded:
-    """A neuron state read from its module or made as zeros: the network starts at rest."""
+    """An initial state filled with ``fill`` (``*_like`` of a spiking value), or part ``index``
+    of what ``load_state`` reads from neuron ``module``."""
+
+    fill: float | None = None
+    module: nn.Module | None = None
+    index: int | None = None
 
 
 _LIKE = (torch.full_like, torch.zeros_like, torch.empty_like, torch.ones_like)
+_NEW = ("new_zeros", "new_ones", "new_full", "new_empty")
 
 
 def _shape_only(graph: fx.Graph) -> set:
@@ -95,23 +109,26 @@ def _shape_only(graph: fx.Graph) -> set:
 def _uses_shape_only(user: fx.Node, node: fx.Node, found: set) -> bool:
     if user in found:
         return True
-    if user.op == "call_function" and user.target in _LIKE:
+    if user.op == "call_function" and user.target in _LIKE or user.op == "call_method" and user.target in _NEW:
         return user.args[0] is node and node not in user.args[1:]
     if user.op == "call_function" and user.target is load_state:  # load_state(module, step): sized by the step
         return user.args[1] is node
     return False
 
 
-def to_network(model: nn.Module | N.Network, example_inputs=None) -> N.Network:
+def to_network(model: nn.Module | N.Network | str | os.PathLike, example_inputs=None) -> N.Network:
     """The network ``model`` computes, read from a trace at the shapes of ``example_inputs``
     (time-major ``[T, B, ...]``; only the feature shape matters).  A ``CompiledSNN`` is read
-    through its source model, a ``NetworkModule`` gives its network directly, and a
-    ``Network`` is returned as it is."""
+    through its source model, a ``NetworkModule`` gives its network directly, a path to a
+    ``.nir`` file its network (:func:`snnopt.export.nir.read`), and a ``Network`` is
+    returned as it is."""
     from ..compiler import CompiledSNN
     from .runtime import NetworkModule
 
     if isinstance(model, N.Network):
         return model
+    if isinstance(model, (str, os.PathLike)):
+        return _read_file(model)
     if isinstance(model, CompiledSNN):
         model = model.source
     if isinstance(model, NetworkModule):
@@ -119,6 +136,15 @@ def to_network(model: nn.Module | N.Network, example_inputs=None) -> N.Network:
     inputs = _example(example_inputs)
     gm = _canonical_graph(model, inputs)
     return _Reader(gm, model).read()
+
+
+def _read_file(path) -> N.Network:
+    if str(path).lower().endswith(".nir"):
+        from . import nir
+
+        return nir.read(path)
+    raise N.NetworkError(f"{str(path)!r}: a network is read from a .nir file; pass a model (with example_inputs) "
+                         "for other sources")
 
 
 def _example(example_inputs) -> tuple:
@@ -135,7 +161,7 @@ def _example(example_inputs) -> tuple:
 
 
 def _canonical_graph(model: nn.Module, inputs) -> fx.GraphModule:
-    from ..frontend.tracer import trace
+    from ..frontend.tracer import TraceFailure, trace
     from ..passes import PassManager, canonicalize_neurons, dce, reroll_time, verify
 
     was_training = model.training
@@ -144,8 +170,30 @@ def _canonical_graph(model: nn.Module, inputs) -> fx.GraphModule:
         with torch.no_grad():
             gm, _ = trace(model, inputs)
             return PassManager([canonicalize_neurons, reroll_time, dce], verifier=verify)(gm, inputs)
+    except TraceFailure as exc:
+        raise N.NetworkError(f"{exc}{_input_hint(model, inputs[0].shape[2:])}") from exc
     finally:
         model.train(was_training)
+
+
+def _input_hint(model: nn.Module, features: tuple) -> str:
+    """What the model's first Linear or Conv takes, when the example's features ``[T, B, *features]`` do not fit it."""
+    layer = next(((n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))),
+                 None)
+    if layer is None:
+        return ""
+    name, m = layer
+    if isinstance(m, nn.Linear):
+        if features and m.in_features in (features[-1], math.prod(features)):
+            return ""
+        takes = f"{m.in_features} features"
+    else:
+        rank = 2 if isinstance(m, nn.Conv1d) else 3
+        if len(features) == rank and features[0] == m.in_channels:
+            return ""
+        takes = f"{m.in_channels} channels ({'C, L' if rank == 2 else 'C, H, W'})"
+    return (f"; the example input has features {tuple(features)} per step while the model's first layer {name!r} "
+            f"({type(m).__name__}) takes {takes}: check example_inputs (or --input-shape)")
 
 
 def _where(node: fx.Node) -> str:
@@ -222,7 +270,7 @@ class _Reader:
         if node.meta.get("snn_side_effect"):
             return None  # store_state: the neuron's state kept on the module
         if node.op == "call_function" and node.target is load_state:
-            return _Loaded()
+            return _Loaded(module=self.env[node.args[0]])
         if node.op == "call_function" and node.target in _LIKE:
             return self._like(node)
         target = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
@@ -246,13 +294,27 @@ class _Reader:
         return node.target(*args, **kwargs)
 
     def _like(self, node):
-        """``zeros_like(x)`` / ``full_like(x, 0)``: a state at rest; other fills are refused."""
+        """``zeros_like(x)``, ``ones_like(x)``, ``full_like(x, c)`` of a spiking value: a state
+        filled with one number (``empty_like`` is refused: its values are undefined)."""
         fill = {torch.zeros_like: 0.0, torch.ones_like: 1.0, torch.empty_like: None}.get(
             node.target, node.args[1] if len(node.args) > 1 else node.kwargs.get("fill_value"))
-        if fill != 0.0:
-            raise N.NetworkError(f"{_where(node)} makes a state filled with {fill!r}; export describes the network "
-                                 "from rest (zero state; give other initial states to the simulators)")
-        return _Loaded()
+        if fill is None:
+            raise N.NetworkError(f"{_where(node)} makes a state with undefined values (empty_like); start the "
+                                 "neuron from torch.zeros_like or torch.full_like")
+        return _Loaded(fill=float(fill))
+
+    def _op_new_zeros(self, node, x, *size, **kwargs):
+        """``x.new_zeros(size)`` (likewise ``new_ones``, ``new_full``): a constant of the model's dtype."""
+        if not (x is None or isinstance(x, _Seq)):
+            return self._constant(node)
+        make = {"new_zeros": torch.zeros, "new_ones": torch.ones, "new_full": torch.full}.get(node.target)
+        if make is None:
+            raise N.NetworkError(f"{_where(node)} makes a state with undefined values ({node.target}); start the "
+                                 "neuron from zeros or a constant")
+        kwargs = {k: v for k, v in kwargs.items() if k in ("size", "fill_value")}
+        return make(*size, **kwargs, dtype=self.dtype)
+
+    _op_new_ones = _op_new_full = _op_new_empty = _op_new_zeros
 
     def _placeholder(self, node, n_inputs):
         val = node.meta.get("val")
@@ -374,11 +436,10 @@ class _Reader:
         if x.flat:
             raise N.NetworkError(f"{_where(node)}: a neuron's input has time and batch merged")
         spec = node.meta["snn"]
-        for k, what in ((1, "membrane"), (2, "current")):
-            arg = node.args[k]
-            if arg is not None and not _loaded_state(arg):
-                raise N.NetworkError(f"{_where(node)}: the neuron starts from a {what} state computed in the model; "
-                                     "export describes the network from rest (give initial states to the simulator)")
+        v_init = self._initial_state(node, node.args[1], x.shape)
+        if self._initial_state(node, node.args[2], x.shape) is not None:
+            raise N.NetworkError(f"{_where(node)}: the neuron starts from a non-zero synaptic current; the exported "
+                                 "network starts a current at zero (give other states to the simulators)")
         params = {}
         for name, arg in zip(("beta", "alpha", "threshold"), node.args[3:6]):
             value = self._value(arg, node)
@@ -386,8 +447,48 @@ class _Reader:
         if spec.kind == "if":
             params["beta"] = None
         module = node.meta.get("snn_module", node.name)
-        name = self.net.add(str(module).replace(".", "_"), N.Neuron(spec, x.shape, **params), x.terms)
+        name = self.net.add(str(module).replace(".", "_"), N.Neuron(spec, x.shape, **params, v_init=v_init),
+                            x.terms)
         return _Scan(name, node)
+
+    def _initial_state(self, node: fx.Node, arg, shape: tuple) -> torch.Tensor | None:
+        """The batchless initial state ``arg`` of neuron ``node``, ``None`` when it is zero
+        (see the module docstring)."""
+        value = self.env[arg] if isinstance(arg, fx.Node) else arg
+        if isinstance(value, _Loaded):
+            value = self._loaded(node, value, shape)
+        if value is None:
+            return None
+        if not isinstance(value, torch.Tensor):
+            raise N.NetworkError(f"{_where(node)}: the neuron starts from a state computed in the model from its "
+                                 "input; the exported network starts from a fixed state (give other states to the "
+                                 "simulators)")
+        value = value.detach().to(self.dtype)
+        try:
+            rows = value.expand(*value.shape[:max(value.dim() - len(shape), 0)], *shape).reshape(-1, *shape)
+        except RuntimeError:
+            raise N.NetworkError(f"{_where(node)}: an initial state of shape {list(value.shape)} does not fit the "
+                                 f"population's [B, {', '.join(map(str, shape))}]") from None
+        if not bool((rows == rows[:1]).all()):
+            raise N.NetworkError(f"{_where(node)}: the initial state differs between samples; the exported network "
+                                 "starts every sample from one state")
+        return rows[0].clone() if bool(rows.any()) else None
+
+    def _loaded(self, node: fx.Node, value: _Loaded, shape: tuple) -> torch.Tensor | None:
+        """The state of ``value`` at the first step: the fill, or ``load_state`` probed at
+        batch sizes 1 and 2 (a state an earlier run left on the module fits at most one of
+        them, so the two agree only on the module's reset state)."""
+        if value.module is None:
+            return torch.full(shape, value.fill, dtype=self.dtype)
+        probes = [load_state(value.module, torch.zeros((b, *shape), dtype=self.dtype))[value.index] for b in (1, 2)]
+        if any(p is None for p in probes):
+            return None
+        rows = torch.cat([p.detach().reshape(-1, *shape) for p in probes])
+        if not bool((rows == rows[:1]).all()):
+            raise N.NetworkError(f"{_where(node)}: neuron module {type(value.module).__name__} keeps a state from an "
+                                 "earlier run; reset it before exporting (SpikingJelly functional.reset_net(model), "
+                                 "snnTorch utils.reset(model))")
+        return rows[0]
 
     def _op_getitem(self, node, value, index):
         if isinstance(value, _Scan):
@@ -400,7 +501,7 @@ class _Reader:
         if isinstance(value, _Seq):
             return _Indexed(node)
         if isinstance(value, _Loaded):
-            return value
+            return _Loaded(value.fill, value.module, index)
         return value[index]
 
     # -- functions and methods on spiking values -----------------------------------------
@@ -474,13 +575,6 @@ class _Reader:
 
     _op_iadd = _op_add
     _op_add_ = _op_add
-
-
-def _loaded_state(arg) -> bool:
-    """The state is read from the module (``load_state``) or made as zeros: the neuron starts at rest."""
-    while isinstance(arg, fx.Node) and arg.op == "call_function" and arg.target is operator.getitem:
-        arg = arg.args[0]
-    return isinstance(arg, fx.Node) and arg.op == "call_function" and arg.target in _LIKE + (load_state,)
 
 
 def _attr(gm: fx.GraphModule, target: str):

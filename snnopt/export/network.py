@@ -15,8 +15,13 @@ over discrete time steps; shapes are batchless and channels-first (``(C, H, W)``
 ``Scale``      ``y = s * x`` elementwise, ``s`` of the full shape
 ``Neuron``     a neuron population: a :class:`~snnopt.spec.NeuronSpec` plus full-shape
                parameter tensors (``beta``, ``alpha``, ``threshold``, optional
-               ``input_scale`` multiplying the input)
+               ``input_scale`` multiplying the input) and an optional initial
+               membrane ``v_init`` (``None``: zeros)
 =============  ==============================================================
+
+**Initial state.** A population starts from membrane ``v_init`` (the state ``v`` before
+the first step, e.g. SpikingJelly's ``v_reset``) and, for kinds with a current, from
+``i = 0``; every simulator starts a population there unless given another state.
 
 **Time.** At step ``t`` the nodes are evaluated in :meth:`Network.order`.  An edge that
 closes a cycle (a *delayed* edge, found by a depth-first search from the inputs in
@@ -157,14 +162,15 @@ class Scale(Node):
         return shape
 
 
-NEURON_PARAMS = ("beta", "alpha", "threshold", "input_scale")
+NEURON_PARAMS = ("beta", "alpha", "threshold", "input_scale", "v_init")
 
 
 @dataclass(eq=False)
 class Neuron(Node):
     """A population with the dynamics of ``spec`` (:mod:`snnopt.spec`); the scalar fields
     ``beta``/``alpha``/``threshold`` of ``spec`` are ignored in favour of the tensors here,
-    which have the population's full shape (``None`` where the kind has none)."""
+    which have the population's full shape (``None`` where the kind has none).  ``v_init``
+    is the membrane the population starts from (``None``: zeros)."""
 
     spec: NeuronSpec
     shape: tuple
@@ -172,6 +178,7 @@ class Neuron(Node):
     alpha: torch.Tensor | None = None
     threshold: torch.Tensor | None = None
     input_scale: torch.Tensor | None = None
+    v_init: torch.Tensor | None = None
 
     kind = "neuron"
 
@@ -190,7 +197,7 @@ class Neuron(Node):
             setattr(self, name, value.clone().contiguous())
 
     def params(self) -> dict:
-        """``{name: tensor}`` for the parameters this population has."""
+        """``{name: tensor}`` for the parameters this population has (``v_init`` included)."""
         return {n: getattr(self, n) for n in NEURON_PARAMS if getattr(self, n) is not None}
 
     def uniform(self, name: str) -> float | None:
@@ -340,6 +347,17 @@ class Network:
             for end in (s, t):
                 if end not in self.nodes:
                     raise NetworkError(f"edge {s!r} -> {t!r} names an unknown node {end!r}")
+
+
+def check_dt(dt) -> float:
+    """``dt`` as a float number of seconds; raises :class:`NetworkError` unless it is a positive finite number."""
+    try:
+        value = float(dt)
+    except (TypeError, ValueError):
+        raise NetworkError(f"dt must be a positive number of seconds (e.g. dt=1e-3), got {dt!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise NetworkError(f"dt must be a positive number of seconds (e.g. dt=1e-3), got {dt!r}")
+    return value
 
 
 def _pair(value, n: int) -> tuple:

@@ -14,18 +14,24 @@ snnopt         NIR (Euler step ``dt``)
 ``if``         ``IF``:   ``r = scale / dt`` — ``v <- v + dt r x = v + scale x``
                (a ``lif`` whose beta is 1 everywhere is written as ``IF`` too)
 ``li``         ``LI``:   as ``lif``, no threshold
-``cuba_lif``   ``CubaLIF``: ``tau_syn = dt / (1 - alpha)``, ``w_in = tau_syn / dt``,
-               ``tau_mem``, ``r`` as ``lif`` — ``I <- alpha I + x``, ``v <- beta v + ... + scale I``
+``cuba_lif``   ``CubaLIF``: ``tau_syn = dt / (1 - alpha)``, ``w_in = input_scale tau_syn / dt``,
+               ``tau_mem``, ``r`` as ``lif`` — ``I <- alpha I + input_scale x``,
+               ``v <- beta v + ... + scale I``
 ``cuba_li``    ``CubaLI``: as ``cuba_lif``, no threshold
 =============  ===========================================================================
 
 ``v_threshold = threshold``, ``v_reset = v_reset``; a per-neuron ``input_scale`` is folded
-into ``r``.  Neuron parameters are written as full-shape float64 arrays, so the import
-(``beta = 1 - dt / tau``, ``scale = r dt / tau``, computed in float64) gives back the
-float32 values bit for bit.  Synapses: ``Affine``/``Linear``, ``Conv1d``/``Conv2d`` (with
+into ``r`` (into ``w_in`` for the current kinds), so the states ``v`` and ``I`` are NIR's
+own.  ``beta = 0`` is ``tau = dt``; a ``lif`` with ``beta = 1`` in some neurons only is
+refused (``tau`` and ``r`` would be infinite).  Neuron parameters are written as full-shape
+float64 arrays, so the import (``beta = 1 - dt / tau``, ``scale = r dt / tau``, computed in
+float64) gives back the float32 values bit for bit; the units of an imported current are
+in :func:`neuron_from_nir`.  Synapses: ``Affine``/``Linear``, ``Conv1d``/``Conv2d`` (with
 ``input_shape``), ``SumPool2d``/``AvgPool2d``, ``Flatten`` (dims of the batchless shape),
 ``Scale``; shapes are batchless and channels-first.  Cycles are allowed: the edge that
-closes a cycle carries the previous step (see :mod:`snnopt.export.network`).
+closes a cycle carries the previous step (see :mod:`snnopt.export.network`).  On import,
+nested graphs are inlined: an edge may name a nested graph (it then reaches its Input /
+leaves its Output nodes) or one of its nodes as ``graph.node``.
 
 **What NIR cannot hold.**  NIR's neurons fire on ``v > v_threshold`` and then set ``v`` to
 ``v_reset`` in the same step.  snnopt writes only populations whose spikes that
@@ -33,9 +39,23 @@ reproduces exactly:
 
 * ``reset="zero"`` with ``reset_timing="same"``; and ``"next"`` (snnTorch's default), whose
   spikes are identical because a zero reset applied at the next charge equals one applied
-  right after the spike (only the reported state differs: snnTorch keeps the pre-reset
-  membrane);
-* ``fire=">"``.
+  right after the spike;
+* ``fire=">"``;
+* either ``current_decay`` (Norse's ``"after"`` carries ``alpha I_t`` where NIR carries
+  ``I_t``; the spikes are the same).
+
+For ``"next"`` and ``"after"`` only the *state* differs: the file reproduces the spikes
+from rest exactly, but a state carried with it is in NIR's convention — the membrane
+after the reset (``v_reset`` where the neuron fired; snnTorch keeps the membrane before
+it) and the current ``I_t`` (``"after"`` carries ``alpha I_t``).  Without extensions
+:func:`read` gives back ``reset_timing="same"`` / ``current_decay="before"`` and the export
+logs a warning; with ``extensions=True`` the true fields go to ``snnopt_spec`` (below) and
+the round trip is exact including states.
+
+**Initial state.** NIR has no initial state: its neurons start at ``v = 0``.  A population
+with an initial membrane ``v_init`` (SpikingJelly's neurons start at ``v_reset``) is
+refused unless ``extensions=True``, which writes it as node metadata ``snnopt_v_init`` (a
+full-shape float64 array) that :func:`read` honours; other readers start at 0.
 
 Everything else — the **subtractive reset** above all, ``reset="none"``, ``fire=">="``,
 snnTorch's ``reset_delay=False`` and input-discarding resets — is refused with a
@@ -43,9 +63,15 @@ snnTorch's ``reset_delay=False`` and input-discarding resets — is refused with
 unless the export is called with ``extensions=True``: then the population is written
 as the nearest NIR neuron *plus* node metadata ``snnopt_spec`` (a JSON object of the
 :class:`~snnopt.spec.NeuronSpec` structure fields: ``reset``, ``reset_timing``, ``fire``,
-...) that :func:`read` honours.  A reader that ignores the metadata sees reset-to-
-``v_reset`` — the file's graph metadata says so (``snnopt_extensions``), and a warning is
+``reset_discards_input``, ``current_decay``) that :func:`read` honours.  A reader that
+ignores the metadata sees reset-to-``v_reset`` — the file's graph metadata lists every
+extension and what other readers do instead (``snnopt_extensions``), and a warning is
 logged at export.
+
+**Convolutions.** ``nir`` 1.0.8 infers a Conv's types from ``weight.shape[1]`` input
+channels and the first kernel dim only.  A grouped Conv is therefore written as the equal
+ungrouped one (zero weights between the groups; a warning says so), and a non-square
+kernel is refused: nir's type check and ``nir.read`` would reject the file.
 
 Training fields (surrogate, its parameter, ``detach_reset``, learnable parameters) do not
 change the forward dynamics; they always go to node metadata (``snnopt_train``) so a
@@ -87,7 +113,7 @@ def to_nir(net: N.Network, dt: float, *, extensions: bool = False):
     """The ``nir.NIRGraph`` of ``net`` at time step ``dt`` seconds (see the module docstring);
     type-checked by ``nir`` before it is returned."""
     nir = _nir()
-    dt = _check_dt(dt)
+    dt = N.check_dt(dt)
     shapes = net.validate()
     nodes, extended = {}, []
     for name, node in net.nodes.items():
@@ -96,9 +122,9 @@ def to_nir(net: N.Network, dt: float, *, extensions: bool = False):
     metadata = {"dt": dt, "snnopt_time_step": "euler"}
     metadata.update({k: v for k, v in net.metadata.items() if isinstance(v, (int, float, str)) and k != "dt"})
     if extended:
-        metadata["snnopt_extensions"] = "snnopt_spec node metadata: " + ", ".join(extended)
-        log.warning("NIR export with extensions: %s keep dynamics NIR cannot state (node metadata `snnopt_spec`); "
-                    "readers other than snnopt will simulate them with NIR's reset-to-v_reset", ", ".join(extended))
+        metadata["snnopt_extensions"] = "node metadata snnopt_spec / snnopt_v_init: " + "; ".join(extended)
+        log.warning("NIR export with extensions (node metadata snnopt_spec / snnopt_v_init) that readers other than "
+                    "snnopt ignore: %s", "; ".join(extended))
     try:
         return nir.NIRGraph(nodes=nodes, edges=list(net.edges), metadata=metadata, type_check=True)
     except Exception as exc:
@@ -116,16 +142,6 @@ def write(net: N.Network, path, dt: float | None = None, *, extensions: bool = F
     path = Path(path)
     _nir().write(path, graph)
     return path
-
-
-def _check_dt(dt) -> float:
-    try:
-        dt = float(dt)
-    except (TypeError, ValueError):
-        raise N.NetworkError(f"dt must be a positive number of seconds, got {dt!r}") from None
-    if not (dt > 0 and np.isfinite(dt)):
-        raise N.NetworkError(f"dt must be a positive number of seconds, got {dt!r}")
-    return dt
 
 
 def _input_shape(net, shapes, name):
@@ -148,16 +164,7 @@ def _export_node(nir, name, node, in_shape, out_shape, dt, extensions, extended)
             return nir.Linear(weight=_np(node.weight))
         return nir.Affine(weight=_np(node.weight), bias=_np(node.bias))
     if isinstance(node, N.Conv):
-        bias = _np(node.bias) if node.bias is not None else np.zeros(node.weight.shape[0], _np(node.weight).dtype)
-        cls = nir.Conv1d if node.dims == 1 else nir.Conv2d
-        spatial = in_shape[1] if node.dims == 1 else np.array(in_shape[1:])
-        args = (node.stride, node.padding, node.dilation)
-        if node.dims == 1:
-            args = tuple(a[0] for a in args)
-        else:
-            args = tuple(np.array(a) for a in args)
-        return cls(input_shape=spatial, weight=_np(node.weight), stride=args[0], padding=args[1], dilation=args[2],
-                   groups=node.groups, bias=bias)
+        return _export_conv(nir, name, node, in_shape, out_shape)
     if isinstance(node, N.Pool):
         cls = nir.SumPool2d if node.mode == "sum" else nir.AvgPool2d
         return cls(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride),
@@ -171,18 +178,66 @@ def _export_node(nir, name, node, in_shape, out_shape, dt, extensions, extended)
     raise N.NetworkError(f"node {name!r}: {type(node).__name__} has no NIR primitive")
 
 
-def _refusal(name: str, spec: NeuronSpec) -> str | None:
+def _export_conv(nir, name, node: N.Conv, in_shape, out_shape):
+    """``nir.Conv1d``/``Conv2d``, checked against the types ``nir`` infers for it (nir 1.0.8
+    counts ``weight.shape[1]`` input channels and reads the kernel size from the first
+    kernel dim only): a grouped conv is written as the equal ungrouped one (zero weights
+    between the groups); a non-square kernel is refused."""
+    conv = _nir_conv(nir, node, in_shape, _np(node.weight), node.groups)
+    if not _types_fit(conv, in_shape, out_shape) and node.groups > 1:
+        conv = _nir_conv(nir, node, in_shape, _ungrouped(_np(node.weight), node.groups), 1)
+        if _types_fit(conv, in_shape, out_shape):
+            log.warning("NIR export: %r (a Conv with groups=%d) is written as an ungrouped Conv with zero weights "
+                        "between the groups, as the nir package's shape inference does not hold groups", name,
+                        node.groups)
+    if not _types_fit(conv, in_shape, out_shape):
+        inferred = tuple(int(d) for d in conv.output_type["output"])
+        raise N.NetworkError(f"node {name!r}: a Conv with kernel {tuple(node.weight.shape[2:])} on input "
+                             f"{tuple(in_shape)} gives {tuple(out_shape)}, but the nir package "
+                             f"{getattr(nir, '__version__', '')} infers {inferred} (it "
+                             "reads the kernel size from the first kernel dim), so nir's type check and nir.read "
+                             "would reject the file; use a square kernel, or export to ONNX or the event graph, "
+                             "which hold it")
+    return conv
+
+
+def _nir_conv(nir, node: N.Conv, in_shape, weight: np.ndarray, groups: int):
+    bias = _np(node.bias) if node.bias is not None else np.zeros(weight.shape[0], weight.dtype)
+    cls = nir.Conv1d if node.dims == 1 else nir.Conv2d
+    spatial = in_shape[1] if node.dims == 1 else np.array(in_shape[1:])
+    args = (node.stride, node.padding, node.dilation)
+    if node.dims == 1:
+        args = tuple(a[0] for a in args)
+    else:
+        args = tuple(np.array(a) for a in args)
+    return cls(input_shape=spatial, weight=weight, stride=args[0], padding=args[1], dilation=args[2],
+               groups=groups, bias=bias)
+
+
+def _types_fit(conv, in_shape, out_shape) -> bool:
+    return (tuple(np.asarray(conv.input_type["input"]).tolist()) == tuple(in_shape)
+            and tuple(np.asarray(conv.output_type["output"]).tolist()) == tuple(out_shape))
+
+
+def _ungrouped(weight: np.ndarray, groups: int) -> np.ndarray:
+    """The weight ``[out, in / groups, *k]`` of a grouped conv as the weight ``[out, in, *k]``
+    of the same map without groups: output channel block ``g`` reads input block ``g`` only."""
+    n_out, per_in = weight.shape[:2]
+    per_out = n_out // groups
+    dense = np.zeros((n_out, per_in * groups, *weight.shape[2:]), weight.dtype)
+    for g in range(groups):
+        dense[g * per_out:(g + 1) * per_out, g * per_in:(g + 1) * per_in] = weight[g * per_out:(g + 1) * per_out]
+    return dense
+
+
+def _refusal(spec: NeuronSpec) -> str | None:
     """Why NIR cannot state ``spec`` exactly (None when it can)."""
     if not spec.spiking:
         return None
     if spec.fire != ">":
         return "it fires on v >= threshold and NIR's neurons fire on v > threshold"
     if spec.reset == "subtract":
-        return ("it has a subtractive reset (v <- v - threshold) and NIR's neurons reset to v_reset. Options: "
-                "train with reset='zero' (snnopt.nn.LIF(reset='zero'), snnTorch reset_mechanism='zero', "
-                "SpikingJelly v_reset=0.0); export to ONNX or the event graph, which keep the subtractive reset; "
-                "or pass extensions=True to write NIR's LIF plus snnopt metadata that snnopt's importer honours "
-                "(other readers will reset to v_reset)")
+        return "it has a subtractive reset (v <- v - threshold) and NIR's neurons reset to v_reset"
     if spec.reset == "none":
         return "it never resets and NIR's spiking neurons always reset to v_reset"
     if spec.reset_timing == "same_pending" or spec.reset_discards_input:
@@ -190,19 +245,71 @@ def _refusal(name: str, spec: NeuronSpec) -> str | None:
     return None
 
 
+def _start_refusal(node: N.Neuron) -> str | None:
+    """Why NIR cannot state the initial membrane of ``node`` (None when it is zero)."""
+    if node.v_init is None:
+        return None
+    values = "" if node.uniform("v_init") is not None else " (and other values)"
+    return (f"it starts from membrane v = {float(node.v_init.reshape(-1)[0]):g}{values} (its reset state, e.g. "
+            "SpikingJelly's v_reset), not 0, and NIR has no initial state")
+
+
+def _options(spec: NeuronSpec, node: N.Neuron) -> str:
+    """The ways out of a refusal of population ``node``."""
+    retrain = [("train with reset='zero' (snnopt.nn.LIF(reset='zero'), snnTorch reset_mechanism='zero', "
+                "SpikingJelly v_reset=0.0)") if spec.reset == "subtract" else None,
+               "train with v_reset=0" if node.v_init is not None else None]
+    return "; ".join([r for r in retrain if r] + [
+        "export to ONNX or the event graph, which keep it",
+        "or pass extensions=True to write NIR's neuron plus snnopt metadata that snnopt's importer honours (other "
+        "readers ignore it)"])
+
+
+def _state_conventions(spec: NeuronSpec) -> list[str]:
+    """The ways a state of ``spec`` differs from NIR's, for a population whose spikes from
+    rest NIR's neuron reproduces (zero reset at the next step, current decayed after)."""
+    notes = []
+    if spec.spiking and spec.reset == "zero" and spec.reset_timing == "next":
+        notes.append("reset_timing='next' (its state is the membrane before the reset, NIR's after it)")
+    if spec.has_current and spec.current_decay == "after":
+        notes.append("current_decay='after' (its state is the current alpha*(i + x), NIR's i = alpha*i + x)")
+    return notes
+
+
+def _neuron_metadata(name, node: N.Neuron, extensions: bool, extended: list) -> dict:
+    """Node metadata of population ``name``: training fields, and with ``extensions`` the
+    structure NIR cannot state (``snnopt_spec``) and the initial membrane (``snnopt_v_init``);
+    refuses what the file could not reproduce without them."""
+    spec = node.spec
+    metadata = {"snnopt_train": json.dumps(_train_fields(spec))}
+    why = _refusal(spec)
+    problems = [p for p in (why, _start_refusal(node)) if p is not None]
+    if problems and not extensions:
+        raise N.NetworkError(f"population {name!r} cannot be written to NIR exactly: {'; and '.join(problems)}. "
+                             f"Options: {_options(spec, node)}")
+    notes = _state_conventions(spec)
+    if notes and not extensions:
+        log.warning("NIR export: population %r has %s: the file gives its spikes from rest exactly, but a state "
+                    "carried with the file is in NIR's convention; pass extensions=True to keep it for snnopt's "
+                    "importer", name, " and ".join(notes))
+    if extensions and (why is not None or notes):
+        metadata["snnopt_spec"] = json.dumps({f: getattr(spec, f) for f in _STRUCTURE_FIELDS})
+        extended.append(f"{name}: " + ("dynamics NIR cannot state (others reset to v_reset on v > v_threshold)"
+                                       if why is not None else "the state convention (others: same spikes from rest)"))
+    if extensions and node.v_init is not None:
+        metadata["snnopt_v_init"] = _np(node.v_init, np.float64)
+        extended.append(f"{name}: the initial membrane (others start at 0)")
+    return metadata
+
+
 def _export_neuron(nir, name, node: N.Neuron, dt, extensions, extended):
     spec = node.spec
-    why = _refusal(name, spec)
-    metadata = {"snnopt_train": json.dumps(_train_fields(spec))}
-    if why is not None:
-        if not extensions:
-            raise N.NetworkError(f"population {name!r} cannot be written to NIR exactly: {why}")
-        metadata["snnopt_spec"] = json.dumps({f: getattr(spec, f) for f in _STRUCTURE_FIELDS})
-        extended.append(name)
+    metadata = _neuron_metadata(name, node, extensions, extended)
     f64 = np.float64
     scale = np.full(node.shape, spec.scale, f64)
-    if node.input_scale is not None:
-        scale = scale * _np(node.input_scale, f64)
+    gain = _np(node.input_scale, f64) if node.input_scale is not None else np.ones(node.shape, f64)
+    if not spec.has_current:  # a current kind takes the input gain in w_in, so its current is NIR's
+        scale = scale * gain
     v_rest = np.full(node.shape, spec.v_rest, f64)
     kind = spec.kind
     beta = _np(node.beta, f64) if node.beta is not None else None
@@ -223,15 +330,24 @@ def _export_neuron(nir, name, node: N.Neuron, dt, extensions, extended):
         return cls(tau=tau, r=r, v_leak=v_rest, **params, metadata=metadata)
     tau_syn = _tau(name, "alpha", _np(node.alpha, f64), dt)
     cls = nir.CubaLIF if kind == "cuba_lif" else nir.CubaLI
-    return cls(tau_syn=tau_syn, tau_mem=tau, r=r, v_leak=v_rest, w_in=tau_syn / dt, **params, metadata=metadata)
+    return cls(tau_syn=tau_syn, tau_mem=tau, r=r, v_leak=v_rest, w_in=gain * tau_syn / dt, **params,
+               metadata=metadata)
 
 
 def _tau(name, what, decay: np.ndarray, dt: float) -> np.ndarray:
-    if not bool(np.all((decay > 0) & (decay < 1))):
-        bad = decay[~((decay > 0) & (decay < 1))].reshape(-1)[:3].tolist()
-        raise N.NetworkError(f"population {name!r}: {what} must lie in (0, 1) for a NIR time constant "
-                             f"tau = dt / (1 - {what}); found {bad}")
-    return dt / (1.0 - decay)
+    """``tau = dt / (1 - decay)`` for a decay in ``[0, 1)`` (``decay = 0``: ``tau = dt``)."""
+    ok = (decay >= 0) & (decay < 1)
+    if bool(np.all(ok)):
+        return dt / (1.0 - decay)
+    if what == "beta" and bool(np.all(ok | (decay == 1))):
+        raise N.NetworkError(f"population {name!r}: beta is 1 in {int(np.sum(decay == 1))} of its {decay.size} "
+                             "neurons and below 1 in the others; NIR's LIF cannot hold beta = 1 (tau = dt / (1 - "
+                             "beta) and r = tau / dt are infinite), and only a population whose beta is 1 everywhere "
+                             "is written as IF. Options: split the population into a LIF and an IF one, give those "
+                             "neurons a beta below 1, or export to ONNX or the event graph, which hold it")
+    bad = decay[~ok].reshape(-1)[:3].tolist()
+    raise N.NetworkError(f"population {name!r}: {what} must lie in [0, 1) for a NIR time constant "
+                         f"tau = dt / (1 - {what}); found {bad}")
 
 
 def _train_fields(spec: NeuronSpec) -> dict:
@@ -273,7 +389,7 @@ def read(source, dt: float | None = None) -> N.Network:
         if dt is None:
             raise N.NetworkError("the NIR graph does not record its time step; pass dt= (seconds) — "
                                  "snnTorch and SpikingJelly export with 1e-4, Norse with 1e-3")
-    dt = _check_dt(dt)
+    dt = N.check_dt(dt)
     nodes, edges = _flatten_graph(graph)
     net = N.Network(metadata={"dt": dt})
     shapes = _ShapeOracle(nodes, edges)
@@ -293,32 +409,10 @@ def _meta(metadata, key):
     return value
 
 
-def _flatten_graph(graph, prefix: str = ""):
+def _flatten_graph(graph):
     """Nodes and edges with nested graphs inlined (names ``outer.inner``) and pass-through
-    nodes (inner Input/Output, Identity) removed."""
-    nir = _nir()
-    nodes, edges, passthrough = {}, [], set()
-    for name, node in graph.nodes.items():
-        full = prefix + name
-        if isinstance(node, nir.NIRGraph):
-            inner_nodes, inner_edges = _flatten_graph(node, full + ".")
-            nodes.update(inner_nodes)
-            edges.extend(inner_edges)
-            nodes[full] = node  # stands for the subgraph's Input and Output: wired below
-            passthrough.add(full)
-        else:
-            nodes[full] = node
-            if (prefix and isinstance(node, (nir.Input, nir.Output))) or type(node).__name__ == "Identity":
-                passthrough.add(full)
-    for src, dst in graph.edges:
-        src, dst = prefix + src, prefix + dst
-        if src in nodes and isinstance(nodes[src], nir.NIRGraph):
-            src = [f"{src}.{o}" for o in nodes[src].outputs]
-        if dst in nodes and isinstance(nodes[dst], nir.NIRGraph):
-            dst = [f"{dst}.{i}" for i in nodes[dst].inputs]
-        for s in src if isinstance(src, list) else [src]:
-            for d in dst if isinstance(dst, list) else [dst]:
-                edges.append((s, d))
+    nodes (a nested graph's Input/Output, Identity) removed, their inputs wired to their outputs."""
+    nodes, edges, passthrough = _inline(graph, "")
     for name in passthrough:
         preds = [a for a, b in edges if b == name]
         succs = [b for a, b in edges if a == name]
@@ -329,6 +423,37 @@ def _flatten_graph(graph, prefix: str = ""):
             if end not in nodes:
                 raise N.NetworkError(f"NIR edge {s!r} -> {d!r} names an unknown node {end!r}")
     return nodes, edges
+
+
+def _inline(graph, prefix: str):
+    """``(nodes, edges, pass-through names)`` of ``graph`` with its nested graphs inlined.  An
+    edge may name a nested graph ``g`` (it then reaches all of ``g``'s Input, or leaves all of
+    its Output, nodes) or one of those nodes as ``g.<name>``."""
+    nir = _nir()
+    nodes, edges, passthrough, nested = {}, [], [], {}
+    for name, node in graph.nodes.items():
+        full = prefix + name
+        if isinstance(node, nir.NIRGraph):
+            inner_nodes, inner_edges, inner_passthrough = _inline(node, full + ".")
+            nodes.update(inner_nodes)
+            edges.extend(inner_edges)
+            passthrough += inner_passthrough
+            nested[full] = node
+        else:
+            nodes[full] = node
+            if (prefix and isinstance(node, (nir.Input, nir.Output))) or type(node).__name__ == "Identity":
+                passthrough.append(full)
+    for src, dst in graph.edges:
+        sources = _ends(prefix + src, nested, "outputs")
+        targets = _ends(prefix + dst, nested, "inputs")
+        edges.extend((s, d) for s in sources for d in targets)
+    return nodes, edges, passthrough
+
+
+def _ends(name: str, nested: dict, side: str) -> list[str]:
+    """The node names an edge end ``name`` stands for: a nested graph's Input (Output) nodes, or itself."""
+    graph = nested.get(name)
+    return [name] if graph is None else [f"{name}.{n}" for n in getattr(graph, side)]
 
 
 class _ShapeOracle:
@@ -426,7 +551,13 @@ def _ints(v) -> tuple:
 
 def neuron_from_nir(name: str, node, dt: float, shape: tuple) -> N.Neuron:
     """The :class:`~snnopt.export.network.Neuron` of a NIR neuron node (inverse of the export
-    mapping; float64 arithmetic, rounded once to torch's default dtype)."""
+    mapping; float64 arithmetic, rounded once to torch's default dtype).
+
+    The membrane state is NIR's ``v``.  A CubaLIF/CubaLI's current state is NIR's ``I``
+    when ``r dt / tau_mem`` is the same for every neuron (always so in files snnopt writes):
+    ``w_in dt / tau_syn`` becomes the ``input_scale`` and ``r dt / tau_mem`` the ``scale``.
+    Otherwise both gains go into ``input_scale`` and the current state is
+    ``I r dt / tau_mem``."""
     kind = type(node).__name__
     f64 = np.float64
 
@@ -456,21 +587,20 @@ def neuron_from_nir(name: str, node, dt: float, shape: tuple) -> N.Neuron:
         beta = 1.0 - dt / tau
         gain = r * dt / tau
         v_rest = scalar(node.v_leak, "v_leak")
-    alpha = None
+    alpha = current = None
     if kind in ("CubaLIF", "CubaLI"):
         tau_syn = full(node.tau_syn, "tau_syn")
         alpha = 1.0 - dt / tau_syn
-        gain = gain * full(node.w_in, "w_in") * (dt / tau_syn)
+        current = full(node.w_in, "w_in") * (dt / tau_syn)
     spiking = kind in ("LIF", "IF", "CubaLIF")
     meta = getattr(node, "metadata", None) or {}
     structure = _json(name, meta, "snnopt_spec")
     train = _json(name, meta, "snnopt_train")
+    v_init = _meta(meta, "snnopt_v_init")
     real = _real_dtype()
-    gain32 = gain.astype(real)
-    uniform_gain = bool(np.all(gain32 == gain32.reshape(-1)[0]))
+    scale, input_scale = _gains(gain, current, real)
     spec_kind = {"LIF": "lif", "IF": "if", "LI": "li", "CubaLIF": "cuba_lif", "CubaLI": "cuba_li"}[kind]
-    fields = dict(kind=spec_kind, reset="zero" if spiking else "none",
-                  scale=float(gain32.reshape(-1)[0]) if uniform_gain else 1.0,
+    fields = dict(kind=spec_kind, reset="zero" if spiking else "none", scale=scale,
                   v_rest=v_rest, v_reset=scalar(node.v_reset if node.v_reset is not None else 0.0, "v_reset")
                   if spiking else 0.0)
     fields.update({k: v for k, v in structure.items() if k in _STRUCTURE_FIELDS})
@@ -486,8 +616,20 @@ def neuron_from_nir(name: str, node, dt: float, shape: tuple) -> N.Neuron:
         spec = NeuronSpec(**values, param_attrs=tensors, **fields)
     except (KeyError, TypeError, ValueError) as exc:
         raise N.NetworkError(f"NIR node {name!r}: its snnopt metadata is invalid: {exc}") from exc
-    return N.Neuron(spec, shape, **params,
-                    input_scale=None if uniform_gain else torch.as_tensor(gain32))
+    return N.Neuron(spec, shape, **params, input_scale=input_scale,
+                    v_init=None if v_init is None else torch.as_tensor(full(v_init, "snnopt_v_init").astype(real)))
+
+
+def _gains(membrane: np.ndarray, current: np.ndarray | None, real) -> tuple[float, torch.Tensor | None]:
+    """``(scale, input_scale)`` of an imported population whose membrane gains ``membrane``
+    times its current (or input) and whose current gains ``current`` times the input (see
+    :func:`neuron_from_nir`)."""
+    m = membrane.astype(real)
+    if bool(np.all(m == m.reshape(-1)[0])):
+        c = None if current is None else current.astype(real)
+        return float(m.reshape(-1)[0]), None if c is None or bool(np.all(c == 1)) else torch.as_tensor(c)
+    total = membrane if current is None else membrane * current
+    return 1.0, torch.as_tensor(total.astype(real))
 
 
 def _real_dtype():
@@ -524,7 +666,7 @@ def nirtorch_node_map(dt: float) -> dict:
     nir = _nir()
     from .runtime import layer_for
 
-    dt = _check_dt(dt)
+    dt = N.check_dt(dt)
 
     def neuron(node):
         shape = _array_shape(node)

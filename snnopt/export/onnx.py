@@ -13,7 +13,12 @@ the network node, as in the ``state`` dict of :meth:`NetworkModule.run
 ``<source>:out``       the previous-step output of a delayed edge's source (cycles)
 =====================  ==========================================================
 
-and the final state outputs are the same names with ``:final`` appended.
+and the final state outputs are the same names with ``:final`` appended.  A population
+with an initial membrane ``v_init`` (:class:`~snnopt.export.network.Neuron`) has a default
+for ``<neuron>:v``: an initializer of that name, ``[1, *shape]``, which the graph expands
+to the batch (``Expand`` to ``[B, *shape]``, ``B`` from the first input), so a runtime that
+does not feed the state starts there; the interface record lists these inputs under
+``defaults``.  Every other state input must be fed (:func:`run` feeds zeros).
 
 **Time.** One ``Scan`` runs over ``T``.  Its state variables are the states above; its
 body computes one step, node by node in :meth:`Network.order`: a node's input is the sum
@@ -369,12 +374,14 @@ def _float_info(name: str, dims: list) -> onnx.ValueInfoProto:
 
 @dataclasses.dataclass
 class _State:
-    """A carried state: its ``state`` dict key, graph inputs, graph outputs and dims."""
+    """A carried state: its ``state`` dict key, graph inputs, graph outputs, dims and the
+    default value of each input (``None``: none)."""
 
     key: str
     inputs: list[str]
     outputs: list[str]
     dims: list
+    defaults: list
 
 
 class _Exporter:
@@ -390,6 +397,7 @@ class _Exporter:
         self.initializers: list[onnx.TensorProto] = []
         self.functions: dict[str, onnx.FunctionProto] = {}
         self.body = _Builder(self.names)
+        self.main = _Builder(self.names)
 
     def build(self):
         net = self.net
@@ -399,24 +407,27 @@ class _Exporter:
         body_in = {name: self.names.fresh(f"step/{name}") for name in net.inputs}
         state_in = {s.key: [self.names.fresh(f"step/{g}") for g in s.inputs] for s in states}
         next_state, outputs = self._step(body_in, state_in)
+        initial = self._initial_states(states)
         body = helper.make_graph(
             self.body.nodes, "step",
             [_float_info(v, s.dims) for s in states for v in state_in[s.key]]
             + [_float_info(body_in[n], ["B", *self.shapes[n]]) for n in net.inputs],
             [_float_info(v, s.dims) for s in states for v in next_state[s.key]]
             + [_float_info(outputs[n], ["B", *self.shapes[n]]) for n in net.outputs])
-        scan = helper.make_node("Scan", [g for s in states for g in s.inputs] + net.inputs,
+        scan = helper.make_node("Scan", [initial.get(g, g) for s in states for g in s.inputs] + net.inputs,
                                 [f for s in states for f in s.outputs] + net.outputs,
                                 name="time", body=body, num_scan_inputs=len(net.inputs))
         graph = helper.make_graph(
-            [scan], "snnopt",
+            self.main.nodes + [scan], "snnopt",
             [_float_info(n, ["T", "B", *self.shapes[n]]) for n in net.inputs]
             + [_float_info(g, s.dims) for s in states for g in s.inputs],
             [_float_info(n, ["T", "B", *self.shapes[n]]) for n in net.outputs]
             + [_float_info(f, s.dims) for s in states for f in s.outputs],
             self.initializers)
         interface = {"inputs": net.inputs, "outputs": net.outputs,
-                     "state": [{"key": s.key, "inputs": s.inputs, "outputs": s.outputs} for s in states]}
+                     "state": [{"key": s.key, "inputs": s.inputs, "outputs": s.outputs,
+                                "defaults": [g for g, d in zip(s.inputs, s.defaults) if d is not None]}
+                               for s in states]}
         return graph, list(self.functions.values()), interface
 
     def _states(self) -> list[_State]:
@@ -428,9 +439,27 @@ class _Exporter:
         for key, node, parts in keys:
             what = f"the state of node {node!r}"
             inputs = [self.names.reserve(f"{node}:{p}", what) for p in parts]
+            v_init = self.net.nodes[node].v_init if key == node else None
             states.append(_State(key, inputs, [self.names.reserve(f"{g}:final", what) for g in inputs],
-                                 ["B", *self.shapes[node]]))
+                                 ["B", *self.shapes[node]], [v_init if p == "v" else None for p in parts]))
         return states
+
+    def _initial_states(self, states: list[_State]) -> dict[str, str]:
+        """Main-graph nodes expanding each defaulted state input (an initializer ``[1, *shape]``
+        of the input's name) to ``[B, *shape]``; returns ``{input: expanded value}``."""
+        initial = {}
+        first = self.net.inputs[0]
+        for state in states:
+            for name, default in zip(state.inputs, state.defaults):
+                if default is None:
+                    continue
+                value = default.detach().to("cpu", torch.float32).unsqueeze(0).contiguous().numpy()
+                self.initializers.append(numpy_helper.from_array(value, name))
+                batch = self.main.op("Shape", first, hint=f"{name}/batch", start=1, end=2)
+                shape = self.main.op("Concat", batch, self._init(f"{name}/shape", np.array(state.dims[1:], np.int64)),
+                                     hint=f"{name}/dims", axis=0)
+                initial[name] = self.main.op("Expand", name, shape, hint=f"{name}/start")
+        return initial
 
     def _step(self, body_in: dict, state_in: dict):
         """The body's nodes for one step; returns the next states and the outputs (body names)."""
@@ -512,7 +541,8 @@ def run(source, x, state: dict | None = None):
     onnxruntime's CPU provider; returns ``(out, state)`` as :meth:`NetworkModule.run
     <snnopt.export.runtime.NetworkModule.run>`: ``x`` is ``[T, B, *shape]`` (a tuple for
     several inputs), ``state`` maps a population to ``v`` (``(i, v)`` with a current) and
-    ``"<source>:out"`` to a delayed edge's previous output, missing entries meaning zeros.
+    ``"<source>:out"`` to a delayed edge's previous output; a missing entry starts at the
+    input's default (a population's ``v_init``) where the file has one, else at zeros.
 
     onnxruntime's graph rewrites are off, so the file runs as written (a fusion may fold a
     constant into weights and change float32 rounding).  Raises :class:`NetworkError` naming the file when it
@@ -592,6 +622,7 @@ def _session(model: onnx.ModelProto, where: str):
         raise N.NetworkError(f"{where}: not a valid ONNX model: {exc}") from None
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3  # errors only: a state default is an initializer named like its input, by design
     try:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except _ort_errors() as exc:
@@ -625,6 +656,8 @@ def _feeds(interface: dict, dims: dict, x, state: dict | None) -> dict:
                              f"({', '.join(entry['inputs'])}); got {len(parts)}")
         for graph_name, part in zip(entry["inputs"], parts):
             shape = [batch, *dims[graph_name][1:]]
+            if part is None and graph_name in entry.get("defaults", ()):
+                continue  # the model's default initializer
             part = np.zeros(shape, np.float32) if part is None else _array(part)
             if list(part.shape) != shape:
                 raise ValueError(f"state {graph_name!r} must have shape {shape}; got {list(part.shape)}")

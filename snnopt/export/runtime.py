@@ -12,11 +12,15 @@ a network with delayed edges runs step by step, each delayed edge delivering its
 source's output of the previous step.
 
 ``run(x, state=None) -> (out, state)`` also takes and returns the state: ``state`` maps a
-population's name to its state (``v``, or ``(i, v)`` for kinds with a current) and, for
-a network with cycles, ``"<source>:out"`` to the previous-step output of a delayed
-edge's source; missing entries are zeros.  The final state continues a sequence exactly:
-``run(x[:k])`` then ``run(x[k:], state)`` equals ``run(x)``.  ``forward(x)`` is ``run``
-from rest, returning the output only.
+population's name to its state (``v``, or ``(i, v)`` for kinds with a current; each
+``[B, *shape]``) and, for a network with cycles, ``"<source>:out"`` to the previous-step
+output of a delayed edge's source; a missing population starts at its ``v_init`` (zeros
+when it has none; the current at zero), other missing entries are zeros, and a key the
+network does not carry or a tensor of the wrong shape raises ``ValueError``.  A
+population's ``v_init`` is the module's buffer ``v_init_<name>``.  The final state
+continues a sequence exactly: ``run(x[:k])`` then ``run(x[k:], state)`` equals ``run(x)``.
+``forward(x)`` is ``run`` from its initial state (``v_init``, else rest), returning the
+output only.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class NetworkModule(nn.Module):
         self._delayed = sorted(network.delayed_edges())
         self._sources = {n: network.predecessors(n) for n in network.nodes}
         self._kinds = {n: node.kind for n, node in network.nodes.items()}
+        self._currents = {n: node.spec.has_current for n, node in network.nodes.items() if isinstance(node, N.Neuron)}
         self._inputs, self._outputs = network.inputs, network.outputs
         self._in_shapes = {n: self._shapes[srcs[0]] for n, srcs in self._sources.items() if srcs}
         self.multi_step = not self._delayed
@@ -68,6 +73,8 @@ class NetworkModule(nn.Module):
             layer = layer_for(node, self.multi_step)
             if layer is not None:
                 self.layers[_key(name)] = layer
+            if isinstance(node, N.Neuron) and node.v_init is not None:
+                self.register_buffer(f"v_init_{_key(name)}", node.v_init.clone())
 
     def network(self) -> N.Network:
         """The network with the module's current parameter values (e.g. after training)."""
@@ -86,7 +93,8 @@ class NetworkModule(nn.Module):
             return N.Output()
         layer = self.layers[_key(name)]
         if kind == "neuron":
-            return N.Neuron(layer.spec(), self._shapes[name], **{p: _value(layer, p) for p in N.NEURON_PARAMS})
+            params = {p: _value(layer, p) for p in N.NEURON_PARAMS if p != "v_init"}
+            return N.Neuron(layer.spec(), self._shapes[name], **params, v_init=_detached(self._v_init(name)))
         if kind == "affine":
             return N.Affine(layer.weight.detach().clone(), _detached(layer.bias))
         if kind == "conv":
@@ -111,7 +119,7 @@ class NetworkModule(nn.Module):
             if x.dim() != len(self._shapes[name]) + 2 or tuple(x.shape[2:]) != self._shapes[name]:
                 raise ValueError(f"input {name!r} must be time-major [T, B, {', '.join(map(str, self._shapes[name]))}]"
                                  f"; got shape {list(x.shape)}")
-        state = dict(state or {})
+        state = self._start(dict(state or {}), inputs[0])
         if self.multi_step:
             values = dict(zip(self._inputs, inputs))
             final = {}
@@ -122,6 +130,41 @@ class NetworkModule(nn.Module):
         else:
             outs, final_state = self._run_steps(inputs, state)
         return (outs[0] if len(outs) == 1 else tuple(outs)), final_state
+
+    def _v_init(self, name: str) -> torch.Tensor | None:
+        return self._buffers.get(f"v_init_{_key(name)}")
+
+    def _state_shapes(self) -> dict[str, tuple]:
+        """Batchless shape of every state entry ``run`` takes."""
+        shapes = {n: self._shapes[n] for n, kind in self._kinds.items() if kind == "neuron"}
+        shapes.update({f"{src}:out": self._shapes[src] for src, _ in self._delayed})
+        return shapes
+
+    def _start(self, state: dict, like: torch.Tensor) -> dict:
+        """``state`` checked (:meth:`_check_state`), with the populations it lacks at their ``v_init``."""
+        batch = like.shape[1]
+        self._check_state(state, batch)
+        for name in self._currents:
+            v_init = self._v_init(name)
+            if name not in state and v_init is not None:
+                v = v_init.to(like.dtype).expand(batch, *v_init.shape).clone()
+                state[name] = (torch.zeros_like(v), v) if self._currents[name] else v
+        return state
+
+    def _check_state(self, state: dict, batch: int) -> None:
+        """Raise ``ValueError`` for a key the network does not carry or a value not of the key's shape."""
+        shapes = self._state_shapes()
+        unknown = sorted(set(state) - set(shapes))
+        if unknown:
+            raise ValueError(f"unknown state entries {unknown}; the network carries {sorted(shapes)}")
+        for key, value in state.items():
+            dims = [batch, *shapes[key]]
+            pair = self._currents.get(key, False)
+            parts = tuple(value) if pair and isinstance(value, (tuple, list)) else (value,)
+            if len(parts) != 1 + pair or any(not isinstance(p, torch.Tensor) or list(p.shape) != dims for p in parts):
+                got = [list(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__ for p in parts]
+                raise ValueError(f"state {key!r} must be {'(i, v), each ' if pair else ''}a tensor {dims}; got "
+                                 f"{got if pair else got[0]}")
 
     def _run_steps(self, inputs, state):
         delayed = {}

@@ -25,6 +25,8 @@ currents), every ``Neuron`` and every ``Output`` (a sink) of the network.  Attri
 ``beta``, ``alpha``,             neurons: per-unit parameter arrays of length ``size``
 ``threshold``, ``input_scale``   (those the kind has; ``input_scale`` multiplies the
                                  summed input before the neuron)
+``v_init``                       optional, neurons: the initial membrane per unit (absent:
+                                 zeros), where a run without a given state starts
 ``bias``                         optional: a constant input per unit, every step
 ``lines``                        optional: the target's delay lines, ``{line: {"count":
                                  m, "bias": array or None}}`` (see *delays*)
@@ -75,7 +77,8 @@ as JSON (``networkx.node_link_data``, arrays as lists); graph attributes ``forma
 :class:`~snnopt.export.network.NetworkError` naming the file, the population or
 projection and the problem.
 
-**Simulator.**  :class:`EventSimulator` runs the graph.  Per time step:
+**Simulator.**  :class:`EventSimulator` runs the graph.  It starts each population at its
+``v_init`` (the current at zero) unless the state gives another.  Per time step:
 
 1. every target's input buffer starts at its ``bias``, every delay line's next value at
    its line ``bias``;

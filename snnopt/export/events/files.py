@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 _INT_ARRAYS = ("pre", "post")
 _INT_TUPLES = ("shape", "kernel", "stride", "padding", "dilation")
-_FLOAT_ARRAYS = ("weight", "bias", "beta", "alpha", "threshold", "input_scale")
+_FLOAT_ARRAYS = ("weight", "bias", "beta", "alpha", "threshold", "input_scale", "v_init")
 
 
 def write(net, path) -> Path:

@@ -18,7 +18,8 @@ class EventSimulator:
     *shape]`` (a tuple in port order for several inputs), ``out`` likewise; ``state`` maps a
     neuron population to ``v`` or ``(i, v)`` (``[B, *shape]``) and ``"<line>:out"`` to a
     delay line's value of the previous step, which is the network's ``"<source>:out"``;
-    missing entries are zeros.  After a run, ``stats`` holds ``events`` (non-zero source
+    a missing population starts at its ``v_init`` (zeros without one; the current at
+    zero), other missing entries are zeros.  After a run, ``stats`` holds ``events`` (non-zero source
     outputs processed) and ``synaptic_events`` (synapse additions made).
     """
 
@@ -75,11 +76,13 @@ class EventSimulator:
         return [v.to(self._model.dtype) for v in xs]
 
     def _initial(self, name: str, state: dict, batch: int) -> list:
-        """``[v, i]`` of a neuron population, flattened to ``[B, size]`` (``None``: zeros)."""
+        """``[v, i]`` of a neuron population, flattened to ``[B, size]`` (``None``: zeros);
+        without a given state, ``v`` is the population's ``v_init``."""
         pop = self._model.populations[name]
         value = state.get(name)
         if value is None:
-            return [None, None]
+            v_init = pop.params["v_init"]
+            return [None if v_init is None else v_init.expand(batch, pop.size).clone(), None]
         if pop.cfg.has_current:
             if not (isinstance(value, (tuple, list)) and len(value) == 2):
                 raise ValueError(f"the state of {pop.cfg.kind} population {name!r} is (i, v)")

@@ -32,7 +32,7 @@ class _Population:
     bias: torch.Tensor | None = None
     lines: dict = field(default_factory=dict)  # line -> (count, bias or None)
     cfg: Config | None = None
-    params: dict = field(default_factory=dict)  # beta/alpha/threshold/input_scale, None where absent
+    params: dict = field(default_factory=dict)  # beta/alpha/threshold/input_scale/v_init, None where absent
 
 
 @dataclass
@@ -132,7 +132,7 @@ def _check_population(name, attrs, dtype, where) -> _Population:
     if kind == "neuron":
         spec = _check_spec(attrs, where)
         needed = {"beta": spec.kind != "if", "alpha": spec.has_current, "threshold": spec.spiking,
-                  "input_scale": False}
+                  "input_scale": False, "v_init": False}
         for p, need in needed.items():
             pop.params[p] = _array(attrs, p, size, dtype, f"{where} (a {spec.kind} population)", required=need)
         if spec.kind == "if":

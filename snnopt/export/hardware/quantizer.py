@@ -165,6 +165,7 @@ def quantize(model_or_network, target, *, example_inputs=None) -> Network:
       except on Loihi 2),
     * ``b_q = round(b / s)``, ``threshold_q = round(threshold / s)``,
       ``v_reset_q = round(v_reset / s)``, ``v_rest_q = round(v_rest / s)``,
+      ``v_init_q = round(v_init / s)``,
     * decays on the target's grid (:func:`quantize_decay`),
 
     so that ``v_q = v / s`` before rounding and the spikes match the float network up to
@@ -213,9 +214,11 @@ def _quantize_layer(net: Network, layer: _Layer, p: Profile) -> None:
 
 
 def _quantize_neuron(node: N.Neuron, s: float, p: Profile) -> None:
-    """Thresholds and reset/rest values divided by ``s`` and rounded; decays on the grid."""
-    if node.threshold is not None:
-        node.threshold = torch.round(node.threshold.double() / s).to(node.threshold.dtype)
+    """Thresholds, the initial membrane and reset/rest values divided by ``s`` and rounded; decays on the grid."""
+    for param in ("threshold", "v_init"):
+        value = getattr(node, param)
+        if value is not None:
+            setattr(node, param, torch.round(value.double() / s).to(value.dtype))
     for param in ("beta", "alpha"):
         value = getattr(node, param)
         if value is not None:
