@@ -387,6 +387,28 @@ def test_norse_conv():
     check(NorseConv().double(), spikes((10, 2, 1, 14, 14), dtype=torch.float64))
 
 
+def test_norse_trained_parameter_stays_eager_with_its_gradient():
+    torch.manual_seed(6)
+    v_th = nn.Parameter(torch.tensor(0.3))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif = nn.Linear(12, 9), norse.LIF(norse.LIFParameters(v_th=v_th))
+            self.v_th = v_th  # registered, so an optimizer trains it
+
+        def forward(self, x):
+            return self.lif(20 * self.fc(x))[0]
+
+    model, x = Net(), spikes((8, 3, 12))
+    compiled = snnopt.compile(model, example_inputs=(x,))
+    assert any("nn.Parameter" in note.detail for note in compiled.report.eager)
+    out = compiled(x)
+    assert torch.equal(out, model(x))
+    out.sum().backward()
+    assert model.v_th.grad is not None and model.v_th.grad != 0
+
+
 # --------------------------------------------------------------------------- all
 
 

@@ -37,7 +37,14 @@ from .registry import NeuronAdapter, UnsupportedNeuron, register_neuron
 
 
 def _param(p, name) -> torch.Tensor:
-    t = torch.as_tensor(getattr(p, name))
+    """Parameter ``name`` of the record ``p`` as a constant scalar tensor.  Norse's defaults
+    may carry ``requires_grad`` (``IAFParameters.v_reset``) without being trained; an
+    ``nn.Parameter`` in the record is taken as trained and left eager."""
+    t = getattr(p, name)
+    if isinstance(t, torch.nn.Parameter):
+        raise UnsupportedNeuron(f"its parameter {name} is an nn.Parameter (trained); snnopt reproduces constant "
+                                "Norse parameters")
+    t = torch.as_tensor(t).detach()
     if t.numel() != 1:
         raise UnsupportedNeuron(f"its parameter {name} is a per-neuron tensor; only scalars are reproduced")
     return t
