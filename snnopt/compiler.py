@@ -6,7 +6,7 @@ import logging
 
 import torch
 from torch import fx, nn
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_flatten, tree_leaves, tree_map
 
 from .frontend.registry import UnsupportedNeuron, adapter_for
 from .frontend.tracer import TraceFailure, complete_inputs, trace
@@ -30,8 +30,10 @@ class _Program:
         self.gm, self.report, self.generic, self.rate_gm = gm, report, generic, rate_gm
         self.guard = guard
 
-    def __call__(self, inputs, training: bool):
-        if self.rate_gm is None or not (training and torch.is_grad_enabled()):
+    def __call__(self, inputs, grad: bool):
+        """Run on ``inputs``; ``grad``: build the graph for backward (rate mode: run the rate
+        pass for the gradient, unless autograd is off)."""
+        if self.rate_gm is None or not (grad and torch.is_grad_enabled()):
             out, aux = self.gm(*inputs)
             self.report.record_activity(aux)
             return out
@@ -83,6 +85,23 @@ def _described(module, adapter):
             tuple(name for name, _ in spec.param_attrs))
 
 
+def _hook_notes(model: nn.Module) -> list[Note]:
+    """A warning for each submodule with forward or backward hooks: the compiled program
+    replaces the submodules' calls by fused ops, so their hooks may not run and an output a
+    hook returns is not used (hooks on the compiled module itself run as usual)."""
+    kinds = {"_forward_pre_hooks": "forward pre-hooks", "_forward_hooks": "forward hooks",
+             "_backward_pre_hooks": "backward pre-hooks", "_backward_hooks": "backward hooks"}
+    notes = []
+    for name, module in model.named_modules():
+        found = [label for attr, label in kinds.items() if name and getattr(module, attr, None)]
+        if found:
+            notes.append(Note("warning", name, f"`{name}` has {' and '.join(found)}: fused ops replace the submodule "
+                                               f"calls, so they may not run and what they return may be ignored; "
+                                               f"register them on the compiled module, or run the model itself "
+                                               f"where they matter", "compile"))
+    return notes
+
+
 def synchronise_batch_stats(stats: dict) -> dict:
     """``{key: (var, mean)}`` batch statistics of the spike pass, averaged over the ranks of
     a distributed run (equal batch sizes): ``mean = avg_r mean_r``, ``var = avg_r (var_r +
@@ -109,23 +128,49 @@ def _rate_input(x, from_spike_pass: torch.Tensor | None):
     if it did), or ``x`` itself if it is not a tensor."""
     if not isinstance(x, torch.Tensor):
         return x
-    return from_spike_pass if from_spike_pass is not None else x.mean(0, keepdim=True)
+    return from_spike_pass if from_spike_pass is not None else _time_mean(x)
+
+
+def _time_mean(x: torch.Tensor) -> torch.Tensor:
+    """``x.mean(0, keepdim=True)``; integer and bool spike tensors average in the default
+    floating dtype (the dtype ``x * 1.0`` would have)."""
+    if not (x.is_floating_point() or x.is_complex()):
+        x = x.to(torch.get_default_dtype())
+    return x.mean(0, keepdim=True)
+
+
+class _Attach(torch.autograd.Function):
+    """Value of the spike pass, gradient of the rate pass (broadcast over time, summed back).
+    The value is the spike pass's exactly, also where the rate is not finite (``spike +
+    (rate - rate.detach())`` would turn a NaN rate into a NaN output where the model has a
+    spike or none)."""
+
+    @staticmethod
+    def forward(ctx, spike, rate):
+        ctx.rate_shape = rate.shape
+        return spike.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, grad.sum_to_size(ctx.rate_shape)
 
 
 def _attach(spike: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
     """Value of the spike pass, gradient of the rate pass (broadcast over time)."""
-    return spike + (rate - rate.detach())
+    return _Attach.apply(spike, rate)
 
 
 class CompiledSNN(nn.Module):
     """A compiled spiking network: shares parameters, buffers, submodules and ``state_dict``
-    keys with the source model; compiles one program per input signature (and train/eval)."""
+    keys with the source model; compiles one program per input signature (and train/eval).
+    Hooks registered on the compiled module run; hooks on the model's submodules are not
+    guaranteed to (fused ops replace those calls), and the report warns about them."""
 
     def __init__(self, model: nn.Module, mode: str = "dense", band: float = 0.05, example_inputs=None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if not (band > 0):
+        if isinstance(band, bool) or not isinstance(band, (int, float)) or not band > 0:
             raise ValueError(f"band must be positive (math.inf for the dense gradient), got {band}")
         object.__setattr__(self, "_source", model)
         self._parameters, self._buffers, self._modules = model._parameters, model._buffers, model._modules
@@ -139,7 +184,7 @@ class CompiledSNN(nn.Module):
             example_inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
             example_inputs = complete_inputs(model, example_inputs)
             self._check(example_inputs)
-            self._program(example_inputs)
+            self._program(example_inputs, self.training)
 
     @property
     def report(self) -> CompileReport | None:
@@ -151,13 +196,17 @@ class CompiledSNN(nn.Module):
         return self._source
 
     def forward(self, *inputs):
+        """Run the program for these inputs' signature (compiling it first if needed).  In
+        ``eval()`` it runs without autograd unless an input requires grad; then (and in
+        ``train()``) the output has the gradient of the mode — in rate mode the rate pass's."""
         inputs = complete_inputs(self._source, inputs)
         self._check(inputs)
-        program = self._program(inputs)
-        if not self.training and not any(isinstance(x, torch.Tensor) and x.requires_grad for x in inputs):
+        grad = self.training or any(isinstance(x, torch.Tensor) and x.requires_grad for x in tree_leaves(inputs))
+        program = self._program(inputs, grad)
+        if not grad:
             with torch.no_grad():
                 return program(inputs, False)
-        return program(inputs, self.training)
+        return program(inputs, True)
 
     def train(self, mode: bool = True):
         self._source.training = mode
@@ -180,24 +229,34 @@ class CompiledSNN(nn.Module):
             raise ValueError("snnopt compiled modules take time-major tensor inputs [T, B, ...]")
         if x.dim() < 2:
             raise ValueError(f"expected a time-major input [T, B, ...]; got shape {list(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{type(self._source).__name__}: the time-major input [T, B, ...] has no time steps "
+                             f"(shape {list(x.shape)}); give at least one step (T >= 1)")
         if self._rank is not None and x.dim() != self._rank:
             raise ValueError(f"expected a time-major input [T, B, ...] with {self._rank} dims (as compiled); "
                              f"got shape {list(x.shape)}. Put time first and batch second, "
                              f"e.g. x.unsqueeze(0) for one step or x.transpose(0, 1) for batch-first data.")
         self._rank = x.dim()
 
-    def _key(self, inputs, generic: bool):
-        """What a program is specialised on: train/eval, the tensors' shapes (without T and
-        B when ``generic``), dtypes and devices — also inside tuples of states — and the
-        other inputs' values."""
+    def _rate_pass(self, grad: bool) -> bool:
+        """Whether a program needs the rate pass: rate mode, with gradients (``train()``, or
+        an input that requires grad in ``eval()``)."""
+        return self.mode == "rate" and (self.training or grad)
+
+    def _key(self, inputs, generic: bool, grad: bool):
+        """What a program is specialised on: train/eval (and in rate mode whether it
+        carries the rate pass), the tensors' shapes (without T and B when ``generic``),
+        dtypes and devices — also inside tuples of states — and the other inputs' values."""
         leaves, spec = tree_flatten(inputs)
         sig = tuple((tuple(x.shape[2:]) if generic else tuple(x.shape), x.dtype, x.device.type)
                     if isinstance(x, torch.Tensor) else x for x in leaves)
-        return self.training, generic, str(spec), sig
+        return self.training, self._rate_pass(grad), generic, str(spec), sig
 
-    def _program(self, inputs) -> _Program:
+    def _program(self, inputs, grad: bool = True) -> _Program:
+        """The program for ``inputs`` (built and cached if there is none, or if a neuron's
+        constants changed); ``grad``: it will run with gradients."""
         for generic in (True, False):
-            program = self._programs.get(self._key(inputs, generic))
+            program = self._programs.get(self._key(inputs, generic, grad))
             if program is not None and not program.guard.holds():
                 log.info("%s: a neuron's constants changed since compilation; recompiling",
                          type(self._source).__name__)
@@ -207,8 +266,8 @@ class CompiledSNN(nn.Module):
                 self._report = program.report  # the report of the program that runs (and records activity)
                 return program
         with torch.no_grad():  # tracing and shape propagation record nothing for autograd
-            program = self._build(inputs)
-        self._programs[self._key(inputs, program.generic)] = program
+            program = self._build(inputs, self._rate_pass(grad))
+        self._programs[self._key(inputs, program.generic, grad)] = program
         self._report = program.report
         log.info("%s", program.report)
         for note in program.report.warnings:
@@ -217,7 +276,7 @@ class CompiledSNN(nn.Module):
                 log.warning("%s: %s", type(self._source).__name__, note.detail)
         return program
 
-    def _build(self, inputs) -> _Program:
+    def _build(self, inputs, rate_pass: bool) -> _Program:
         model, mode = self._source, self.mode
         gm, specialised = trace(model, inputs)
         guard = NeuronGuard(gm)
@@ -225,9 +284,9 @@ class CompiledSNN(nn.Module):
         device = next((x.device.type for x in inputs if isinstance(x, torch.Tensor)), "cpu")
         pm = PassManager(pipeline(mode, self.band, device), verifier=verify)
         gm = pm(gm, inputs)
-        notes = list(pm.notes)
+        notes = list(pm.notes) + _hook_notes(model)
         rate_gm = None
-        if mode == "rate" and self.training:
+        if mode == "rate" and rate_pass:
             try:
                 rate_gm = self._build_rate_pass(inputs, gm)
             except (PassError, RateUnsupported) as exc:
@@ -249,7 +308,7 @@ class CompiledSNN(nn.Module):
         if sum(isinstance(x, torch.Tensor) for x in inputs) > 1:
             raise RateUnsupported("the model takes more than one tensor input (an initial state, say); the rate "
                                   "pass averages its one time-major input over time")
-        ones = tuple(x[:1].mean(0, keepdim=True) if isinstance(x, torch.Tensor) else x for x in inputs)
+        ones = tuple(_time_mean(x[:1]) if isinstance(x, torch.Tensor) else x for x in inputs)
         try:
             gm1, _ = trace(self._source, ones)
         except TraceFailure as exc:
@@ -262,7 +321,7 @@ class CompiledSNN(nn.Module):
         mode = self.mode
         try:
             self.mode = "dense"
-            program = self._build(inputs)
+            program = self._build(inputs, False)
         finally:
             self.mode = mode
         program.report.mode = f"{mode} -> dense"
