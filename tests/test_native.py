@@ -276,6 +276,27 @@ def test_nan_input_stays_local_and_is_never_active(device):
     assert idx.numel() == x.numel() - nan_states and torch.isfinite(sg).all()
 
 
+@pytest.mark.parametrize("sg", ["atan", "fast_sigmoid", "sigmoid", "triangle", "rectangle"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_nan_surrogate_as_reference(sg, device):
+    """f'(NaN) is the reference's (NaN for the triangle's max(1 - |u|/p, 0) / p, as clamp_min
+    keeps it; 0 for the rectangle): the dense input gradient and the rate eligibility carry
+    the same NaNs."""
+    spec, x, v0, i0, beta, alpha, th = make("lif", "subtract", "same", False, sg, T=3, B=2, N=67, seed=2)
+    cfg = Config(spec.op_config())
+    x, v0, beta, th = (t.detach().to(device, torch.float64) for t in (x, v0, beta, th))
+    x[1, 0, ::5] = float("nan")
+    ref = ref_dense.scan_forward(x, v0, None, beta, None, th, cfg, save=True)
+    g = torch.Generator().manual_seed(1)
+    g_out, g_v = randn(x.shape, g, x.dtype, device), randn(x.shape[1:], g, x.dtype, device)
+    args = (g_out, g_v, None, None, ref[4], ref[5], v0, None, beta, None, th, cfg, [True] * 2 + [False] * 4)
+    got_x, want_x = native.scan_backward(*args)[0], ref_dense.scan_backward(*args)[0]
+    assert torch.equal(got_x.isnan(), want_x.isnan())
+    close(got_x.nan_to_num(), want_x.nan_to_num(), 1e-10)
+    got_e, want_e = (impl.rate_stats(x, v0, None, beta, None, th, cfg)[5] for impl in (native, ref_dense))
+    assert torch.equal(got_e.isnan(), want_e.isnan())
+
+
 def test_reference_is_forced_by_environment(monkeypatch):
     monkeypatch.setenv(native.ENV, "reference")
     assert all(v == {"cpu": "reference", "cuda": "reference"} for v in kernels.status().values())

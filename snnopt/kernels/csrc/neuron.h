@@ -155,9 +155,9 @@ SNN_HD T surrogate_grad(T u, int code, T p) {
       const T s = T(1) / (T(1) + exp(-p * u));
       return p * s * (T(1) - s);
     }
-    case TRIANGLE: {
+    case TRIANGLE: {  // max(r, 0) / p with a NaN r kept, as torch.clamp_min
       const T r = T(1) - (u < T(0) ? -u : u) / p;
-      return (r > T(0) ? r : T(0)) / p;
+      return (r < T(0) ? T(0) : r) / p;
     }
     case RECTANGLE:
       return ((u < T(0) ? -u : u) < p / T(2)) ? T(1) / p : T(0);
