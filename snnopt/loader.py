@@ -1,11 +1,15 @@
-"""Load a user's model factory given as ``path/to/file.py:function``."""
+"""Load a user's model factory given as ``path/to/file.py:function`` and call it the way
+``snnopt train`` and ``snnopt export`` do."""
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 from typing import Callable
+
+from torch import nn
 
 
 def load_factory(spec: str) -> Callable:
@@ -35,3 +39,40 @@ def load_factory(spec: str) -> Callable:
         defined = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
         raise ValueError(f"{path_text!r} defines no function {name!r}; it defines: {', '.join(defined) or 'nothing'}")
     return factory
+
+
+def call_factory(spec: str, factory, input_shape: tuple, n_classes: int) -> nn.Module:
+    """``factory(input_shape, n_classes)``, or ``factory()`` when its signature takes no
+    arguments; a signature that takes neither, an exception inside the factory or a result
+    that is not a module is a ``ValueError`` naming ``spec`` and the calling convention."""
+    name = spec.rpartition(":")[2]
+    args = factory_arguments(factory, input_shape, n_classes)
+    if args is None:
+        raise ValueError(f"cannot build the model {spec}: {name}{inspect.signature(factory)} cannot be called the "
+                         f"way snnopt calls a model factory, {name}(input_shape, n_classes) (here "
+                         f"{name}({input_shape}, {n_classes}), input_shape being one sample's frame) or {name}() "
+                         f"without arguments")
+    try:
+        model = factory(*args)
+    except Exception as exc:  # the user's code: report it with the call that failed
+        call = f"{name}({', '.join(map(repr, args))})"
+        raise ValueError(f"cannot build the model {spec}: {call} raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"cannot build the model {spec}: {name} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def factory_arguments(factory, input_shape: tuple, n_classes: int) -> tuple | None:
+    """The arguments ``factory``'s signature accepts: ``(input_shape, n_classes)`` when it
+    can take them, else ``()`` when it can be called without any; ``None`` when neither."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # no signature to read (a builtin): assume the documented one
+        return input_shape, n_classes
+    for args in ((input_shape, n_classes), ()):
+        try:
+            signature.bind(*args)
+        except TypeError:
+            continue
+        return args
+    return None

@@ -15,14 +15,6 @@ from .models import spikes
 pytest.importorskip("nir")
 
 
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def _scaled(model, gain):
     with torch.no_grad():
         for m in model.modules():

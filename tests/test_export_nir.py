@@ -392,14 +392,6 @@ def test_compiled_module_exports_its_source_network(tmp_path):
 
 # -- what NIR states its own way -------------------------------------------------------------
 
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def _continued(original, loaded, x, k):
     """Both modules continue ``x[k:]`` from the state ``original`` reached after ``x[:k]``."""
     _, state = original.run(x[:k])

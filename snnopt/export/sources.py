@@ -6,8 +6,6 @@ entry).  Every problem raises ``ValueError`` with a message that says what to ch
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import nn
 
@@ -15,7 +13,7 @@ from torch import nn
 def load_source(source: str, *, input_shape: tuple, n_classes: int | None = None, weights=None) -> nn.Module:
     """The model of ``FILE.py:FUNCTION`` ``source`` for a step input of ``input_shape``,
     with the parameters in the file ``weights`` when given."""
-    from ..loader import load_factory
+    from ..loader import call_factory, factory_arguments, load_factory
     from ..train.presets import PRESETS
 
     if source in PRESETS:
@@ -23,32 +21,13 @@ def load_source(source: str, *, input_shape: tuple, n_classes: int | None = None
                          "averaged over time, which no export format holds. Write FILE.py:FUNCTION building the "
                          "same layers and returning the readout sequence [T, B, classes], and pass the checkpoint "
                          "with --weights")
-    factory = load_factory(source)
-    args = (tuple(input_shape), _classes(source, n_classes)) if _takes_shape(factory) else ()
-    try:
-        model = factory(*args)
-    except Exception as exc:  # the user's code: any error is reported with the factory's name
-        raise ValueError(f"{source} raised {type(exc).__name__}: {exc}") from exc
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"{source} returned {type(model).__name__}, not an nn.Module")
+    factory, shape = load_factory(source), tuple(input_shape)
+    if factory_arguments(factory, shape, 0) and n_classes is None:
+        raise ValueError(f"{source} takes (input_shape, n_classes), as snnopt train calls it: pass --n-classes N")
+    model = call_factory(source, factory, shape, n_classes)
     if weights is not None:
         load_weights(model, weights)
     return model
-
-
-def _takes_shape(factory) -> bool:
-    """Whether ``factory``'s signature accepts ``(input_shape, n_classes)`` (``snnopt train`` passes them then)."""
-    try:
-        inspect.signature(factory).bind((), 0)
-    except (TypeError, ValueError):  # it cannot take them, or has no signature to read
-        return False
-    return True
-
-
-def _classes(source: str, n_classes: int | None) -> int:
-    if n_classes is None:
-        raise ValueError(f"{source} takes (input_shape, n_classes), as snnopt train calls it: pass --n-classes N")
-    return n_classes
 
 
 def load_weights(model: nn.Module, path) -> None:

@@ -16,13 +16,12 @@ for SHD, ``(2, 34, 34)`` for N-MNIST.
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
 from torch import nn
 
-from ..loader import load_factory
+from ..loader import call_factory, load_factory
 from ..nn import LI, LIF
 
 PRESETS = ("mlp", "conv")
@@ -110,41 +109,4 @@ def build_model(spec: str, input_shape: tuple, n_classes: int, seed: int, hidden
         return model
     if ":" not in spec:
         raise ValueError(f"unknown model preset {spec!r}; choose one of {', '.join(PRESETS)} or give FILE.py:FUNCTION")
-    return _call_factory(spec, load_factory(spec), input_shape, n_classes)
-
-
-def _call_factory(spec: str, factory, input_shape: tuple, n_classes: int) -> nn.Module:
-    """``factory(input_shape, n_classes)``, or ``factory()`` when its signature takes no
-    arguments; a signature that takes neither, an exception inside the factory or a result
-    that is not a module is a ``ValueError`` naming ``spec`` and the calling convention."""
-    name = spec.rpartition(":")[2]
-    args = _factory_arguments(factory, input_shape, n_classes)
-    if args is None:
-        raise ValueError(f"cannot build the model {spec}: {name}{inspect.signature(factory)} cannot be called the "
-                         f"way snnopt calls a model factory, {name}(input_shape, n_classes) (here "
-                         f"{name}({input_shape}, {n_classes}), input_shape being one sample's frame) or {name}() "
-                         f"without arguments")
-    try:
-        model = factory(*args)
-    except Exception as exc:  # the user's code: report it with the call that failed
-        call = f"{name}({', '.join(map(repr, args))})"
-        raise ValueError(f"cannot build the model {spec}: {call} raised {type(exc).__name__}: {exc}") from exc
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"cannot build the model {spec}: {name} returned {type(model).__name__}, not an nn.Module")
-    return model
-
-
-def _factory_arguments(factory, input_shape: tuple, n_classes: int) -> tuple | None:
-    """The arguments ``factory``'s signature accepts: ``(input_shape, n_classes)`` when it
-    can take them, else ``()`` when it can be called without any; ``None`` when neither."""
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):  # no signature to read (a builtin): assume the documented one
-        return input_shape, n_classes
-    for args in ((input_shape, n_classes), ()):
-        try:
-            signature.bind(*args)
-        except TypeError:
-            continue
-        return args
-    return None
+    return call_factory(spec, load_factory(spec), input_shape, n_classes)
