@@ -186,6 +186,30 @@ def test_non_affine_ops_are_reported():
     assert any("non-affine" in w.detail for w in compiled.report.warnings)
 
 
+class Masked(torch.nn.Module):
+    """``h * mask`` between neurons: a mask made from the data's shape only (a dropout mask
+    kept for the sequence) is affine; ``gated`` multiplies two spike tensors instead."""
+
+    def __init__(self, gated: bool):
+        super().__init__()
+        self.gated = gated
+        self.fc1, self.lif1 = torch.nn.Linear(12, 16), snnopt.nn.LIF(0.9)
+        self.fc2, self.lif2 = torch.nn.Linear(16, 16), snnopt.nn.LIF(0.9)
+        self.fc3, self.lif3 = torch.nn.Linear(16, 5), snnopt.nn.LIF(0.9)
+
+    def forward(self, x):
+        s = self.lif1(self.fc1(x))
+        other = self.lif2(self.fc2(s))
+        mask = other if self.gated else torch.ones_like(s[0]) * 2
+        return self.lif3(self.fc3(s * mask))
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_only_products_of_data_are_non_affine(gated):
+    compiled = snnopt.compile(Masked(gated), mode="rate", example_inputs=(spikes((5, 2, 12)),))
+    assert any("non-affine" in w.detail for w in compiled.report.warnings) == gated
+
+
 def test_unsupported_model_falls_back_to_dense():
     class Recurrent(torch.nn.Module):
         def __init__(self):

@@ -169,20 +169,43 @@ def _surrogate_output(b: Builder, producer: fx.Node, after: fx.Node) -> fx.Node:
         return b.call(operator.getitem, (producer, index), from_=[producer])
 
 
+_SHAPE_ONLY = {"zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like", "new_zeros",
+               "new_ones", "new_full", "new_empty"}
+"""Constructors that read only the shape of their tensor argument: a mask made from them
+(a dropout mask kept for the whole sequence, say) does not depend on the data."""
+
+
 def non_affine_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    """Nodes that are not affine in the model's inputs: the listed modules and functions,
+    and products of two tensors that both depend on the inputs' values."""
+    data = _data_dependent(gm)
     found = []
     for n in gm.graph.nodes:
         if n.op == "call_module" and isinstance(gm.get_submodule(n.target), _NON_AFFINE_MODULES):
             found.append(n)
         elif n.op in ("call_function", "call_method"):
-            name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+            name = _name(n)
             if name in _NON_AFFINE_FUNCS:
                 found.append(n)
             elif n.target in (operator.mul, torch.mul, "mul") and sum(
-                    isinstance(a, fx.Node) and a.op != "get_attr" and isinstance(a.meta.get("val"), torch.Tensor)
-                    and a.meta["val"].dim() > 1 for a in n.args) > 1:  # a product of two data-dependent tensors
+                    isinstance(a, fx.Node) and a in data and isinstance(a.meta.get("val"), torch.Tensor)
+                    and a.meta["val"].dim() > 1 for a in n.args) > 1:
                 found.append(n)
     return found
+
+
+def _name(n: fx.Node) -> str:
+    return n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+
+
+def _data_dependent(gm: fx.GraphModule) -> set[fx.Node]:
+    """The nodes whose values depend on the values of the graph's inputs (a shape-only
+    constructor such as ``ones_like(x)`` cuts the dependence)."""
+    data: set[fx.Node] = set()
+    for n in gm.graph.nodes:  # topological order
+        if n.op == "placeholder" or (_name(n) not in _SHAPE_ONLY and any(a in data for a in n.all_input_nodes)):
+            data.add(n)
+    return data
 
 
 def _lower_rate_stats(gm, b: Builder):
