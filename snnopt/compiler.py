@@ -25,8 +25,8 @@ class _Program:
     """One compiled specialisation: graph(s) plus how to run them, and the neuron
     descriptions it was built from (:class:`NeuronGuard`)."""
 
-    def __init__(self, gm: fx.GraphModule, report: CompileReport, generic: bool, rate_gm=None,
-                 guard: "NeuronGuard | None" = None):
+    def __init__(self, gm: fx.GraphModule, report: CompileReport, generic: bool, guard: "NeuronGuard",
+                 rate_gm=None):
         self.gm, self.report, self.generic, self.rate_gm = gm, report, generic, rate_gm
         self.guard = guard
 
@@ -295,7 +295,7 @@ class CompiledSNN(nn.Module):
                     raise
                 return self._fallback(inputs, f"rate mode is not possible here ({reason}); compiled in dense mode")
         report = build_report(type(model).__name__, mode, self.band, inputs, gm, notes, pm.history)
-        return _Program(gm, report, generic=not specialised, rate_gm=rate_gm, guard=guard)
+        return _Program(gm, report, generic=not specialised, guard=guard, rate_gm=rate_gm)
 
     def _build_rate_pass(self, inputs, gm_T: fx.GraphModule) -> fx.GraphModule:
         keys = set(neuron_keys(gm_T.graph).values())
