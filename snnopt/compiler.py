@@ -125,10 +125,13 @@ def synchronise_batch_stats(stats: dict) -> dict:
 
 def _rate_input(x, from_spike_pass: torch.Tensor | None):
     """The rate pass's input: the time average of input ``x`` (as the spike pass returned it,
-    if it did), or ``x`` itself if it is not a tensor."""
+    if it did and ``x`` needs no gradient), or ``x`` itself if it is not a tensor.  An input
+    that requires grad gets the rate gradient, ``dL/dx_t = dL/dx_bar / T`` at every step."""
     if not isinstance(x, torch.Tensor):
         return x
-    return from_spike_pass if from_spike_pass is not None else _time_mean(x)
+    if from_spike_pass is not None and not x.requires_grad:
+        return from_spike_pass
+    return _time_mean(x)
 
 
 def _time_mean(x: torch.Tensor) -> torch.Tensor:

@@ -220,3 +220,29 @@ def test_batch_first_loop_stays_per_step_and_says_how_to_fix(mode):
     assert "takes the steps from dim 1" in reasons and "x.transpose(0, 1)" in reasons
     if mode == "rate":
         assert "stays per-step" in compiled.report.fallback
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse", "rate"])
+@pytest.mark.parametrize("conv", [False, True])
+def test_autocast_computes_in_the_region_dtype(mode, conv):
+    """Inside ``torch.autocast`` the fused synapses take their inputs in the region's dtype,
+    as the modules' own Linear / Conv2d calls do: the output equals the model's under the
+    same region, dtype included; the parameters' gradients stay float32 (dense mode: the
+    model's within bfloat16 rounding, 2e-2 of the largest)."""
+    from .models import ConvNet
+    torch.manual_seed(3)
+    model = ConvNet() if conv else nn.Sequential(nn.Linear(12, 16), snn.LIF(0.85), nn.Linear(16, 5), snn.LIF(0.75))
+    x = spikes((10, 4, 2, 12, 12) if conv else (10, 4, 12), p=0.05)  # sparse: event-driven synapses
+    compiled = snnopt.compile(model, mode=mode, example_inputs=(x,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = model(x)
+        want_grads = grads_of(model, want.float())
+        got = compiled(x)
+        got_grads = grads_of(compiled, got.float())
+    assert got.dtype == want.dtype == torch.bfloat16
+    assert torch.equal(got, want)
+    for name, g in got_grads.items():
+        assert g.dtype == torch.float32 and torch.isfinite(g).all(), name
+        if mode == "dense":
+            scale = float(want_grads[name].abs().max())
+            torch.testing.assert_close(g, want_grads[name], rtol=0, atol=2e-2 * scale)

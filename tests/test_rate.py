@@ -164,8 +164,7 @@ def test_rate_pass_takes_the_input_average_from_the_spike_pass(monkeypatch):
     the bits that Linear packs anyway) and the rate pass takes it instead of averaging the
     input once more; the gradients are those of the plain average."""
     torch.manual_seed(5)
-    model = torch.nn.Sequential(torch.nn.Linear(12, 16), snnopt.nn.LIF(0.85), torch.nn.Linear(16, 5),
-                                snnopt.nn.LIF(0.75))
+    model = _spike_fed_mlp()
     x = spikes((20, 6, 12), p=0.1)
     compiled = snnopt.compile(model, mode="rate", example_inputs=(x,))
     program = next(iter(compiled._programs.values()))
@@ -177,6 +176,39 @@ def test_rate_pass_takes_the_input_average_from_the_spike_pass(monkeypatch):
     want = grads_of(compiled, compiled(x))
     for name in want:
         assert torch.equal(got[name], want[name]), name
+
+
+def _spike_fed_mlp():
+    return torch.nn.Sequential(torch.nn.Linear(12, 16), snnopt.nn.LIF(0.85), torch.nn.Linear(16, 5),
+                               snnopt.nn.LIF(0.75))
+
+
+@pytest.mark.parametrize("cls", [MLP, _spike_fed_mlp, ConvNet])
+def test_input_gradient(cls, monkeypatch):
+    """An input that requires grad gets the rate gradient: at T = 1 the BPTT input gradient,
+    at T > 1 the rate pass's gradient w.r.t. the time-averaged input, divided by T, at every
+    step (the average's derivative)."""
+    torch.manual_seed(6)
+    shape = (2, 12, 12) if cls is ConvNet else (12,)
+    model = cls()  # (a Linear reading the spikes: the spike pass also returns their average)
+    compiled = snnopt.compile(model, mode="rate", example_inputs=(spikes((9, 5, *shape)),))
+    g = torch.Generator().manual_seed(1)
+    for T in (1, 9):
+        x = spikes((T, 5, *shape)).requires_grad_()
+        out = compiled(x)
+        proj = torch.randn(out.shape, generator=g)
+        (out * proj).sum().backward()
+        if T == 1:
+            ref_x = x.detach().clone().requires_grad_()
+            (model(ref_x) * proj).sum().backward()
+            close(x.grad, ref_x.grad)
+            continue
+        x_bar = x.detach().mean(0, keepdim=True).requires_grad_()
+        monkeypatch.setattr(compiler, "_rate_input", lambda x, _: x_bar)
+        (compiled(x.detach()) * proj).sum().backward()
+        monkeypatch.undo()
+        assert x.grad.abs().sum() > 0
+        close(x.grad, (x_bar.grad / T).expand_as(x))
 
 
 def test_non_affine_ops_are_reported():

@@ -30,6 +30,19 @@ def _needs_save(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _autocast(x, weight, bias):
+    """``(x, weight, bias)`` as autocast hands them to ``linear`` / ``conv2d``: inside an
+    autocast region of ``x``'s device type, float32 and float16/bfloat16 tensors in the
+    region's dtype (float64 stays, as autocast leaves it), so a fused synapse computes its
+    current in the precision the module's own call would."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+                 for t in (x, weight, bias))
+
+
 def neuron_scan(x, v0, i0, beta, alpha, threshold, cfg, record=False):
     """Dense scan (exact BPTT): ``(out, v_T, i_T, v_seq)``; ``v_seq`` (the state after
     every step) is empty unless ``record``."""
@@ -63,6 +76,7 @@ def spiking_synapse_sparse(x, weight, bias, v0, beta, threshold, syn, stride, pa
     entries of ``dL/dx`` its backward reads (``dL/dx`` is computed there only); ``x_tap``: that
     neuron's surrogate output, through which ``dL/dx`` then flows back compactly (the tap,
     :mod:`.ops`)."""
+    x, weight, bias = _autocast(x, weight, bias)
     save = _needs_save(x, weight, bias, v0)
     out, v_T, idx, sg, _, packed = call("spiking_synapse_sparse", x, weight, bias, v0, beta, threshold, syn, stride,
                                         padding, dilation, groups, cfg, band, save, x_active, x_tap)
@@ -77,6 +91,7 @@ def binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups, x_ac
     float rounding); False keeps the module's matrix product, bit for bit.  ``mean``: also
     return ``x.mean(0, keepdim=True)`` (no gradient; from the bits where ``x`` was packed),
     else ``x_mean`` is empty."""
+    x, weight, bias = _autocast(x, weight, bias)
     save = _needs_save(x, weight, bias)
     return call("binary_synapse", x, weight, bias, syn, stride, padding, dilation, groups, save, x_active, event,
                 x_tap, mean)
