@@ -104,3 +104,26 @@ def test_too_few_arguments_get_the_dispatcher_error():
     x, w = spikes((4, 3, 10), p=0.2), torch.randn(6, 10)
     with pytest.raises(RuntimeError, match="binary_synapse.*missing value for argument .bias."):
         dispatch.call("binary_synapse", x, w)
+
+
+@pytest.mark.parametrize("cls,shape,mode", [c for c in CASES if c[2] != "rate"])
+@pytest.mark.parametrize("direct", [True, False])
+def test_second_derivatives_raise_naming_the_op(cls, shape, mode, direct):
+    """``create_graph=True`` alone gives the usual gradients; differentiating them once more
+    (a gradient penalty) raises, naming the fused op, on either route, instead of silently
+    counting the fused ops' second derivative as zero."""
+    torch.manual_seed(4)
+    model = cls(gain=1.0) if cls is MLP else cls()
+    x = spikes(shape, p=0.3).requires_grad_()
+    compiled = snnopt.compile(model, mode=mode, example_inputs=(x.detach(),))
+    route = dispatch.through_dispatcher() if not direct else torch.enable_grad()
+    with route:
+        out = compiled(x)
+        params = [p for p in model.parameters()]
+        plain = torch.autograd.grad(out.square().sum(), params, retain_graph=True)
+        recorded = torch.autograd.grad(out.square().sum(), params, create_graph=True)
+        for a, b in zip(plain, recorded):
+            assert torch.equal(a, b)
+        penalty = sum(g.square().sum() for g in recorded)
+        with pytest.raises(RuntimeError, match=r"snnopt::\w+: second derivatives .* uncompiled model"):
+            penalty.backward()

@@ -5,6 +5,8 @@ exact, others left alone)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -62,6 +64,17 @@ def test_avg_pool_opcheck(kernel, stride):
     torch.library.opcheck(torch.ops.snnopt.avg_pool.default, (x, list(kernel), list(stride)))
     g = torch.randn(2, 3, *[(n - k) // s + 1 for n, k, s in zip((9, 8), kernel, stride)])
     torch.library.opcheck(torch.ops.snnopt.avg_pool_backward.default, (g, [9, 8], list(kernel), list(stride)))
+
+
+@pytest.mark.parametrize("kernel,stride", WINDOWS[:2])
+@pytest.mark.parametrize("direct", [True, False])
+def test_avg_pool_is_twice_differentiable(kernel, stride, direct):
+    """Its backward is the adjoint of a linear map, differentiable in turn (a gradient
+    penalty through a pooled conv net): gradgradcheck in float64 on both routes."""
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+    route = contextlib.nullcontext() if direct else kernels.through_dispatcher()
+    with route:
+        assert torch.autograd.gradgradcheck(lambda t: kernels.avg_pool(t, kernel, stride), (x,))
 
 
 def _pools(compiled):

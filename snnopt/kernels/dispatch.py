@@ -62,10 +62,42 @@ def custom_op(name: str) -> Callable:
     return register
 
 
-def register_autograd(name: str, backward: Callable, setup_context: Callable) -> None:
+class _Once(torch.autograd.Function):
+    """The gradients a fused backward returned, unchanged; differentiating them once more
+    raises with the op's name (its backward kernels have no derivative of their own, and a
+    second derivative silently zero would be a wrong answer)."""
+
+    @staticmethod
+    def forward(ctx, name, _anchor, *grads):
+        ctx.name = name
+        return tuple(g.clone() if isinstance(g, torch.Tensor) else g for g in grads)
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(f"snnopt::{ctx.name}: second derivatives (create_graph=True, then a backward through the "
+                           f"gradient) are not available through snnopt's fused ops, whose backward is "
+                           f"differentiable once; take them through the uncompiled model")
+
+
+def _once(name: str, backward: Callable) -> Callable:
+    """``backward`` whose results, when autograd records the backward (``create_graph``),
+    raise on being differentiated (:class:`_Once`); else ``backward`` itself."""
+    def once(ctx, *grads):
+        if not torch.is_grad_enabled():
+            return backward(ctx, *grads)
+        with torch.no_grad():
+            out = backward(ctx, *grads)
+        return _Once.apply(name, torch.empty(0, requires_grad=True), *out)
+    return once
+
+
+def register_autograd(name: str, backward: Callable, setup_context: Callable, twice: bool = False) -> None:
     """The autograd formula of op ``name`` (``torch.library`` ``register_autograd``), for
-    both routes."""
+    both routes.  ``twice``: ``backward`` is itself differentiable (made of differentiable
+    ops); otherwise a second derivative through it raises (:class:`_Once`)."""
     entry = _ENTRIES[name]
+    if not twice:
+        backward = _once(name, backward)
     entry.definition.register_autograd(backward, setup_context=setup_context)
     body = entry.body
 

@@ -506,7 +506,7 @@ def _rbn_backward(ctx, g):
             gb if (nig[4] and ctx.has_bias) else None, None)
 
 
-register_autograd("rate_batch_norm", _rbn_backward, setup_context=_rbn_setup)
+register_autograd("rate_batch_norm", _rbn_backward, setup_context=_rbn_setup, twice=True)
 
 
 # --------------------------------------------------------------------------- pooling
@@ -545,4 +545,15 @@ def _pool_backward(ctx, g):
     return call("avg_pool_backward", g, ctx.size, ctx.kernel, ctx.stride), None, None
 
 
-register_autograd("avg_pool", _pool_backward, setup_context=_pool_setup)
+def _pool_backward_setup(ctx, inputs, output):
+    _, _, ctx.kernel, ctx.stride = inputs
+
+
+def _pool_backward_backward(ctx, gg):
+    """``avg_pool_backward`` is the adjoint of the linear map ``avg_pool``; its own adjoint
+    is ``avg_pool`` again."""
+    return call("avg_pool", gg, ctx.kernel, ctx.stride), None, None, None
+
+
+register_autograd("avg_pool", _pool_backward, setup_context=_pool_setup, twice=True)
+register_autograd("avg_pool_backward", _pool_backward_backward, setup_context=_pool_backward_setup, twice=True)
