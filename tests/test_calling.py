@@ -246,3 +246,37 @@ def test_autocast_computes_in_the_region_dtype(mode, conv):
         if mode == "dense":
             scale = float(want_grads[name].abs().max())
             torch.testing.assert_close(g, want_grads[name], rtol=0, atol=2e-2 * scale)
+
+
+class StateFed(nn.Module):
+    """A Linear straight into a cell whose membrane the caller passes in."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.lif = nn.Linear(12, 9), snn.LIFCell(0.8, threshold=0.3)
+
+    def forward(self, x, v):
+        out = []
+        for t in range(x.shape[0]):
+            s, v = self.lif(self.fc(x[t]), v)
+            out.append(s)
+        return torch.stack(out), v
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_autocast_keeps_a_wider_state_wide(mode):
+    """A float32 membrane fed a bfloat16 current (autocast) stays float32, as ``beta * v + x``
+    makes it in the model: spikes, final state and their dtypes equal the model's, and
+    gradients reach the weights and the state."""
+    torch.manual_seed(8)
+    model = StateFed()
+    x, v = spikes((30, 4, 12), p=0.05), torch.rand(4, 9)
+    compiled = snnopt.compile(model, mode=mode, example_inputs=(x, v))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, want_v = model(x, v)
+        state = v.clone().requires_grad_()
+        got, got_v = compiled(x, state)
+    assert got.dtype == want.dtype == got_v.dtype == want_v.dtype == torch.float32
+    assert torch.equal(got, want) and torch.equal(got_v, want_v)
+    (got.sum() + got_v.sum()).backward()
+    assert torch.isfinite(state.grad).all() and model.fc.weight.grad.abs().sum() > 0

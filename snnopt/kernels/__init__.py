@@ -43,9 +43,27 @@ def _autocast(x, weight, bias):
                  for t in (x, weight, bias))
 
 
+def _state_dtype(x, *states):
+    """The dtype the model's own arithmetic gives the state: ``beta * v + x`` promotes the
+    input ``x`` with a given state tensor (a float32 membrane kept by the module, fed a
+    bfloat16 current under autocast, stays float32), as ``torch.result_type`` does."""
+    dtype = x.dtype
+    for s in states:
+        if s is not None and s.is_floating_point() and s.dim() > 0:
+            dtype = torch.promote_types(dtype, s.dtype)
+    return dtype
+
+
+def _promoted(x, *states):
+    """``x`` in :func:`_state_dtype` (a differentiable cast; ``x`` itself when it already is)."""
+    dtype = _state_dtype(x, *states)
+    return x if dtype == x.dtype or not x.is_floating_point() else x.to(dtype)
+
+
 def neuron_scan(x, v0, i0, beta, alpha, threshold, cfg, record=False):
     """Dense scan (exact BPTT): ``(out, v_T, i_T, v_seq)``; ``v_seq`` (the state after
     every step) is empty unless ``record``."""
+    x = _promoted(x, v0, i0)
     save = _needs_save(x, v0, i0, beta, alpha, threshold)
     out, v_T, i_T, v_seq, _, _ = call("neuron_scan", x, v0, i0, beta, alpha, threshold, cfg, save, record)
     return out, v_T, i_T, v_seq
@@ -63,6 +81,7 @@ def neuron_scan_sparse(x, v0, i0, beta, alpha, threshold, cfg, band, record=Fals
     """Sparse-gradient scan: ``(out, v_T, i_T, v_seq, active_indices, surrogate)``; ``v_seq``
     empty unless ``record``; ``surrogate`` (f' on the active set) is the tap a synapse fed by
     ``out`` may take (``x_tap``, :mod:`.ops`)."""
+    x = _promoted(x, v0, i0)
     save = _needs_save(x, v0, i0)
     out, v_T, i_T, v_seq, idx, sg, _ = call("neuron_scan_sparse", x, v0, i0, beta, alpha, threshold, cfg, band,
                                             save, record)
@@ -75,8 +94,15 @@ def spiking_synapse_sparse(x, weight, bias, v0, beta, threshold, syn, stride, pa
     surrogate)``.  ``x_active``: the active set of the sparse neuron producing ``x``, the only
     entries of ``dL/dx`` its backward reads (``dL/dx`` is computed there only); ``x_tap``: that
     neuron's surrogate output, through which ``dL/dx`` then flows back compactly (the tap,
-    :mod:`.ops`)."""
+    :mod:`.ops`).  A state ``v0`` of a wider dtype than the current (autocast) takes the
+    synapse and the scan apart, so that the current is widened between them as the model
+    widens it."""
     x, weight, bias = _autocast(x, weight, bias)
+    if _state_dtype(weight, v0) != weight.dtype:
+        current, packed, _ = binary_synapse(x, weight, bias, syn, stride, padding, dilation, groups, x_active,
+                                            True, x_tap)
+        out, v_T, _, _, idx, sg = neuron_scan_sparse(current, v0, None, beta, None, threshold, cfg, band)
+        return out, v_T, idx, packed, sg
     save = _needs_save(x, weight, bias, v0)
     out, v_T, idx, sg, _, packed = call("spiking_synapse_sparse", x, weight, bias, v0, beta, threshold, syn, stride,
                                         padding, dilation, groups, cfg, band, save, x_active, x_tap)
@@ -101,6 +127,7 @@ def neuron_rate_stats(x, v0, i0, beta, alpha, threshold, cfg, record=False):
     """Spike pass of rate mode: ``(out, v_T, i_T, v_seq, rate, eligibility, v_bar, e_v)``;
     ``v_seq``, ``v_bar``, ``e_v`` (recorded membrane, its time average and eligibility) are
     empty unless ``record``."""
+    x = _promoted(x, v0, i0)
     c = Config(cfg)
     if c.generic:  # its eligibility comes from autograd, unavailable inside the op
         return _generic_rate_stats(x, v0, i0, beta, alpha, threshold, c, record)
