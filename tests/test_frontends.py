@@ -427,6 +427,32 @@ def snntorch_loss(out, y):  # tutorial 5: cross-entropy on the output membrane
     return F.cross_entropy(out[1].mean(0), y)
 
 
+@pytest.mark.parametrize("container", [False, True])
+def test_spikingjelly_multistep_batch_norm_in_rate_mode(container):
+    """``layer.BatchNorm2d`` in ``step_mode="m"`` normalises ``[T, B, C, H, W]`` over its
+    channels (dim 2): the rate pass takes the spike pass's statistics per channel, so at
+    T = 1 the gradients equal BPTT's (batch size = channel count, where statistics over the
+    wrong dim would still have the right size)."""
+    torch.manual_seed(31)
+    model = SJConvMultiStep(SJ_SURROGATES[1], None, container).double()
+    twin = SJConvMultiStep(SJ_SURROGATES[1], None, container).double()
+    twin.load_state_dict(model.state_dict())
+    for m in (*model.modules(), *twin.modules()):
+        if isinstance(m, sj_layer.Dropout):
+            m.p = 0.0  # (the rate pass would draw other masks)
+    x = spikes((1, 4, 1, 14, 14), dtype=torch.float64)
+    compiled = snnopt.compile(twin, mode="rate", example_inputs=(x,))
+    assert compiled.report.fallback is None, str(compiled.report)
+    ref, got = model(x), compiled(x)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    w = torch.randn(ref.shape, dtype=ref.dtype)
+    gr = torch.autograd.grad((ref * w).sum(), list(model.parameters()))
+    gc = torch.autograd.grad((got * w).sum(), list(twin.parameters()))
+    for (name, _), a, b in zip(model.named_parameters(), gc, gr):
+        scale = 1.0 if name.endswith("0.bias") else float(b.abs().max())  # bias before BN: 0
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9 * scale + 1e-12, msg=name)
+
+
 def spikingjelly_loss(out, y):  # SpikingJelly tutorials: MSE between firing rate and one-hot label
     return F.mse_loss(out.mean(0), F.one_hot(y, 5).to(out.dtype))
 

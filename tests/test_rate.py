@@ -211,11 +211,29 @@ def test_input_gradient(cls, monkeypatch):
         close(x.grad, (x_bar.grad / T).expand_as(x))
 
 
-def test_non_affine_ops_are_reported():
-    model = torch.nn.Sequential(torch.nn.Linear(12, 16), snnopt.nn.LIF(0.9), torch.nn.Linear(16, 16),
-                                torch.nn.ReLU(), snnopt.nn.LIF(0.9))
-    compiled = snnopt.compile(model, mode="rate", example_inputs=(spikes((5, 2, 12)),))
-    assert any("non-affine" in w.detail for w in compiled.report.warnings)
+class Between(torch.nn.Module):
+    """``op`` between two LIF layers, after a Linear whose weight passes through ``exp``."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+        self.fc1, self.lif1 = torch.nn.Linear(12, 16), snnopt.nn.LIF(0.9)
+        self.log_w, self.lif2 = torch.nn.Parameter(torch.randn(16, 16) * 0.1), snnopt.nn.LIF(0.9)
+
+    def forward(self, x):
+        return self.lif2(self.op(self.lif1(self.fc1(x)) @ self.log_w.exp().t()))
+
+
+@pytest.mark.parametrize("op,flagged", [(torch.nn.ReLU(), True), (torch.nn.LayerNorm(16), True),
+                                        (lambda h: F.group_norm(h.flatten(0, 1), 4).view_as(h), True),
+                                        (lambda h: h.exp(), True), (lambda h: h @ h.transpose(-1, -2) @ h, True),
+                                        (torch.nn.Identity(), False),
+                                        (lambda h: 2 * h + 1, False)])
+def test_non_affine_ops_are_reported(op, flagged):
+    """Activations and per-sample normalisations of the data between neurons are listed;
+    affine ops and functions of parameters alone (``exp`` of a weight) are not."""
+    compiled = snnopt.compile(Between(op), mode="rate", example_inputs=(spikes((5, 2, 12)),))
+    assert any("non-affine" in w.detail for w in compiled.report.warnings) == flagged, str(compiled.report)
 
 
 class Masked(torch.nn.Module):

@@ -145,6 +145,22 @@ def is_layer_leaf(module: nn.Module) -> bool:
     return any(p(module) for p in _LAYER_LEAVES)
 
 
+_TIME_MAJOR_LAYERS: list[Callable[[nn.Module], bool]] = []
+
+
+def register_time_major_layer(predicate: Callable[[nn.Module], bool]) -> None:
+    """Calls of layer leaves for which ``predicate`` holds take a time-major ``[T, B, ...]``
+    input and apply the torch layer over the ``T x B`` samples (a library's multi-step
+    wrapper); passes that read a layer's layout (a BatchNorm's channel dim) shift it by one."""
+    _TIME_MAJOR_LAYERS.append(predicate)
+
+
+def time_major_layer(module: nn.Module) -> bool:
+    """Whether a call of ``module`` takes ``[T, B, ...]`` where its torch layer takes ``[B, ...]``."""
+    _load_library_adapters(module)
+    return any(p(module) for p in _TIME_MAJOR_LAYERS)
+
+
 _PLANE_POOLS: set[type] = {nn.AvgPool2d}
 
 

@@ -30,7 +30,7 @@ from torch import nn
 from .. import surrogate as sg
 from ..spec import NeuronSpec
 from .registry import (NeuronAdapter, UnsupportedNeuron, register_layer_leaf, register_neuron, register_plane_pooling,
-                       register_state_reset)
+                       register_state_reset, register_time_major_layer)
 
 
 def surrogate_of(fn) -> sg.Surrogate:
@@ -119,3 +119,4 @@ _TORCH_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d
 register_layer_leaf(lambda m: type(m).__module__.startswith(layer.__name__) and isinstance(m, _TORCH_LAYERS)
                     and not isinstance(m, base.MemoryModule))
 register_plane_pooling(layer.AvgPool2d)  # step_mode "s": AvgPool2d's call; "m": the same over T x B planes
+register_time_major_layer(lambda m: type(m).__module__.startswith(layer.__name__) and getattr(m, "step_mode", "s") == "m")

@@ -33,13 +33,25 @@ import torch
 from torch import fx, nn
 
 from .. import kernels
+from ..frontend.registry import time_major_layer
 from .fuse import sparse_ineligibility
 from .infra import Builder, Note, PassResult
 
 _NON_AFFINE_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-                       nn.ReLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.Softmax, nn.MultiheadAttention)
-_NON_AFFINE_FUNCS = {"max_pool1d", "max_pool2d", "max_pool3d", "relu", "sigmoid", "tanh", "softmax", "matmul",
-                     "bmm", "max", "amax", "gelu", "silu", "scaled_dot_product_attention"}
+                       nn.AdaptiveMaxPool3d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU,
+                       nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.GELU, nn.SiLU, nn.Mish, nn.Softplus, nn.Hardswish,
+                       nn.Hardsigmoid, nn.Softmax, nn.LogSoftmax, nn.MultiheadAttention,
+                       # normalisations by per-sample, per-step statistics (training BatchNorm has its own rule)
+                       nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+                       nn.LocalResponseNorm)
+_NON_AFFINE_FUNCS = {"max_pool1d", "max_pool2d", "max_pool3d", "relu", "relu6", "leaky_relu", "elu", "selu", "celu",
+                     "sigmoid", "tanh", "hardtanh", "softmax", "log_softmax", "softplus", "mish", "hardswish",
+                     "hardsigmoid", "max", "amax", "min", "amin", "abs", "exp", "log", "sqrt",
+                     "gelu", "silu", "scaled_dot_product_attention", "layer_norm", "group_norm", "instance_norm",
+                     "normalize"}
+
+_PRODUCTS = (operator.mul, torch.mul, "mul", operator.matmul, torch.matmul, "matmul", torch.bmm, "bmm")
+"""Products: non-affine when two factors depend on the data (a spike tensor times a weight is not)."""
 
 
 def neuron_keys(graph: fx.Graph) -> dict[fx.Node, str]:
@@ -62,6 +74,12 @@ def _bn_nodes(gm: fx.GraphModule):
             counts[n.target] += 1
             if m.training or not m.track_running_stats:
                 yield n, m, key
+
+
+def _channel_dim(m: nn.Module) -> int:
+    """The dim of a BatchNorm call's input that holds the channels: 1 (``[N, C, ...]``), or
+    2 for a library's multi-step wrapper fed ``[T, B, C, ...]``."""
+    return 2 if time_major_layer(m) else 1
 
 
 def _tag(node: fx.Node, key: str) -> fx.Node:
@@ -176,8 +194,9 @@ _SHAPE_ONLY = {"zeros_like", "ones_like", "full_like", "empty_like", "rand_like"
 
 
 def non_affine_nodes(gm: fx.GraphModule) -> list[fx.Node]:
-    """Nodes that are not affine in the model's inputs: the listed modules and functions,
-    and products of two tensors that both depend on the inputs' values."""
+    """Nodes that are not affine in the model's inputs: the listed modules, the listed
+    functions of values that depend on the inputs (``exp`` of a parameter is not), and
+    products (elementwise or matrix) of two tensors that both depend on the inputs' values."""
     data = _data_dependent(gm)
     found = []
     for n in gm.graph.nodes:
@@ -185,9 +204,9 @@ def non_affine_nodes(gm: fx.GraphModule) -> list[fx.Node]:
             found.append(n)
         elif n.op in ("call_function", "call_method"):
             name = _name(n)
-            if name in _NON_AFFINE_FUNCS:
+            if name in _NON_AFFINE_FUNCS and any(a in data for a in n.all_input_nodes):
                 found.append(n)
-            elif n.target in (operator.mul, torch.mul, "mul") and sum(
+            elif n.target in _PRODUCTS and sum(
                     isinstance(a, fx.Node) and a in data and isinstance(a.meta.get("val"), torch.Tensor)
                     and a.meta["val"].dim() > 1 for a in n.args) > 1:
                 found.append(n)
@@ -232,7 +251,8 @@ def _lower_rate_stats(gm, b: Builder):
     for n, m, key in list(_bn_nodes(gm)):
         if any(u.meta.get("snn_aux", "").startswith("bn:") for u in n.args[0].users):
             continue
-        dims = [0] + list(range(2, n.args[0].meta["val"].dim()))
+        channel = _channel_dim(m)
+        dims = [d for d in range(n.args[0].meta["val"].dim()) if d != channel]
         with gm.graph.inserting_after(n.args[0]):
             stats = _tag(b.call(torch.var_mean, (n.args[0], dims), {"correction": 0}, from_=[n]), f"bn:{key}")
         stats.meta["snn_bn"] = n.target
@@ -341,7 +361,12 @@ def lower_rate_pass(keys_T: set[str], recorded_T: frozenset = frozenset()):
             with gm.graph.inserting_before(n):
                 w = b.get_attr(f"{n.target}.weight", from_=[n]) if m.affine else None
                 bias = b.get_attr(f"{n.target}.bias", from_=[n]) if m.affine else None
-                rbn = b.call(kernels.rate_batch_norm, (n.args[0], mean, var, w, bias, m.eps), from_=[n])
+                x = n.args[0]
+                if _channel_dim(m) == 2:  # [T, B, C, ...] -> [T x B, C, ...] and back
+                    x = b.call(torch.flatten, (x, 0, 1), from_=[n])
+                rbn = b.call(kernels.rate_batch_norm, (x, mean, var, w, bias, m.eps), from_=[n])
+                if x is not n.args[0]:
+                    rbn = b.call(torch.Tensor.view_as, (rbn, n.args[0]), from_=[n])
             n.replace_all_uses_with(rbn)
             gm.graph.erase_node(n)
         time_t = placeholder("time_steps", "T", 1.0)
