@@ -46,6 +46,26 @@ def test_neuron_applies_reset_value_rest_scale_and_input_gain():
     assert isinstance(learn.beta, nn.Parameter)
 
 
+@pytest.mark.parametrize("mode", ["dense", "sparse", "rate"])
+@pytest.mark.parametrize("gain", [2.0, "tensor"])
+def test_compiled_neuron_keeps_its_input_gain(mode, gain):
+    """A Neuron with an ``input_scale`` (what ``from_nir`` builds for a NIR ``r``) compiles
+    with its gain: the same spikes as the module, and in dense mode the same gradients."""
+    torch.manual_seed(3)
+    gain = torch.rand(12) + 0.5 if gain == "tensor" else gain
+    model = nn.Sequential(nn.Linear(10, 12), Neuron(NeuronSpec("lif", beta=0.75, reset="zero"), input_scale=gain))
+    x = spikes((40, 3, 10))
+    compiled = snnopt.compile(model, mode=mode, example_inputs=(x,))
+    want, got = model(x), compiled(x)
+    assert 0 < float(want.detach().mean()) < 1
+    assert torch.equal(got, want)
+    if mode == "dense":
+        w = torch.randn(want.shape)
+        for a, b in zip(torch.autograd.grad((got * w).sum(), list(model.parameters())),
+                        torch.autograd.grad((want * w).sum(), list(model.parameters()))):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_recurrent_feeds_back_the_previous_spikes():
     torch.manual_seed(2)
     rec = Recurrent(LIF(0.85), nn.Linear(6, 6))

@@ -205,8 +205,9 @@ class Neuron(_Neuron):
 
     def _structure(self, beta=None, alpha=None, threshold=None) -> NeuronSpec:
         generic = super()._structure(beta, alpha, threshold)
+        gain = (("input_scale", "input_scale"),) if getattr(self, "input_scale", None) is not None else ()
         return dataclasses.replace(self._base, beta=beta, alpha=alpha, threshold=threshold,
-                                   learnable=generic.learnable, param_attrs=generic.param_attrs)
+                                   learnable=generic.learnable, param_attrs=generic.param_attrs + gain)
 
     def _drive(self, x):
         return x if self.input_scale is None else x * self.input_scale
