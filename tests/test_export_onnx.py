@@ -244,6 +244,22 @@ def test_neuron_modules_match_torch(first, second):
     assert_fires(out)
 
 
+def test_a_neurons_input_gain_is_exported():
+    """``Neuron(spec, input_scale=...)`` (what ``from_nir`` builds for a NIR ``r``): the
+    exported network computes the model's spikes, and ONNX the network's."""
+    x = spikes((T, B, 10))
+    gain = torch.randint(2, 7, (12,)).float() / 4
+    model = make_exact(nn.Sequential(nn.Linear(10, 12), snn.Neuron(NeuronSpec("lif", beta=0.75, reset="zero"),
+                                                                   input_scale=gain)))
+    with torch.no_grad():
+        want = model(x)
+    net = to_network(model, (x,))
+    got, _ = torch_run(net, x)
+    assert_fires(want)
+    assert torch.equal(got, want)
+    check_exact(net, x)
+
+
 def _prefix(net: N.Network, last: str) -> N.Network:
     """``net`` up to node ``last``, whose output becomes the network's output."""
     keep = [n for n in net.order() if not isinstance(net.nodes[n], N.Output)]
