@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import onnx
 import pytest
@@ -121,3 +122,25 @@ def test_run_rejects_unknown_state_keys_and_wrong_shapes():
         module.run(x, {"3": torch.zeros(3, 4)})
     with pytest.raises(ValueError, match=r"state '1' must be \(i, v\), each a tensor \[2, 16\]"):
         module.run(x, {"1": v})
+
+
+def test_modules_left_in_training_mode_are_named(caplog):
+    """Export reads the model as ``eval()`` computes it: BatchNorm and Dropout modules left in
+    training mode are named in a warning (none once the model is in eval mode), and the
+    model's own mode is left as it was."""
+    class Net(nn.Sequential):
+        def forward(self, x):  # BatchNorm1d over [T x B, 12]
+            y = self[1](self[0](x.flatten(0, 1))).unflatten(0, x.shape[:2])
+            return self[3](self[2](y))
+
+    model = Net(nn.Linear(10, 12), nn.BatchNorm1d(12), nn.Dropout(0.2), snnopt.nn.LIF(0.8))
+    x = (torch.rand(6, 3, 10) < 0.3).float()
+    model[1].eval()
+    with caplog.at_level(logging.WARNING, logger="snnopt.export.extract"):
+        to_network(model, (x,))
+    assert "`2` in training mode" in caplog.text and "`1`" not in caplog.text
+    assert model.training and model[2].training
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="snnopt.export.extract"):
+        to_network(model.eval(), (x,))
+    assert "training mode" not in caplog.text

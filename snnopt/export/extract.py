@@ -22,7 +22,9 @@ a neuron (``neuron_scan``)                   ``Neuron`` (spec + full-shape param
 ===========================================  ========================================
 
 Anything else raises :class:`~snnopt.export.network.NetworkError` naming the graph node
-and the module or function, with what the model could use instead.
+and the module or function, with what the model could use instead.  The model is read as
+it computes in ``eval()``; BatchNorm or Dropout modules left in training mode are named
+in a logged warning.
 
 **Initial state.** A neuron's initial membrane becomes the population's ``v_init``
 (``None`` when it is zero, the rest state): a state made in the model from constants
@@ -36,6 +38,7 @@ the input, or a state left on the module by an earlier run) is refused.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -48,6 +51,8 @@ from .. import kernels
 from ..passes.canonicalize import load_state
 from ..nn.neurons import Recurrent
 from . import network as N
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,7 @@ def _canonical_graph(model: nn.Module, inputs) -> fx.GraphModule:
     from ..frontend.tracer import TraceFailure, trace
     from ..passes import PassManager, canonicalize_neurons, dce, reroll_time, verify
 
+    _note_training_modules(model)
     was_training = model.training
     model.eval()
     try:
@@ -174,6 +180,21 @@ def _canonical_graph(model: nn.Module, inputs) -> fx.GraphModule:
         raise N.NetworkError(f"{exc}{_input_hint(model, inputs[0].shape[2:])}") from exc
     finally:
         model.train(was_training)
+
+
+_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+def _note_training_modules(model: nn.Module) -> None:
+    """Log a warning naming the submodules in training mode that behave otherwise in
+    ``eval()``: the network is exported as the model computes in ``eval()`` (running
+    statistics folded, dropout off), not as a call in training mode would."""
+    names = [name or type(model).__name__ for name, m in model.named_modules()
+             if m.training and isinstance(m, _MODE_DEPENDENT)]
+    if names:
+        log.warning("%s in training mode: exported as in eval() (BatchNorm with its running statistics, no "
+                    "dropout); call model.eval() before exporting to say that is meant",
+                    ", ".join(f"`{n}`" for n in names))
 
 
 def _input_hint(model: nn.Module, features: tuple) -> str:
