@@ -170,6 +170,17 @@ def test_rate_mode_leaves_a_static_input_model_to_dense_mode():
         torch.testing.assert_close(dense[name], ref[name], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_static_input_model_takes_other_batch_sizes(mode):
+    """The static input repeated over the steps is expanded for whatever batch it has."""
+    torch.manual_seed(5)
+    model = Static()
+    compiled = snnopt.compile(model, mode=mode, example_inputs=(torch.rand(8, 12),))
+    for batch in (8, 3, 11):
+        x = torch.rand(batch, 12)
+        assert torch.equal(compiled(x), model(x))
+
+
 def test_rate_mode_leaves_a_model_without_neurons_to_dense_mode():
     torch.manual_seed(6)
     model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))

@@ -260,6 +260,37 @@ def test_a_neurons_input_gain_is_exported():
     check_exact(net, x)
 
 
+class Reshaped(nn.Module):
+    """Conv -> LIF -> a features flatten written three ways -> ``/ 4`` -> Linear -> LIF."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.conv, self.lif1 = nn.Conv2d(2, 3, 3), snn.LIF(0.75)
+        self.flat, self.fc, self.lif2 = nn.Flatten(2), nn.Linear(3 * 4 * 4, 5), snn.LIF(0.5)
+
+    def forward(self, x):
+        T, B = x.shape[:2]
+        s = self.lif1(self.conv(x.flatten(0, 1)).unflatten(0, (T, B)))
+        s = self.flat(s) if self.how == "module" else s.view(T, B, -1) if self.how == "view" else s.flatten(2)
+        return self.lif2(self.fc(s / 4) * 4)
+
+
+@pytest.mark.parametrize("how", ["module", "view", "function"])
+def test_feature_flattens_and_division_by_a_constant_export(how):
+    """``nn.Flatten(2)`` and ``view(T, B, -1)`` flatten the features as ``flatten(2)`` does;
+    ``x / 4`` is a Scale: the exported network computes the model's spikes."""
+    x = spikes((T, B, 2, 6, 6))
+    model = make_exact(Reshaped(how))
+    with torch.no_grad():
+        want = model(x)
+    net = to_network(model, (x,))
+    got, _ = torch_run(net, x)
+    assert_fires(want)
+    assert torch.equal(got, want)
+    check_exact(net, x)
+
+
 def _prefix(net: N.Network, last: str) -> N.Network:
     """``net`` up to node ``last``, whose output becomes the network's output."""
     keep = [n for n in net.order() if not isinstance(net.nodes[n], N.Output)]

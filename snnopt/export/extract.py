@@ -13,7 +13,9 @@ sum of network nodes' outputs with a batchless shape and a layout (``[T, B, ...]
 ``nn.AvgPool2d`` (``divisor_override`` 1:    ``Pool`` avg (sum)
 sum pooling)
 ``nn.Flatten``, ``flatten(x, d)`` on features ``Flatten`` (dims of the batchless shape)
-``x * c`` (a number or a per-feature tensor)  ``Scale``
+``x * c``, ``x / c`` (c a number or a        ``Scale`` (``1 / c`` for a division: equal
+per-feature tensor)                          to ``x / c`` up to rounding unless ``c`` is
+                                             a power of two)
 ``a + b``                                    two edges into the consumer (fan-in sums)
 ``nn.BatchNorm*d`` in eval mode              folded into the Conv / Linear before it
 ``nn.Dropout``, ``nn.Identity``              nothing (export describes inference)
@@ -385,10 +387,13 @@ class _Reader:
             return self._node(name, N.Pool("sum" if m.divisor_override == 1 else "avg", m.kernel_size, m.stride,
                                            m.padding), x)
         if isinstance(m, nn.Flatten):  # its dims count one leading batch dim, also in a multi-step wrapper
-            if not (x.flat or multi):
-                raise N.NetworkError(f"{_where(node)}: nn.Flatten on a time-major value [T, B, ...] flattens the "
-                                     "batch; flatten features with x.flatten(2) or merge time and batch first")
-            return self._flatten(node, x, m.start_dim, m.end_dim, 1, name)
+            if x.flat or multi:
+                return self._flatten(node, x, m.start_dim, m.end_dim, 1, name)
+            if 0 <= m.start_dim < 2:
+                raise N.NetworkError(f"{_where(node)}: nn.Flatten(start_dim={m.start_dim}) on a time-major value "
+                                     "[T, B, ...] flattens the batch; flatten features with nn.Flatten(2) or "
+                                     "x.flatten(2), or merge time and batch first")
+            return self._flatten(node, x, m.start_dim, m.end_dim, 2, name)
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             return self._batch_norm(node, m, x)
         if isinstance(m, nn.MaxPool2d):
@@ -558,6 +563,10 @@ class _Reader:
             return self._constant(node)
         shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)) else shape
         lead = (self.T * self.B,) if x.flat else (self.T, self.B)
+        if shape.count(-1) == 1:  # the inferred size
+            known = -math.prod(shape)
+            if known and math.prod(lead + x.shape) % known == 0:
+                shape = tuple(math.prod(lead + x.shape) // known if d == -1 else d for d in shape)
         for flat, head in ((False, (self.T, self.B)), (True, (self.T * self.B,))):
             if tuple(shape[:len(head)]) == head and math.prod(shape[len(head):]) == math.prod(x.shape):
                 rest = tuple(shape[len(head):])
@@ -583,6 +592,15 @@ class _Reader:
         return self._node("scale", N.Scale(_tensor(c, x.shape, self.dtype)), x)
 
     _op_mul_ = _op_mul
+
+    def _op_truediv(self, node, a, b):
+        if isinstance(b, _Seq):
+            raise N.NetworkError(f"{_where(node)}: dividing by a spiking value has no exportable form")
+        if not isinstance(a, _Seq):
+            return self._constant(node)
+        return self._node("scale", N.Scale(1 / _tensor(b, a.shape, self.dtype)), a)
+
+    _op_div = _op_truediv
 
     def _op_add(self, node, a, b, alpha=1):
         if isinstance(a, _Seq) and isinstance(b, _Seq) and alpha == 1:

@@ -89,9 +89,8 @@ class _Lifter:
             return value
         if not isinstance(value, fx.Node):
             raise CannotLift("the per-step input is a constant")
-        shape = _val(value).shape
-        ms = self.b.method("unsqueeze", (value, 0), from_=[value])
-        return self.b.method("expand", (ms, len(items), *shape), from_=[value])
+        ms = self.b.method("unsqueeze", (value, 0), from_=[value])  # -1: any batch size and features
+        return self.b.method("expand", (ms, len(items), *[-1] * _val(value).dim()), from_=[value])
 
     def _lift_nodes(self, items: list[fx.Node]) -> fx.Node:
         L = len(items)
