@@ -453,6 +453,22 @@ def test_spikingjelly_multistep_batch_norm_in_rate_mode(container):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9 * scale + 1e-12, msg=name)
 
 
+@pytest.mark.parametrize("mode", ["dense", "rate"])
+def test_compiling_leaves_spikingjelly_dropout_untouched(mode):
+    """Tracing runs SpikingJelly's ``layer.Dropout``, which keeps its mask on the module; the
+    mask it would keep is undone, so the model still runs and compiles again."""
+    torch.manual_seed(0)
+    net = nn.Sequential(sj_layer.Linear(8, 6), sj_neuron.LIFNode(), sj_layer.Dropout(0.5), sj_layer.Linear(6, 2))
+    sj_functional.set_step_mode(net, "m")
+    x = spikes((4, 2, 8), p=0.6)
+    snnopt.compile(net, mode=mode, example_inputs=(x,))
+    assert net[2].mask is None
+    assert isinstance(net(x), torch.Tensor)
+    sj_functional.reset_net(net)
+    snnopt.compile(net, mode="sparse", example_inputs=(x,))(x).sum().backward()
+    assert net[0].weight.grad is not None
+
+
 def spikingjelly_loss(out, y):  # SpikingJelly tutorials: MSE between firing rate and one-hot label
     return F.mse_loss(out.mean(0), F.one_hot(y, 5).to(out.dtype))
 

@@ -102,10 +102,11 @@ def preserved_buffers(root: nn.Module):
 
 
 @contextlib.contextmanager
-def preserved_state(root: nn.Module):
+def preserved_state(root: nn.Module, drop_new: bool = True):
     """Undo what running ``root`` writes into its modules: attributes and buffers it
     replaces (snnTorch and SpikingJelly neurons keep their membrane on the module) and
-    buffers it updates in place."""
+    buffers it updates in place; attributes it adds go too unless not ``drop_new`` (the
+    tensor constants torch.fx keeps on the root it traces)."""
     saved = []
     for m in root.modules():
         dicts = [m.__dict__] + [d for d in (m.__dict__.get("_buffers"), m.__dict__.get("_memories"))
@@ -117,7 +118,8 @@ def preserved_state(root: nn.Module):
     finally:
         for entries in saved:
             for d, copy in entries:
-                d.clear()
+                if drop_new:
+                    d.clear()
                 d.update(copy)
 
 
@@ -320,8 +322,8 @@ def trace(model: nn.Module, example_inputs) -> tuple[fx.GraphModule, bool]:
     tracer = SNNTracer(example_inputs)
     concrete = concrete_arguments(model, example_inputs)
     try:
-        with _recording_state_resets(tracer), preserved_buffers(model):
-            graph = tracer.trace(model, concrete_args=concrete or None)
+        with _recording_state_resets(tracer), preserved_state(model, drop_new=False):  # (a tracer proxy a
+            graph = tracer.trace(model, concrete_args=concrete or None)  # module keeps, a dropout mask, goes too)
     except ValueError as exc:
         if not isinstance(exc, fx.proxy.TraceError):  # snnopt's own input errors pass through
             raise
