@@ -236,6 +236,33 @@ def test_dt_is_required_and_read_back(tmp_path):
     assert slow.nodes["lif1"].uniform("beta") == pytest.approx(1 - 1e-4 / (5e-4 / (1 - 0.85)), rel=1e-6)
 
 
+class _Doubled(nn.Module):
+    """``fc2(s + s)``: one population feeding the next twice (two equal edges)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.lif1 = nn.Linear(12, 16), snnopt.nn.LIF(0.75, reset="zero")
+        self.fc2, self.lif2 = nn.Linear(16, 5), snnopt.nn.LIF(0.5, reset="zero")
+
+    def forward(self, x):
+        s = self.lif1(self.fc1(x) * 3)
+        return self.lif2(self.fc2(s + s))
+
+
+def test_an_edge_taken_twice_is_one_nir_edge_through_a_scale(tmp_path):
+    torch.manual_seed(1)
+    model = _Doubled()
+    x = spikes((STEPS, 3, 12))
+    path = E.export(model, tmp_path / "d.nir", dt=1e-3, example_inputs=(x,))
+    graph = nir.read(path)
+    assert len(set(graph.edges)) == len(graph.edges)
+    assert any(isinstance(n, nir.Scale) and np.all(n.scale == 2) for n in graph.nodes.values())
+    with torch.no_grad():
+        want = model(x)
+    assert 0 < float(want.mean()) < 1
+    assert torch.equal(snnopt.from_nir(path)(x), want)
+
+
 def test_from_nir_module_compiles_and_trains(tmp_path):
     torch.manual_seed(0)
     model = ConvNet(reset="zero")

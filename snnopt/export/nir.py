@@ -28,7 +28,9 @@ float64 arrays, so the import (``beta = 1 - dt / tau``, ``scale = r dt / tau``, 
 float64) gives back the float32 values bit for bit; the units of an imported current are
 in :func:`neuron_from_nir`.  Synapses: ``Affine``/``Linear``, ``Conv1d``/``Conv2d`` (with
 ``input_shape``), ``SumPool2d``/``AvgPool2d``, ``Flatten`` (dims of the batchless shape),
-``Scale``; shapes are batchless and channels-first.  Cycles are allowed: the edge that
+``Scale``; shapes are batchless and channels-first.  A NIR graph holds an edge once: an
+edge the network takes ``k`` times (``fc(s + s)``) is written through a ``Scale`` of ``k``
+(the file then holds that extra node).  Cycles are allowed: the edge that
 closes a cycle carries the previous step (see :mod:`snnopt.export.network`).  On import,
 nested graphs are inlined: an edge may name a nested graph (it then reaches its Input /
 leaves its Output nodes) or one of its nodes as ``graph.node``.
@@ -84,6 +86,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +122,7 @@ def to_nir(net: N.Network, dt: float, *, extensions: bool = False):
     for name, node in net.nodes.items():
         in_shape = _input_shape(net, shapes, name)
         nodes[name] = _export_node(nir, name, node, in_shape, shapes[name], dt, extensions, extended)
+    edges = _distinct_edges(nir, net, shapes, nodes)
     metadata = {"dt": dt, "snnopt_time_step": "euler"}
     metadata.update({k: v for k, v in net.metadata.items() if isinstance(v, (int, float, str)) and k != "dt"})
     if extended:
@@ -126,7 +130,7 @@ def to_nir(net: N.Network, dt: float, *, extensions: bool = False):
         log.warning("NIR export with extensions (node metadata snnopt_spec / snnopt_v_init) that readers other than "
                     "snnopt ignore: %s", "; ".join(extended))
     try:
-        return nir.NIRGraph(nodes=nodes, edges=list(net.edges), metadata=metadata, type_check=True)
+        return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata, type_check=True)
     except Exception as exc:
         raise N.NetworkError(f"the NIR graph fails nir's type check: {exc}") from exc
 
@@ -142,6 +146,21 @@ def write(net: N.Network, path, dt: float | None = None, *, extensions: bool = F
     path = Path(path)
     _nir().write(path, graph)
     return path
+
+
+def _distinct_edges(nir, net: N.Network, shapes: dict, nodes: dict) -> list:
+    """``net``'s edges with each edge taken ``k > 1`` times (``fc(s + s)``) written once,
+    through a ``Scale`` of ``k`` added to ``nodes``: a NIR graph holds an edge once."""
+    counts = Counter(net.edges)
+    edges = []
+    for (src, dst), k in counts.items():
+        if k == 1:
+            edges.append((src, dst))
+            continue
+        name = f"{src}_times{k}_{dst}"
+        nodes[name] = nir.Scale(scale=np.full(shapes[src], float(k), dtype=np.float32))
+        edges += [(src, name), (name, dst)]
+    return edges
 
 
 def _input_shape(net, shapes, name):
