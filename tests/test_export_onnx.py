@@ -244,13 +244,10 @@ def test_neuron_modules_match_torch(first, second):
     assert_fires(out)
 
 
-def test_a_neurons_input_gain_is_exported():
-    """``Neuron(spec, input_scale=...)`` (what ``from_nir`` builds for a NIR ``r``): the
-    exported network computes the model's spikes, and ONNX the network's."""
-    x = spikes((T, B, 10))
-    gain = torch.randint(2, 7, (12,)).float() / 4
-    model = make_exact(nn.Sequential(nn.Linear(10, 12), snn.Neuron(NeuronSpec("lif", beta=0.75, reset="zero"),
-                                                                   input_scale=gain)))
+def check_model_exact(model: nn.Module, x):
+    """The network exported from ``model`` (exact weights) computes its spikes, and ONNX the
+    network's outputs and states."""
+    model = make_exact(model)
     with torch.no_grad():
         want = model(x)
     net = to_network(model, (x,))
@@ -258,6 +255,15 @@ def test_a_neurons_input_gain_is_exported():
     assert_fires(want)
     assert torch.equal(got, want)
     check_exact(net, x)
+
+
+def test_a_neurons_input_gain_is_exported():
+    """``Neuron(spec, input_scale=...)`` (what ``from_nir`` builds for a NIR ``r``): the
+    exported network computes the model's spikes, and ONNX the network's."""
+    x = spikes((T, B, 10))
+    gain = torch.randint(2, 7, (12,)).float() / 4
+    check_model_exact(nn.Sequential(nn.Linear(10, 12), snn.Neuron(NeuronSpec("lif", beta=0.75, reset="zero"),
+                                                                  input_scale=gain)), x)
 
 
 class Reshaped(nn.Module):
@@ -280,15 +286,7 @@ class Reshaped(nn.Module):
 def test_feature_flattens_and_division_by_a_constant_export(how):
     """``nn.Flatten(2)`` and ``view(T, B, -1)`` flatten the features as ``flatten(2)`` does;
     ``x / 4`` is a Scale: the exported network computes the model's spikes."""
-    x = spikes((T, B, 2, 6, 6))
-    model = make_exact(Reshaped(how))
-    with torch.no_grad():
-        want = model(x)
-    net = to_network(model, (x,))
-    got, _ = torch_run(net, x)
-    assert_fires(want)
-    assert torch.equal(got, want)
-    check_exact(net, x)
+    check_model_exact(Reshaped(how), spikes((T, B, 2, 6, 6)))
 
 
 def _prefix(net: N.Network, last: str) -> N.Network:
