@@ -322,8 +322,9 @@ def trace(model: nn.Module, example_inputs) -> tuple[fx.GraphModule, bool]:
     tracer = SNNTracer(example_inputs)
     concrete = concrete_arguments(model, example_inputs)
     try:
-        with _recording_state_resets(tracer), preserved_state(model, drop_new=False):  # (a tracer proxy a
-            graph = tracer.trace(model, concrete_args=concrete or None)  # module keeps, a dropout mask, goes too)
+        # what modules keep from the traced call (a proxy as a dropout mask) is undone
+        with _recording_state_resets(tracer), preserved_state(model, drop_new=False):
+            graph = tracer.trace(model, concrete_args=concrete or None)
     except ValueError as exc:
         if not isinstance(exc, fx.proxy.TraceError):  # snnopt's own input errors pass through
             raise
