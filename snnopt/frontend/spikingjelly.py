@@ -119,4 +119,5 @@ _TORCH_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d
 register_layer_leaf(lambda m: type(m).__module__.startswith(layer.__name__) and isinstance(m, _TORCH_LAYERS)
                     and not isinstance(m, base.MemoryModule))
 register_plane_pooling(layer.AvgPool2d)  # step_mode "s": AvgPool2d's call; "m": the same over T x B planes
-register_time_major_layer(lambda m: type(m).__module__.startswith(layer.__name__) and getattr(m, "step_mode", "s") == "m")
+register_time_major_layer(lambda m: type(m).__module__.startswith(layer.__name__)
+                          and getattr(m, "step_mode", "s") == "m")
