@@ -8,7 +8,7 @@ import torch
 
 import snnopt
 
-from .models import MLP, spikes
+from .models import MLP, LoopMLP, spikes
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.bool])
@@ -88,3 +88,21 @@ def test_band_must_be_a_positive_number(band):
 
 def test_band_inf_is_the_dense_gradient():
     assert snnopt.compile(MLP(), mode="sparse", band=math.inf).band == math.inf
+
+
+def test_a_recompile_keeps_a_pending_eager_backward_valid():
+    """Compiling again for a new T between an eager forward and its backward leaves the
+    buffers that forward saved untouched (beta, threshold), so the eager backward still runs
+    and gives the compiled module's gradients."""
+    torch.manual_seed(5)
+    model = LoopMLP()
+    compiled = snnopt.compile(model, mode="dense", example_inputs=(spikes((5, 2, 12)),))
+    x = spikes((8, 3, 12), seed=2)
+    ref_out = model(x)
+    out = compiled(x)  # T = 8: a new specialisation, traced while ref_out awaits its backward
+    ref_out.sum().backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    out.sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], rtol=1e-4, atol=1e-6)

@@ -333,7 +333,7 @@ def test_spikingjelly_multistep_conv_in_training_mode(v_reset, container):
 
 
 class NorseMLP(nn.Module):
-    """Norse tutorial style: cells with explicit state tuples in a loop, LI readout."""
+    """Norse tutorial style: cells with explicit state tuples in a loop over ``x[ts, :]``, LI readout."""
 
     def __init__(self, box=False, v_th=0.3):
         super().__init__()
@@ -348,8 +348,8 @@ class NorseMLP(nn.Module):
     def forward(self, x):
         s1 = s2 = None
         outs = []
-        for t in range(x.shape[0]):
-            z, s1 = self.lif(self.fc1(x[t]), s1)
+        for ts in range(x.shape[0]):
+            z, s1 = self.lif(self.fc1(x[ts, :]), s1)
             v, s2 = self.out(self.fc2(z), s2)
             outs.append(v)
         return torch.stack(outs)

@@ -4,7 +4,10 @@ import operator
 
 import pytest
 import torch
+from torch import nn
 
+import snnopt
+import snnopt.nn as snn
 from snnopt import kernels
 from snnopt.frontend.tracer import trace
 from snnopt.passes import (PassError, PassManager, VerificationError, binary_synapses, canonicalize_neurons, dce,
@@ -132,3 +135,61 @@ def test_pass_manager_history_and_snapshots():
     after = reroll["graph_after"]
     created = [n for n in after.nodes if n.name not in before]
     assert created and all(n.meta["origin"] == "reroll_time" for n in created)
+
+
+class IndexedLoop(nn.Module):
+    """A per-step loop that takes step ``t`` of ``x`` through ``index(x, t)`` (Norse tutorials write
+    ``x[ts, :]``), over the first ``x.shape[0] - skip`` steps."""
+
+    def __init__(self, index, n_in, skip=0):
+        super().__init__()
+        self.index, self.skip = index, skip
+        self.fc1, self.lif1 = nn.Linear(n_in, 16), snn.LIFCell(0.85)
+        self.fc2, self.lif2 = nn.Linear(16, 5), snn.LIFCell(0.75)
+
+    def forward(self, x):
+        v1 = v2 = None
+        out = []
+        for t in range(x.shape[0] - self.skip):
+            s1, v1 = self.lif1(self.fc1(3 * self.index(x, t)), v1)
+            s2, v2 = self.lif2(3 * self.fc2(s1), v2)
+            out.append(s2)
+        return torch.stack(out)
+
+
+INDEX_FORMS = {
+    "x[t]": (lambda x, t: x[t], 12),
+    "x[t, :]": (lambda x, t: x[t, :], 12),
+    "x[t, ...]": (lambda x, t: x[t, ...], 12),
+    "x[t, :, 2:]": (lambda x, t: x[t, :, 2:], 10),
+    "x[t, ..., 1]": (lambda x, t: x[t, ..., 1], 12),
+    "x.select(0, t)": (lambda x, t: x.select(0, t), 12),
+}
+
+
+@pytest.mark.parametrize("skip", [0, 2])
+@pytest.mark.parametrize("form", INDEX_FORMS)
+def test_reroll_lifts_each_basic_step_index(form, skip):
+    index, n_in = INDEX_FORMS[form]
+    torch.manual_seed(2)
+    model = IndexedLoop(index, n_in, skip)
+    shape = (9, 3, 12, 2) if form == "x[t, ..., 1]" else (9, 3, 12)
+    compiled = snnopt.compile(model, mode="dense", example_inputs=(spikes(shape),))
+    assert not compiled.report.eager, str(compiled.report)
+    assert [(n.shape[0], n.per_step) for n in compiled.report.neurons] == [(9 - skip, 0)] * 2
+    for T, B in ((9, 3), (14, 2)):
+        x = spikes((T, B, *shape[2:]))
+        ref_out, out = model(x), compiled(x)
+        assert torch.equal(out, ref_out)
+        ref, got = grads_of(model, ref_out), grads_of(compiled, out)
+        for name in ref:
+            torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=1e-5 * float(ref[name].abs().max()))
+
+
+def test_reroll_names_a_step_index_it_cannot_lift():
+    torch.manual_seed(3)
+    model = IndexedLoop(lambda x, t: x[t, [0, 2, 1]], 12)  # an advanced index on the batch: kept per-step
+    x = spikes((6, 3, 12))
+    compiled = snnopt.compile(model, mode="dense", example_inputs=(x,))
+    assert compiled.report.eager and "stays per-step" in str(compiled.report)
+    assert torch.equal(compiled(x), model(x))

@@ -90,15 +90,18 @@ class ShapedProxy(fx.Proxy):
 @contextlib.contextmanager
 def preserved_buffers(root: nn.Module):
     """Undo in-place updates of ``root``'s buffers (BatchNorm's running statistics and
-    batch count change even when a module only runs to propagate shapes)."""
+    batch count change even when a module only runs to propagate shapes).  Only buffers
+    whose version moved are written back, so autograd graphs that saved the others (an
+    eager forward awaiting its backward) stay valid."""
     with unset_fake_temporarily():
-        values = [(b, b.detach().clone()) for b in root.buffers() if b.numel()]
+        values = [(b, b._version, b.detach().clone()) for b in root.buffers() if b.numel()]
     try:
         yield
     finally:
         with unset_fake_temporarily(), torch.no_grad():
-            for b, value in values:
-                b.copy_(value)
+            for b, version, value in values:
+                if b._version != version:
+                    b.copy_(value)
 
 
 @contextlib.contextmanager

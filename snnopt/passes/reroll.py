@@ -6,6 +6,7 @@ length 1 linked by their state.  For each such chain ``n_0 .. n_{L-1}`` (same mo
 inputs ``x_0 .. x_{L-1}`` to one time-major tensor ``X`` with ``X[t] == x_t``:
 
     getitem(S, t) for t = 0..L-1           ->  S                (S[:L] if longer)
+    S[t, *rest], rest a basic index         ->  S[:, *rest]
     outputs of an already rerolled chain    ->  its [L, B, ...] output
     the same value at every step            ->  value expanded to [L, ...]
     f(a_t, c) with f time-distributable     ->  f(lift(a), c)
@@ -102,12 +103,13 @@ class _Lifter:
         upstream = _per_step_scan(first)
         if upstream is not None:
             raise CannotLift(f"its input comes from `{upstream.meta['snn_module']}`, which stays per-step")
-        src = _time_index_source(items)
-        if src is not None:
-            full = _val(src).shape[0]
-            if full == L:
+        indexed = _time_index_source(items)
+        if indexed is not None:
+            src, rest = indexed
+            steps = slice(None) if _val(src).shape[0] == L else slice(0, L)
+            if steps == slice(None) and not any(i != slice(None) for i in rest):
                 return src
-            return self.b.call(operator.getitem, (src, slice(0, L)), from_=[src])
+            return self.b.call(operator.getitem, (src, (steps, *rest)), from_=[src])
         if not all(n.op == first.op and n.target == first.target and len(n.args) == len(first.args)
                    and n.kwargs.keys() == first.kwargs.keys() for n in items):
             raise CannotLift(f"`{first.name}` is not computed the same way at every step")
@@ -216,22 +218,38 @@ def _per_step_scan(node: fx.Node):
     return None
 
 
+def _basic_index(index) -> bool:
+    """A basic index that keeps or drops whole dims: ints, slices, ``None`` and ``...``."""
+    return index is None or index is Ellipsis or isinstance(index, (int, slice))
+
+
 def _time_index_source(items: list[fx.Node]):
-    """``S`` when ``items[t]`` is ``S[t]`` (or ``S.select(0, t)``) for t = 0..L-1."""
-    srcs, idxs = set(), []
+    """``(S, rest)`` when ``items[t]`` is ``S[t, *rest]`` (``S[t]``, ``S[t, :]``, ``S.select(0, t)``)
+    for t = 0..L-1, with ``rest`` a basic index the same at every step; then
+    ``S[:L, *rest][t] == items[t]``."""
+    srcs, idxs, rests = set(), [], set()
     for n in items:
-        if n.op == "call_function" and n.target is operator.getitem and isinstance(n.args[1], int):
+        if n.op == "call_function" and n.target is operator.getitem:
+            index = n.args[1] if isinstance(n.args[1], tuple) else (n.args[1],)
+            if not index or not isinstance(index[0], int) or not all(_basic_index(i) for i in index[1:]):
+                return None
             srcs.add(n.args[0])
-            idxs.append(n.args[1])
+            idxs.append(index[0])
+            rests.add(repr(index[1:]))
         elif _target_name(n) == "select" and len(n.args) == 3 and n.args[1] == 0:
             srcs.add(n.args[0])
             idxs.append(n.args[2])
+            rests.add(repr(()))
         else:
             return None
-    if len(srcs) != 1 or idxs != list(range(len(items))):
+    if len(srcs) != 1 or len(rests) != 1 or idxs != list(range(len(items))):
         return None
     src = srcs.pop()
-    return src if isinstance(_val(src), torch.Tensor) else None
+    if not isinstance(_val(src), torch.Tensor):
+        return None
+    first = items[0]
+    rest = first.args[1][1:] if first.target is operator.getitem and isinstance(first.args[1], tuple) else ()
+    return src, tuple(rest)
 
 
 def _is_state_of(arg, prev: fx.Node, k: int) -> bool:
