@@ -552,6 +552,35 @@ def test_unsupported_foreign_neuron_is_reported_and_runs():
     torch.testing.assert_close(compiled(x), model(x))
 
 
+def test_an_eager_snntorch_neuron_starts_from_the_state_its_init_call_zeroes():
+    """``init_alpha()`` inside forward zeroes the state an ``Alpha`` keeps on itself; the
+    compiled model makes that call on every run, so the eager neuron does not start from the
+    state the previous (eager or compiled) call left behind."""
+    class AlphaNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(20, 8)
+            self.n = snn.Alpha(alpha=0.8, beta=0.7)
+
+        def forward(self, x):
+            syn_exc, syn_inh, mem = self.n.init_alpha()
+            out = []
+            for t in range(x.shape[0]):
+                spk, syn_exc, syn_inh, mem = self.n(self.fc(3 * x[t]), syn_exc, syn_inh, mem)
+                out.append(spk)
+            return torch.stack(out)
+
+    torch.manual_seed(9)
+    model = AlphaNet()
+    x = spikes((8, 3, 20))
+    compiled = snnopt.compile(model, example_inputs=(x,))
+    assert "Alpha `n` stays eager" in str(compiled.report)
+    expected = model(x)
+    assert expected.any()
+    assert torch.equal(compiled(x), expected)  # after an eager run
+    assert torch.equal(compiled(x), expected)  # after a compiled run
+
+
 def test_recurrent_snntorch_neuron_stays_eager_with_one_report_entry():
     """RLeaky (recurrent weight inside the step) is never rewritten: one report line names it
     however many steps call it, and the compiled model returns the original's values."""

@@ -164,6 +164,16 @@ register_neuron(SpikingNeuron, adapter=_Refused(
     lambda m: f"snntorch.{type(m).__name__} has no snnopt adapter; describe it with "
               f"snnopt.register_neuron({type(m).__name__}, to_spec) (see snnopt.frontend.registry)"))
 register_state_reset(snntorch.utils, "reset")
-for _cls, _names in ((snntorch.Leaky, ("init_leaky", "reset_mem")), (snntorch.Synaptic, ("init_synaptic", "reset_mem"))):
-    for _name in _names:
+
+
+def _state_resets(cls: type) -> list[str]:
+    """The methods of ``cls`` that zero the state the neuron keeps (``init_leaky``,
+    ``init_alpha``, ``reset_mem``, ...), eager neurons' included: a compiled model must
+    make those calls at run time, or an eager neuron would start from the last call's state."""
+    return [name for name, fn in vars(cls).items()
+            if (name.startswith("init_") or name == "reset_mem") and inspect.isfunction(fn)]
+
+
+for _cls in dict.fromkeys(c for c in vars(snntorch).values() if inspect.isclass(c) and issubclass(c, SpikingNeuron)):
+    for _name in _state_resets(_cls):
         register_state_reset(_cls, _name)
