@@ -529,22 +529,26 @@ def test_sparse_and_rate_modes_train_library_models(name, mode):
     assert loss_now() < 0.9 * before
 
 
+class SnnTorchLoop(nn.Module):
+    """snnTorch tutorial loop around one neuron ``n``: ``state = n.init_*()`` in forward, then
+    ``spk, state = step(n, fc(gain * x[t]), state)`` for every step."""
+
+    def __init__(self, neuron, init: str, step, gain=1.0):
+        super().__init__()
+        self.fc, self.n = nn.Linear(20, 8), neuron
+        self.init, self.step, self.gain = init, step, gain
+
+    def forward(self, x):
+        state = getattr(self.n, self.init)()
+        out = []
+        for t in range(x.shape[0]):
+            spk, state = self.step(self.n, self.fc(self.gain * x[t]), state)
+            out.append(spk)
+        return torch.stack(out)
+
+
 def test_unsupported_foreign_neuron_is_reported_and_runs():
-    class Lapicque(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(20, 8)
-            self.lif = snn.Lapicque(beta=0.9)
-
-        def forward(self, x):
-            mem = self.lif.init_lapicque()
-            out = []
-            for t in range(x.shape[0]):
-                spk, mem = self.lif(self.fc(x[t]), mem)
-                out.append(spk)
-            return torch.stack(out)
-
-    model = Lapicque()
+    model = SnnTorchLoop(snn.Lapicque(beta=0.9), "init_lapicque", lambda n, x_t, mem: n(x_t, mem))
     x = spikes((5, 2, 20))
     compiled = snnopt.compile(model, example_inputs=(x,))
     text = str(compiled.report)
@@ -552,26 +556,17 @@ def test_unsupported_foreign_neuron_is_reported_and_runs():
     torch.testing.assert_close(compiled(x), model(x))
 
 
+def alpha_step(n, x_t, state):
+    spk, *state = n(x_t, *state)
+    return spk, state
+
+
 def test_an_eager_snntorch_neuron_starts_from_the_state_its_init_call_zeroes():
     """``init_alpha()`` inside forward zeroes the state an ``Alpha`` keeps on itself; the
     compiled model makes that call on every run, so the eager neuron does not start from the
     state the previous (eager or compiled) call left behind."""
-    class AlphaNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(20, 8)
-            self.n = snn.Alpha(alpha=0.8, beta=0.7)
-
-        def forward(self, x):
-            syn_exc, syn_inh, mem = self.n.init_alpha()
-            out = []
-            for t in range(x.shape[0]):
-                spk, syn_exc, syn_inh, mem = self.n(self.fc(3 * x[t]), syn_exc, syn_inh, mem)
-                out.append(spk)
-            return torch.stack(out)
-
     torch.manual_seed(9)
-    model = AlphaNet()
+    model = SnnTorchLoop(snn.Alpha(alpha=0.8, beta=0.7), "init_alpha", alpha_step, gain=3.0)
     x = spikes((8, 3, 20))
     compiled = snnopt.compile(model, example_inputs=(x,))
     assert "Alpha `n` stays eager" in str(compiled.report)
@@ -584,25 +579,15 @@ def test_an_eager_snntorch_neuron_starts_from_the_state_its_init_call_zeroes():
 def test_recurrent_snntorch_neuron_stays_eager_with_one_report_entry():
     """RLeaky (recurrent weight inside the step) is never rewritten: one report line names it
     however many steps call it, and the compiled model returns the original's values."""
-    class Recurrent(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(20, 8)
-            self.rlif = snn.RLeaky(beta=0.9, linear_features=8)
-
-        def forward(self, x):
-            spk, mem = self.rlif.init_rleaky()
-            out = []
-            for t in range(x.shape[0]):
-                spk, mem = self.rlif(self.fc(x[t]), spk, mem)
-                out.append(spk)
-            return torch.stack(out)
+    def step(n, x_t, state):
+        spk, mem = n(x_t, *state)
+        return spk, (spk, mem)
 
     torch.manual_seed(8)
-    model = Recurrent()
+    model = SnnTorchLoop(snn.RLeaky(beta=0.9, linear_features=8), "init_rleaky", step)
     x = spikes((6, 3, 20))
     compiled = snnopt.compile(model, example_inputs=(x,))
     text = str(compiled.report)
-    assert "RLeaky `rlif` stays eager" in text and text.count("stays eager") == 1 and "(x6)" in text
+    assert "RLeaky `n` stays eager" in text and text.count("stays eager") == 1 and "(x6)" in text
     assert torch.equal(compiled(x), model(x))
 
