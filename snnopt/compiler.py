@@ -71,6 +71,7 @@ class NeuronGuard:
                 if adapter is not None and all(m is not module for m, _, _ in self._modules):
                     self._modules.append((module, adapter, _described(module, adapter)))
 
+    @torch.compiler.disable  # reads buffer values: torch.compile runs it between graphs, each call
     def holds(self) -> bool:
         return all(_described(m, adapter) == seen for m, adapter, seen in self._modules)
 

@@ -56,6 +56,7 @@ class CompileReport:
     def rewritten(self) -> list[Note]:
         return [n for n in self.notes if n.kind == "rewritten"]
 
+    @torch.compiler.disable  # bookkeeping on sizes: outside torch.compile's graphs
     def record_activity(self, aux: dict) -> None:
         """Update the measured active fraction of each sparse neuron from a training forward's
         aux outputs (active set size / number of neuron states)."""

@@ -142,6 +142,26 @@ def test_constants_changed_after_compiling_are_followed():
     assert torch.equal(compiled(x), model(x))
 
 
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_torch_compile_of_a_compiled_module_follows_changed_constants(mode):
+    """torch.compile over the compiled module: the compiled module's output and gradients
+    (the model's output), and the per-call check of the neurons' constants still runs
+    (between torch.compile's graphs), so a threshold changed in place is followed."""
+    torch.manual_seed(5)
+    model, x = MLP(), spikes((9, 3, 12))
+    compiled = snnopt.compile(model, mode=mode, example_inputs=(x,))
+    fast = torch.compile(compiled, backend="aot_eager")
+    for threshold in (1.0, 0.6):
+        with torch.no_grad():
+            model.lif1.threshold.fill_(threshold)
+        out, ref = fast(x), compiled(x)
+        assert torch.equal(out, ref) and torch.equal(ref, model(x))
+        got = torch.autograd.grad(out.sum(), list(model.parameters()))
+        want = torch.autograd.grad(ref.sum(), list(model.parameters()))
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_spikingjelly_attributes_changed_after_compiling_are_followed():
     pytest.importorskip("spikingjelly")
     from spikingjelly.activation_based import functional, layer, neuron
