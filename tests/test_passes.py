@@ -139,11 +139,11 @@ def test_pass_manager_history_and_snapshots():
 
 class IndexedLoop(nn.Module):
     """A per-step loop that takes step ``t`` of ``x`` through ``index(x, t)`` (Norse tutorials write
-    ``x[ts, :]``), over the first ``x.shape[0] - skip`` steps."""
+    ``x[ts, :]``), over the first ``x.shape[0] - skip`` steps, stacking the steps along ``stack_dim``."""
 
-    def __init__(self, index, n_in, skip=0):
+    def __init__(self, index, n_in, skip=0, stack_dim=0):
         super().__init__()
-        self.index, self.skip = index, skip
+        self.index, self.skip, self.stack_dim = index, skip, stack_dim
         self.fc1, self.lif1 = nn.Linear(n_in, 16), snn.LIFCell(0.85)
         self.fc2, self.lif2 = nn.Linear(16, 5), snn.LIFCell(0.75)
 
@@ -154,7 +154,7 @@ class IndexedLoop(nn.Module):
             s1, v1 = self.lif1(self.fc1(3 * self.index(x, t)), v1)
             s2, v2 = self.lif2(3 * self.fc2(s1), v2)
             out.append(s2)
-        return torch.stack(out)
+        return torch.stack(out, self.stack_dim)
 
 
 INDEX_FORMS = {
@@ -184,6 +184,23 @@ def test_reroll_lifts_each_basic_step_index(form, skip):
         ref, got = grads_of(model, ref_out), grads_of(compiled, out)
         for name in ref:
             torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=1e-5 * float(ref[name].abs().max()))
+
+
+@pytest.mark.parametrize("stack_dim", [1, 2, -1])
+def test_reroll_lifts_a_stack_along_another_dim(stack_dim):
+    torch.manual_seed(4)
+    model = IndexedLoop(lambda x, t: x[t], 12, stack_dim=stack_dim)
+    x = spikes((7, 3, 12))
+    gm, _ = trace(model, (x,))
+    gm = PassManager([canonicalize_neurons, reroll_time, dce], verifier=verify)(gm, (x,))
+    assert len(scans(gm)) == 2
+    assert not any(n.target in (torch.stack, torch.select) for n in gm.graph.nodes if n.op == "call_function")
+    ref_out = model(x)
+    out = first_output(gm(x))
+    assert torch.equal(out, ref_out)
+    ref, got = grads_of(model, ref_out), grads_of(gm, out)
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=1e-5 * float(ref[name].abs().max()))
 
 
 def test_reroll_names_a_step_index_it_cannot_lift():

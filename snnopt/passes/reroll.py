@@ -15,7 +15,8 @@ where ``f`` is elementwise, a last-dim module (Linear, activations, eval Dropout
 per-sample module run on ``[L*B, ...]`` and unflattened (Conv, pooling, Flatten, eval
 BatchNorm), ``flatten(start_dim >= 1)`` or a ``view``/``reshape`` that keeps the batch
 dimension.  The chain becomes one scan over ``X``; ``torch.stack`` of a family becomes the
-lifted tensor, and any other use of a per-step value reads ``select(out, 0, t)``.
+lifted tensor (its time axis moved to the stack's dim), and any other use of a per-step value
+reads ``select(out, 0, t)``.
 Chains whose inputs cannot be lifted (recurrent inputs, stateful or unknown ops) stay
 per-step and the report says why.
 """
@@ -359,7 +360,7 @@ def _lift_stacks(gm: fx.GraphModule, lifter: _Lifter) -> None:
             continue
         seq = node.args[0]
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        if dim != 0 or not isinstance(seq, (list, tuple)) or len(seq) < 2:
+        if not isinstance(dim, int) or not isinstance(seq, (list, tuple)) or len(seq) < 2:
             continue
         with gm.graph.inserting_before(node):
             try:
@@ -368,6 +369,8 @@ def _lift_stacks(gm: fx.GraphModule, lifter: _Lifter) -> None:
                 continue
             if kind != "ms":
                 continue
+            if dim != 0:  # stack(items, d) is the time-major tensor with its time axis moved to d
+                value = lifter.b.method("movedim", (value, 0, dim), from_=[node])
         node.replace_all_uses_with(value)
 
 
