@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from . import __version__
 from . import bench as benchmarks
@@ -111,6 +112,7 @@ def _export(parser: argparse.ArgumentParser, args) -> int:
 
     options = {"extensions": True} if args.extensions else {}
     try:
+        _check_out(args.out, snn_export.SUFFIXES)
         if args.check:
             get_profile(args.check)  # an unknown target is reported before anything is written
         if args.source.lower().endswith(".nir"):
@@ -131,6 +133,15 @@ def _export(parser: argparse.ArgumentParser, args) -> int:
         print(report)
         return 0 if report.ok else 2
     return 0
+
+
+def _check_out(out: str, suffixes: dict) -> None:
+    """Raise ``ValueError`` when the suffix of ``--out`` names no export format (before anything is loaded)."""
+    suffix = Path(out).suffix
+    if suffix.lower() not in suffixes:
+        what = f"its suffix {suffix!r} names no output format" if suffix else "it has no suffix to tell the format"
+        *rest, last = suffixes
+        raise ValueError(f"--out {out!r}: {what}; end --out in {', '.join(rest)} or {last} (e.g. --out net.onnx)")
 
 
 def _non_negative_int(text: str) -> int:

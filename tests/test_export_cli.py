@@ -137,3 +137,16 @@ def test_bad_arguments_are_reported_before_anything_is_written(model_file, tmp_p
                  *common]) == 1
     assert "--weights" in capsys.readouterr().out
     assert not out.exists()
+
+
+def test_unknown_out_suffix_names_the_option_and_the_suffixes(model_file, tmp_path, capsys):
+    args = ["export", f"{model_file}:make", "--input-shape", "10", "--dt", "1e-3", "--out"]
+    assert main(args + [str(tmp_path / "out.xyz")]) == 1
+    printed = capsys.readouterr().out
+    assert "--out" in printed and "'.xyz' names no output format" in printed
+    assert ".nir, .onnx, .graphml or .json" in printed and "format=" not in printed
+    assert main(args + [str(tmp_path / "out")]) == 1
+    assert "has no suffix" in capsys.readouterr().out
+    assert not list(tmp_path.glob("out*"))
+    with pytest.raises(ValueError, match="format='nir'"):  # the Python API names its keyword
+        snnopt.export(torch.nn.Linear(10, 4), tmp_path / "out.xyz")

@@ -402,6 +402,71 @@ def test_models_without_a_nir_form_are_refused_with_the_node_named(tmp_path):
         E.export(MLP(), tmp_path / "m.nir", dt=1e-3)
 
 
+def test_a_directory_is_not_taken_for_a_missing_nir_file(tmp_path):
+    E.export(MLP(reset="zero"), tmp_path / "net.nir", dt=1e-3, example_inputs=(spikes((4, 2, 12)),))
+    with pytest.raises(NetworkError, match=r"is a directory, not a NIR file: pass the path of a \.nir file.*"
+                                           r"it holds net\.nir"):
+        snnopt.from_nir(tmp_path)
+
+
+def test_a_network_without_neurons_exports_with_a_warning(tmp_path, caplog):
+    """A graph of synapses only is legal in every format: it is written, and a warning names the model."""
+    model = nn.Sequential(nn.Linear(12, 5))
+    x = spikes((4, 2, 12))
+    for suffix in ("nir", "onnx", "json"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="snnopt.export"):
+            E.export(model, tmp_path / f"m.{suffix}", dt=1e-3, example_inputs=(x,))
+        assert "the network of Sequential holds no spiking neuron (only affine nodes)" in caplog.text
+        assert "snnopt.nn.LIF" in caplog.text
+    torch.testing.assert_close(snnopt.from_nir(tmp_path / "m.nir")(x), model(x))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="snnopt.export"):
+        E.export(MLP(reset="zero"), tmp_path / "n.nir", dt=1e-3, example_inputs=(x,))
+    assert "no spiking neuron" not in caplog.text
+
+
+class _HandRecurrent(nn.Module):
+    """A recurrence written by hand: each step's spikes go back into the next step's input."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.rec = nn.Linear(12, 16), nn.Linear(16, 16, bias=False)
+        self.lif = snnopt.nn.LIFCell(0.9, reset="zero")
+
+    def forward(self, x):
+        s, v, out = torch.zeros(x.shape[1], 16), None, []
+        for t in range(x.shape[0]):
+            s, v = self.lif(self.fc(x[t]) + self.rec(s), v)
+            out.append(s)
+        return torch.stack(out)
+
+
+def test_hand_written_recurrence_points_to_recurrent(tmp_path):
+    x = spikes((4, 2, 12))
+    with pytest.raises(NetworkError, match=r"neuron `lif` is called step by step with its own output of the "
+                                           r"previous step fed back into its input \(through `rec`\).*"
+                                           r"snnopt\.nn\.Recurrent\(neuron, nn\.Linear\(16, 16\)\)"):
+        E.export(_HandRecurrent(), tmp_path / "r.nir", dt=1e-3, example_inputs=(x,))
+    hand = _HandRecurrent()
+    fixed = nn.Sequential(hand.fc, snnopt.nn.Recurrent(snnopt.nn.LIF(0.9, reset="zero"), hand.rec))
+    path = E.export(fixed, tmp_path / "r.nir", dt=1e-3, example_inputs=(x,))  # the form the message names
+    x = spikes((30, 2, 12))
+    assert torch.equal(snnopt.from_nir(path)(x), hand(x))
+
+
+def test_linear_on_several_feature_dims_suggests_flattening(tmp_path):
+    x = spikes((4, 2, 5, 6))
+    model = nn.Sequential(nn.Linear(6, 4), snnopt.nn.LIF(0.9, reset="zero"))
+    with pytest.raises(NetworkError, match=r"graph node .*nn\.Linear `0` \(6 -> 4\) gets features \(5, 6\).*"
+                                           r"nn\.Flatten\(start_dim=2\) \(or x\.flatten\(2\)\).*"
+                                           r"in_features=30"):
+        E.export(model, tmp_path / "l.nir", dt=1e-3, example_inputs=(x,))
+    fixed = nn.Sequential(nn.Flatten(start_dim=2), nn.Linear(30, 4), snnopt.nn.LIF(0.9, reset="zero"))
+    path = E.export(fixed, tmp_path / "l.nir", dt=1e-3, example_inputs=(x,))  # the fix the message names
+    assert torch.equal(snnopt.from_nir(path)(x), fixed(x))
+
+
 def _beta_negative():
     net = to_network(MLP(reset="zero"), (spikes((4, 2, 12)),))
     net.nodes["lif1"].beta.fill_(-0.5)

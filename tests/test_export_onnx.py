@@ -523,6 +523,16 @@ def test_wrong_inputs_and_states(onnx_file):
         X.run(onnx_file, spikes((4, 2, 10)), {"lif": torch.zeros(1, 16)})
 
 
+def test_an_input_without_time_steps_is_a_value_error(onnx_file):
+    """T = 0 is refused by onnxruntime's runner and by ``NetworkModule.run`` alike, naming the layout."""
+    x = spikes((0, 2, 10))
+    module = NetworkModule(to_network(MLP(), spikes((4, 1, 10))))
+    for runner in (lambda: X.run(onnx_file, x), lambda: module.run(x), lambda: module(x)):
+        with pytest.raises(ValueError, match=r"input 'input' of shape \[0, 2, 10\] has no time steps.*"
+                                             r"\[T, B, \.\.\.\] and T must be >= 1"):
+            runner()
+
+
 def test_unknown_neuron_configuration_names_the_node():
     spec = NeuronSpec()
     object.__setattr__(spec, "reset", "soft")  # a value no neuron_step defines

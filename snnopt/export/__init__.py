@@ -19,6 +19,8 @@ returning states as :meth:`NetworkModule.run` does.  Every format is written fro
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import types
 
@@ -31,6 +33,8 @@ from .runtime import NetworkModule
 __all__ = ["export", "to_network", "from_nir", "check", "quantize", "to_graph", "EventSimulator", "Network",
            "NetworkError", "NetworkModule",
            "Profile", "PROFILES", "HardwareReport", "HardwareError", "Violation"]
+
+log = logging.getLogger(__name__)
 
 
 def export(model, path, *, format: str | None = None, dt: float | None = None, example_inputs=None, **options):
@@ -45,7 +49,7 @@ def export(model, path, *, format: str | None = None, dt: float | None = None, e
     from pathlib import Path
 
     path = Path(path)
-    fmt = format or _FORMATS.get(path.suffix.lower())
+    fmt = format or SUFFIXES.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"cannot tell the export format of {str(path)!r} from its suffix; use .nir, .onnx, "
                          f".graphml or .json, or pass format='nir' | 'onnx' | 'events'")
@@ -54,6 +58,7 @@ def export(model, path, *, format: str | None = None, dt: float | None = None, e
                          "first")
     dt = None if dt is None else check_dt(dt)
     net = to_network(model, example_inputs)
+    _note_no_neuron(net, model)
     if dt is not None:
         net.metadata["dt"] = dt
     if fmt == "nir":
@@ -70,12 +75,33 @@ def export(model, path, *, format: str | None = None, dt: float | None = None, e
     return path
 
 
-_FORMATS = {".nir": "nir", ".onnx": "onnx", ".graphml": "events", ".json": "events"}
+def _note_no_neuron(net: Network, model) -> None:
+    """Log a warning when ``net`` holds no neuron population (not even an LI readout): the file
+    is then a stateless map, legal in every format but rarely what exporting a spiking network means."""
+    if any(node.kind == "neuron" for node in net.nodes.values()):
+        return
+    layers = sorted({node.kind for node in net.nodes.values()} - {"input", "output"})
+    log.warning("the network of %s holds no spiking neuron (only %s nodes): the exported file computes a stateless "
+                "map with no spikes; to export a spiking network, put a neuron (e.g. snnopt.nn.LIF) after the layers "
+                "and make the model's output depend on it", _describe(model), ", ".join(layers) or "input/output")
+
+
+def _describe(model) -> str:
+    """How a warning names ``model``: its class (a ``CompiledSNN``'s source model's), or the path it was read from."""
+    if isinstance(model, (str, os.PathLike)):
+        return repr(str(model))
+    return type(getattr(model, "source", model)).__name__
+
+
+SUFFIXES = {".nir": "nir", ".onnx": "onnx", ".graphml": "events", ".json": "events"}
+"""The format :func:`export` writes for each file suffix."""
 
 
 def from_nir(source, *, dt: float | None = None) -> NetworkModule:
     """A :class:`NetworkModule` running the NIR graph ``source`` (a path or a
-    ``nir.NIRGraph``); see :func:`snnopt.export.nir.read`."""
+    ``nir.NIRGraph``); see :func:`snnopt.export.nir.read`.  The parameters are read in torch's
+    default dtype (``torch.get_default_dtype()``), whatever the file's arrays hold (float64
+    ones included), so the module runs on inputs of that dtype."""
     from . import nir as reader
 
     return NetworkModule(reader.read(source, dt=dt))

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import os
 from dataclasses import dataclass
 
@@ -224,6 +225,76 @@ def _where(node: fx.Node) -> str:
     return f"graph node {node.name!r} ({node.op} {target})"
 
 
+def _is_scan(node) -> bool:
+    """Whether ``node`` is a neuron call (``neuron_scan``)."""
+    return isinstance(node, fx.Node) and node.op == "call_function" and node.target is kernels.neuron_scan
+
+
+def _earlier_steps(scan: fx.Node) -> set:
+    """The neuron calls whose state ``scan`` continues, step after step back (a per-step loop's earlier steps)."""
+    steps = set()
+    state = scan.args[1]
+    while isinstance(state, fx.Node) and state.target is operator.getitem and _is_scan(state.args[0]):
+        steps.add(state.args[0])
+        state = state.args[0].args[1]
+    return steps
+
+
+def _path_back(start: fx.Node, targets: set) -> list | None:
+    """The graph nodes from one of ``targets`` to ``start`` along the data flow, or None when ``start``
+    does not depend on any of them."""
+    parent, queue = {start: None}, [start]
+    for node in queue:
+        if node in targets:
+            path = []
+            while node is not None:
+                path.append(node)
+                node = parent[node]
+            return path
+        for arg in node.all_input_nodes:
+            if arg not in parent:
+                parent[arg] = node
+                queue.append(arg)
+    return None
+
+
+def _refuse_feedback(graph: fx.Graph) -> None:
+    """Raise :class:`NetworkError` for a neuron called step by step whose input depends on its own
+    output at an earlier step: a recurrence written by hand in ``forward``, which stays a per-step
+    loop; :class:`~snnopt.nn.Recurrent` is the form that exports (as a feedback cycle)."""
+    for node in graph.nodes:
+        earlier = _earlier_steps(node) if _is_scan(node) and isinstance(node.args[0], fx.Node) else set()
+        path = _path_back(node.args[0], earlier) if earlier else None
+        if path is not None:
+            raise N.NetworkError(_feedback_message(node, path))
+
+
+def _feedback_message(scan: fx.Node, path: list) -> str:
+    """The refusal of neuron call ``scan`` fed back through ``path``: the modules on it, and the exportable form."""
+    module = scan.meta.get("snn_module", scan.name)
+    layers = [f"`{n.target}`" for n in path if n.op == "call_module"]
+    via = ", ".join(layers) if layers else "graph nodes " + ", ".join(n.name for n in path)
+    val = scan.args[0].meta.get("val")
+    n = math.prod(val.shape[2:]) if isinstance(val, torch.Tensor) and val.dim() > 2 else "n"
+    return (f"{_where(scan)}: neuron `{module}` is called step by step with its own output of the previous step fed "
+            f"back into its input (through {via}): "
+            f"a recurrence written by hand in forward has no exportable form. Write the population as "
+            f"snnopt.nn.Recurrent(neuron, nn.Linear({n}, {n})) — a multi-step neuron such as snnopt.nn.LIF(...) and "
+            f"the recurrent weight, called once on the whole sequence [T, B, {n}] — which exports as a feedback "
+            "cycle carrying the previous step's spikes")
+
+
+def _linear_on_rows(node: fx.Node, m: nn.Linear, x: _Seq) -> str:
+    """Why the Linear ``m`` at ``node``, applied to features of more than one dim, does not export, and the fix."""
+    flatten = "nn.Flatten() (or x.flatten(1))" if x.flat else "nn.Flatten(start_dim=2) (or x.flatten(2))"
+    layout = "[T*B, " if x.flat else "[T, B, "
+    return (f"{_where(node)}: nn.Linear `{node.target}` ({m.in_features} -> {m.out_features}) gets features "
+            f"{x.shape} per sample and acts on the last dim only; the export formats hold a Linear over one feature "
+            f"dim (Affine on {layout}F]). Flatten the features first with {flatten} on the {layout}...] value and "
+            f"give the Linear in_features={math.prod(x.shape)} (a different layer than one shared across the "
+            f"{math.prod(x.shape[:-1])} positions: retrain it)")
+
+
 class _Reader:
     def __init__(self, gm: fx.GraphModule, model: nn.Module):
         self.gm, self.model = gm, model
@@ -233,6 +304,7 @@ class _Reader:
         self.dtype = torch.get_default_dtype()
 
     def read(self) -> N.Network:
+        _refuse_feedback(self.gm.graph)
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
         shape_only = _shape_only(self.gm.graph)
         for node in self.gm.graph.nodes:
@@ -370,6 +442,8 @@ class _Reader:
         if isinstance(m, (nn.Dropout, nn.Identity)) or type(m).__name__ in ("Dropout", "Dropout2d", "Identity"):
             return x
         if isinstance(m, nn.Linear):
+            if len(x.shape) > 1:
+                raise N.NetworkError(_linear_on_rows(node, m, x))
             return self._node(name, N.Affine(m.weight.detach().clone(), _clone(m.bias)), x)
         multi = getattr(m, "step_mode", "s") == "m"  # SpikingJelly's multi-step layer wrappers
         if isinstance(m, (nn.Conv1d, nn.Conv2d)):

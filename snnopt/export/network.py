@@ -360,6 +360,13 @@ def check_dt(dt) -> float:
     return value
 
 
+def check_steps(name: str, shape) -> None:
+    """Raise ``ValueError`` when the time-major input ``name`` of ``shape`` ``[T, B, ...]`` has no time step."""
+    if shape[0] < 1:
+        raise ValueError(f"input {name!r} of shape {list(shape)} has no time steps: inputs are time-major "
+                         "[T, B, ...] and T must be >= 1")
+
+
 def _pair(value, n: int) -> tuple:
     if isinstance(value, torch.Tensor):
         value = value.tolist()

@@ -382,6 +382,8 @@ def load(source):
     if isinstance(source, nir.NIRGraph):
         return source
     path = Path(source)
+    if path.is_dir():
+        raise N.NetworkError(_directory_message(path))
     if not path.is_file():
         raise N.NetworkError(f"NIR file {str(path)!r} does not exist")
     try:
@@ -396,6 +398,14 @@ def load(source):
     except Exception as exc:  # h5py and nir raise OSError, KeyError, ValueError, TypeError on damaged files
         raise N.NetworkError(f"cannot read NIR file {str(path)!r}: it is damaged, truncated or not a NIR file "
                              f"({type(exc).__name__}: {exc})") from exc
+
+
+def _directory_message(path: Path) -> str:
+    """Why the directory ``path`` is no NIR source, with the ``.nir`` files it holds (if any)."""
+    found = sorted(p.name for p in path.glob("*.nir") if p.is_file())
+    held = f"; it holds {', '.join(found[:5])}{', ...' if len(found) > 5 else ''}" if found else ""
+    return (f"{str(path)!r} is a directory, not a NIR file: pass the path of a .nir file (the HDF5 file nir.write "
+            f"or snnopt.export writes){held}")
 
 
 def read(source, dt: float | None = None) -> N.Network:

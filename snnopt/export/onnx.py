@@ -641,6 +641,7 @@ def _feeds(interface: dict, dims: dict, x, state: dict | None) -> dict:
         if value.ndim != len(dims[name]) or list(value.shape[2:]) != dims[name][2:]:
             raise ValueError(f"input {name!r} must be time-major [T, B, {', '.join(map(str, dims[name][2:]))}]; "
                              f"got shape {list(value.shape)}")
+        N.check_steps(name, value.shape)
         feeds[name] = value
     lead = {v.shape[:2] for v in feeds.values()}
     if len(lead) > 1:

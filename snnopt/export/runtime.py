@@ -3,9 +3,9 @@
 The module is built from snnopt's own modules (``snnopt.nn.Neuron`` for populations,
 ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.AvgPool2d`` / ``nn.Flatten`` for the
 synapses), so it trains, compiles with :func:`snnopt.compile` and exports again.  It
-takes a time-major input ``[T, B, *shape]`` (a tuple of them, in order, when the network
-has several ``Input`` nodes) and returns the output ``[T, B, *shape]`` (a tuple when there
-are several).
+takes a time-major input ``[T, B, *shape]`` with ``T >= 1`` (a tuple of them, in order, when
+the network has several ``Input`` nodes) and returns the output ``[T, B, *shape]`` (a tuple
+when there are several).
 
 A network without cycles runs each node over the whole sequence (multi-step neurons);
 a network with delayed edges runs step by step, each delayed edge delivering its
@@ -119,6 +119,7 @@ class NetworkModule(nn.Module):
             if x.dim() != len(self._shapes[name]) + 2 or tuple(x.shape[2:]) != self._shapes[name]:
                 raise ValueError(f"input {name!r} must be time-major [T, B, {', '.join(map(str, self._shapes[name]))}]"
                                  f"; got shape {list(x.shape)}")
+            N.check_steps(name, x.shape)
         state = self._start(dict(state or {}), inputs[0])
         if self.multi_step:
             values = dict(zip(self._inputs, inputs))
