@@ -236,6 +236,15 @@ def test_non_affine_ops_are_reported(op, flagged):
     assert any("non-affine" in w.detail for w in compiled.report.warnings) == flagged, str(compiled.report)
 
 
+@pytest.mark.parametrize("op,named", [(torch.nn.ReLU(), "ReLU `op`"), (lambda h: h.exp(), "exp (node `exp")])
+def test_a_non_affine_op_is_named_as_the_model_names_it(op, named):
+    """The warning names a module by its class and attribute path, a function by its name and
+    node, and says what keeps the rate gradient consistent."""
+    compiled = snnopt.compile(Between(op), mode="rate", example_inputs=(spikes((5, 2, 12)),))
+    warning = next(w.detail for w in compiled.report.warnings if "non-affine" in w.detail)
+    assert f"non-affine op {named}" in warning and "average instead of max pooling" in warning
+
+
 class Masked(torch.nn.Module):
     """``h * mask`` between neurons: a mask made from the data's shape only (a dropout mask
     kept for the sequence) is affine; ``gated`` multiplies two spike tensors instead."""

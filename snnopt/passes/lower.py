@@ -213,6 +213,13 @@ def non_affine_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     return found
 
 
+def _op_name(gm: fx.GraphModule, n: fx.Node) -> str:
+    """How a warning names node ``n``: ``MaxPool2d `pool``` for a module, else ``relu (node `relu_1`)``."""
+    if n.op == "call_module":
+        return f"{type(gm.get_submodule(n.target)).__name__} `{n.target}`"
+    return f"{_name(n)} (node `{n.name}`)"
+
+
 def _name(n: fx.Node) -> str:
     return n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
 
@@ -260,8 +267,10 @@ def _lower_rate_stats(gm, b: Builder):
     for n in non_affine_nodes(gm):
         if not n.meta.get("snn_non_affine_noted"):
             n.meta["snn_non_affine_noted"] = True
-            notes.append(Note("warning", n.name, f"non-affine op `{n.name}` between neurons breaks the rate "
-                                                 f"approximation (value and gradient no longer consistent)"))
+            notes.append(Note("warning", n.name, f"non-affine op {_op_name(gm, n)} between neurons breaks the rate "
+                                                 f"approximation (value and gradient no longer consistent); an "
+                                                 f"affine op in its place (average instead of max pooling, no "
+                                                 f"activation between synapses) or dense / sparse mode keeps them so"))
     return PassResult(gm, modified, notes)
 
 
