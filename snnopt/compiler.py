@@ -8,6 +8,7 @@ import torch
 from torch import fx, nn
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_map
 
+from . import kernels
 from .frontend.registry import UnsupportedNeuron, adapter_for
 from .frontend.tracer import TraceFailure, complete_inputs, trace
 from .passes import (PassError, PassManager, canonicalize_neurons, dce, lower_rate_pass, mark_binary_inputs, pipeline,
@@ -141,6 +142,38 @@ def _time_mean(x: torch.Tensor) -> torch.Tensor:
     if not (x.is_floating_point() or x.is_complex()):
         x = x.to(torch.get_default_dtype())
     return x.mean(0, keepdim=True)
+
+
+def _check_sequence_inputs(gm: fx.GraphModule, inputs) -> None:
+    """Rate mode averages every tensor input over time: each must be a time-major sequence
+    with the first one's ``[T, B]``, and none may reach a neuron's initial state (the rate
+    pass starts every neuron from rest)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    seq = next(x for x in inputs if isinstance(x, torch.Tensor))
+    for node, x in zip(placeholders, inputs):
+        if not isinstance(x, torch.Tensor) or x is seq:
+            continue
+        if x.dim() < 2 or x.shape[:2] != seq.shape[:2]:
+            raise RateUnsupported(f"input `{node.name}` of shape {list(x.shape)} is not a time-major sequence with "
+                                  f"the first input's [T, B] = {list(seq.shape[:2])}; the rate pass averages every "
+                                  f"tensor input over time")
+        state_of = _feeds_neuron_state(node)
+        if state_of is not None:
+            raise RateUnsupported(f"input `{node.name}` sets the initial state of `{state_of}`; the rate pass "
+                                  f"starts every neuron from rest")
+
+
+def _feeds_neuron_state(node: fx.Node) -> str | None:
+    """The module of a neuron whose initial state (``v0`` / ``i0``) depends on ``node``, if any."""
+    seen, queue = {node}, [node]
+    for n in queue:
+        for user in n.users:
+            if user.target in (kernels.neuron_scan, kernels.neuron_rate_stats) and any(a in seen for a in user.args[1:3]):
+                return user.meta.get("snn_module", user.name)
+            if user not in seen:
+                seen.add(user)
+                queue.append(user)
+    return None
 
 
 class _Attach(torch.autograd.Function):
@@ -309,9 +342,7 @@ class CompiledSNN(nn.Module):
         if per_step is not None:
             raise RateUnsupported(f"`{per_step.meta.get('snn_module', per_step.name)}` stays per-step: "
                                   f"{per_step.meta['snn_per_step_reason']}")
-        if sum(isinstance(x, torch.Tensor) for x in inputs) > 1:
-            raise RateUnsupported("the model takes more than one tensor input (an initial state, say); the rate "
-                                  "pass averages its one time-major input over time")
+        _check_sequence_inputs(gm_T, inputs)
         ones = tuple(_time_mean(x[:1]) if isinstance(x, torch.Tensor) else x for x in inputs)
         try:
             gm1, _ = trace(self._source, ones)

@@ -212,13 +212,44 @@ def test_rate_mode_leaves_a_model_without_neurons_to_dense_mode():
         torch.testing.assert_close(got[name], ref[name])
 
 
-def test_rate_mode_with_a_state_input_falls_back():
+@pytest.mark.parametrize("T,B,why", [(8, 3, "is not a time-major sequence"),
+                                     (9, 9, "sets the initial state of `lif`")])  # [B, N] looks like [T, B]
+def test_rate_mode_with_a_state_input_falls_back(T, B, why):
     torch.manual_seed(7)
-    model, x = OptionalState(), spikes((8, 3, 12))
-    v = torch.rand(3, 9)
+    model, x = OptionalState(), spikes((T, B, 12))
+    v = torch.rand(B, 9)
     compiled = snnopt.compile(model, mode="rate", example_inputs=(x, v))
-    assert "more than one tensor input" in compiled.report.fallback
+    assert why in compiled.report.fallback
     assert torch.equal(compiled(x, v)[0], model(x, v)[0])
+
+
+class TwoStreams(nn.Module):
+    """Two time-major spike inputs summed into one population (e.g. two sensors)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(12, 16), nn.Linear(6, 16)
+        self.lif, self.out = snn.LIF(0.9), nn.Linear(16, 4)
+
+    def forward(self, x, y):
+        return self.out(self.lif(3 * self.a(x) + 3 * self.b(y)))
+
+
+def test_rate_mode_averages_every_sequence_input():
+    """Each time-major input is averaged over time for the rate pass: at T = 1 the gradients
+    are BPTT's (for both inputs' weights), at T = 8 the output is the model's."""
+    torch.manual_seed(8)
+    model = TwoStreams()
+    for T in (1, 8):
+        x, y = spikes((T, 5, 12), seed=T), spikes((T, 5, 6), seed=T + 1)
+        compiled = snnopt.compile(model, mode="rate", example_inputs=(x, y))
+        out = compiled(x, y)
+        assert compiled.report.fallback is None and torch.equal(out, model(x, y))
+        got, ref = grads_of(model, out), grads_of(model, model(x, y))
+        assert got["b.weight"].abs().sum() > 0
+        if T == 1:
+            for name in ref:
+                torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=1e-6)
 
 
 def test_rate_mode_still_runs_time_major_models():
