@@ -10,6 +10,10 @@ with the threshold) and state ``v_t`` carried to the next step:
                I_t = i_{t-1} + x_t,  i_t = alpha * I_t,   in_t = scale * I_t
     no current (lif, if, li):                             in_t = scale * x_t
     charge:    h_t = beta * v_{t-1} + (1 - beta) * v_rest + in_t          (if: beta = 1)
+    integration == "euler" (Norse's Euler step of the ODE, in its order of float operations;
+    beta = 1 - scale, reset_timing "same"):
+               h_t = v_{t-1} + scale * ((v_rest - v_{t-1}) + I_t)  with I_t = x_t without a current,
+               and the carried current i_t = I_t + (alpha - 1) * I_t  (current_decay "after")
     fire:      s_t = H(h_t - threshold)      with H(0) = 1 iff fire == ">="
     li, cuba_li: no spike; the output and the state are h_t
 
@@ -57,6 +61,7 @@ KINDS = ("lif", "cuba_lif", "if", "li", "cuba_li")
 RESETS = ("subtract", "zero", "none")
 TIMINGS = ("same", "next", "same_pending")
 CURRENT_DECAYS = ("before", "after")
+INTEGRATIONS = ("decay", "euler")
 FIRES = (">", ">=")
 
 
@@ -89,6 +94,7 @@ class NeuronSpec(KindTraits):
     detach_reset: bool = False
     reset_discards_input: bool = False
     current_decay: str = "before"
+    integration: str = "decay"
     surrogate: _surrogate.Surrogate = field(default_factory=_surrogate.atan)
     learnable: frozenset = frozenset()
     param_attrs: tuple = ()
@@ -96,9 +102,12 @@ class NeuronSpec(KindTraits):
     def __post_init__(self):
         for name, value, allowed in (("kind", self.kind, KINDS), ("reset", self.reset, RESETS),
                                      ("reset_timing", self.reset_timing, TIMINGS), ("fire", self.fire, FIRES),
-                                     ("current_decay", self.current_decay, CURRENT_DECAYS)):
+                                     ("current_decay", self.current_decay, CURRENT_DECAYS),
+                                     ("integration", self.integration, INTEGRATIONS)):
             if value not in allowed:
                 raise ValueError(f"NeuronSpec.{name} must be one of {allowed}, got {value!r}")
+        if self.integration == "euler":
+            self._check_euler()
         if self.has_current and self.alpha is None and "alpha" not in dict(self.param_attrs):
             raise ValueError(f"a {self.kind} NeuronSpec needs alpha (a float or a tensor attribute)")
         if self.reset_discards_input and not (self.reset == "zero" and self.reset_timing != "same"):
@@ -107,6 +116,23 @@ class NeuronSpec(KindTraits):
         if unknown:
             raise ValueError(f"NeuronSpec.learnable may hold beta, alpha, threshold; got {sorted(unknown)}")
 
+    def _check_euler(self) -> None:
+        """The Euler form is Norse's: a leaky kind, ``beta = 1 - scale``, a same-step reset, a
+        current decayed after use (by a constant ``alpha``, see :meth:`op_config`), nothing learnable."""
+        problems = []
+        if self.kind not in ("lif", "cuba_lif", "li", "cuba_li"):
+            problems.append(f"kind {self.kind!r} (a leaky kind is needed)")
+        if self.beta is not None and self.beta != 1 - self.scale:
+            problems.append(f"beta {self.beta} (1 - scale = {1 - self.scale} is needed)")
+        if self.has_current and self.current_decay != "after":
+            problems.append("current_decay 'before' (a current decayed after use is needed)")
+        if self.spiking and self.reset_timing != "same":
+            problems.append(f"reset_timing {self.reset_timing!r} ('same' is needed)")
+        if self.learnable:
+            problems.append("learnable parameters")
+        if problems:
+            raise ValueError(f"NeuronSpec integration 'euler' does not apply to {'; '.join(problems)}")
+
     @property
     def config(self) -> "Config":
         return Config(self.op_config())
@@ -114,12 +140,21 @@ class NeuronSpec(KindTraits):
     def op_config(self) -> list:
         """The ``float[] cfg`` argument of the ``snnopt`` neuron ops:
         ``[kind, reset, timing, fire_ge, detach_reset, surrogate, surrogate_param,
-        scale, v_reset, v_rest, reset_discards_input, current_decay]`` (codes are
-        indices into KINDS, RESETS, TIMINGS, CURRENT_DECAYS and :data:`snnopt.surrogate.NAMES`)."""
+        scale, v_reset, v_rest, reset_discards_input, current_decay, integration, syn_rate]``
+        (codes are indices into KINDS, RESETS, TIMINGS, CURRENT_DECAYS, INTEGRATIONS and
+        :data:`snnopt.surrogate.NAMES`; ``syn_rate = alpha - 1``, exact in double, is the Euler
+        form's current decay, 0 otherwise)."""
+        syn_rate = 0.0
+        if self.integration == "euler" and self.has_current:
+            if self.alpha is None:
+                raise ValueError("NeuronSpec integration 'euler' needs a constant alpha (the op config holds its "
+                                 "current decay alpha - 1)")
+            syn_rate = self.alpha - 1.0
         return [float(v) for v in (KINDS.index(self.kind), RESETS.index(self.reset),
                                    TIMINGS.index(self.reset_timing), self.fire == ">=", self.detach_reset,
                                    self.surrogate.code, self.surrogate.param, self.scale, self.v_reset,
-                                   self.v_rest, self.reset_discards_input, CURRENT_DECAYS.index(self.current_decay))]
+                                   self.v_rest, self.reset_discards_input, CURRENT_DECAYS.index(self.current_decay),
+                                   INTEGRATIONS.index(self.integration), syn_rate)]
 
     def describe(self) -> str:
         def num(v):
@@ -138,6 +173,8 @@ class NeuronSpec(KindTraits):
             parts.append(f"current_decay={self.current_decay}")
         if self.scale != 1.0:
             parts.append(f"scale={self.scale:g}")
+        if self.integration != "decay":
+            parts.append(f"integration={self.integration}")
         if "input_scale" in dict(self.param_attrs):
             parts.append("input_scale=tensor")
         if self.learnable:
@@ -149,16 +186,17 @@ class Config(KindTraits):
     """The decoded ``cfg`` argument of the neuron ops (inverse of :meth:`NeuronSpec.op_config`)."""
 
     __slots__ = ("kind", "reset", "timing", "fire_ge", "detach", "sg_code", "sg_param", "scale", "v_reset", "v_rest",
-                 "discards_input", "current_decay", "values")
+                 "discards_input", "current_decay", "euler", "syn_rate", "values")
 
     def __init__(self, cfg):
         self.values = [float(v) for v in cfg]
         (kind, reset, timing, fire_ge, detach, sg_code, sg_param, scale, v_reset, v_rest, discards,
-         current_decay) = cfg
+         current_decay, integration, syn_rate) = cfg
         self.kind, self.reset, self.timing = KINDS[int(kind)], RESETS[int(reset)], TIMINGS[int(timing)]
         self.fire_ge, self.detach, self.sg_code, self.sg_param = bool(fire_ge), bool(detach), int(sg_code), sg_param
         self.scale, self.v_reset, self.v_rest = scale, v_reset, v_rest
         self.discards_input, self.current_decay = bool(discards), CURRENT_DECAYS[int(current_decay)]
+        self.euler, self.syn_rate = INTEGRATIONS[int(integration)] == "euler", syn_rate
 
     @property
     def generic(self) -> bool:

@@ -95,6 +95,33 @@ def test_norse_cells(tmp_path, float64):
     _assert_round_trip(model, spikes((100, 3, 12), p=0.3).double(), tmp_path / "norse.nir", dt=1e-3)
 
 
+def test_norse_euler_form_exports_and_quantizes(tmp_path, float64):
+    """Norse's neurons compile in the Euler form; export writes the decay form every format
+    states (the same spikes), and the hardware passes, which rescale the decays, take it."""
+    norse = pytest.importorskip("norse.torch")
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif = nn.Linear(12, 16), norse.LIFCell(norse.LIFParameters(v_th=torch.as_tensor(0.3)))
+
+        def forward(self, x):
+            s, out = None, []
+            for t in range(x.shape[0]):
+                z, s = self.lif(self.fc(x[t]), s)
+                out.append(z)
+            return torch.stack(out)
+
+    torch.manual_seed(3)
+    model = _scaled(Net(), 20.0)
+    x = spikes((60, 3, 12), p=0.3).double()
+    _assert_round_trip(model, x, tmp_path / "lif.nir", dt=1e-3)
+    for suffix in ("onnx", "json"):
+        snnopt.export(model, tmp_path / f"lif.{suffix}", dt=1e-3, example_inputs=(x,))
+    quantized = snnopt.export.quantize(model, "loihi2", example_inputs=(x,))
+    assert all(n.spec.integration == "decay" for n in quantized.nodes.values() if hasattr(n, "spec"))
+
+
 def test_spikingjelly_multi_step_conv_wrappers(tmp_path, float64):
     pytest.importorskip("spikingjelly")
     from spikingjelly.activation_based import functional, layer, neuron

@@ -387,6 +387,27 @@ def test_norse_conv():
     check(NorseConv().double(), spikes((10, 2, 1, 14, 14), dtype=torch.float64))
 
 
+@pytest.mark.parametrize("model", ["mlp", "mlp_box", "conv"])
+def test_norse_float32_forward_is_bit_for_bit(model):
+    """In float32 too: the Euler form rounds as Norse does (outputs, LI membranes included, equal)."""
+    torch.manual_seed(6)
+    if model == "conv":
+        check(NorseConv(), spikes((10, 2, 1, 14, 14)))
+    else:
+        check(NorseMLP(box=model == "mlp_box"), spikes((40, 3, 20)))
+
+
+def test_norse_box_cells_match_under_bfloat16_autocast():
+    """Under autocast ``LIFBoxCell`` and ``LICell`` run in bfloat16 and the compiled Euler form
+    rounds as they do (``LIFCell`` turns its state to float32 instead, see the README)."""
+    torch.manual_seed(7)
+    model, x = NorseMLP(box=True), spikes((30, 3, 20))
+    compiled = snnopt.compile(model, example_inputs=(x,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, out = model(x), compiled(x)
+    assert out.dtype == torch.bfloat16 and torch.equal(out.float(), ref.float())
+
+
 def test_norse_trained_parameter_stays_eager_with_its_gradient():
     torch.manual_seed(6)
     v_th = nn.Parameter(torch.tensor(0.3))

@@ -15,7 +15,8 @@ from snnopt import kernels
 from snnopt.kernels import native
 from snnopt.kernels.reference import dense as ref_dense
 from snnopt.kernels.reference import sparse as ref_sparse
-from snnopt.spec import Config
+from snnopt.nn.functional import neuron_step
+from snnopt.spec import Config, NeuronSpec
 
 from .devices import DEVICES
 from .models import MLP, ConvNet, spikes
@@ -66,6 +67,47 @@ def test_dense_scan_matches_reference(kind, reset, timing, detach, decay, dtype,
     args = (g_out, g_v, g_i, g_vseq, ref[4], ref[5], v0, i0, beta, alpha, th, cfg, needs)
     for a, b in zip(native.scan_backward(*args), ref_dense.scan_backward(*args)):
         close(a, b, 1e-4 if dtype == torch.float32 else 1e-10)
+
+
+EULER = [("lif", "zero"), ("lif", "subtract"), ("cuba_lif", "zero"), ("li", "none"), ("cuba_li", "none")]
+
+
+@pytest.mark.parametrize("kind,reset", EULER)
+@pytest.mark.parametrize("device", DEVICES)
+def test_euler_form_matches_reference_and_eager_step(kind, reset, device):
+    """Norse's Euler form (``integration="euler"``): the kernel's forward equals the reference's
+    and the eager step's bit for bit in float32, its gradients the reference's."""
+    k, ks = float(torch.tensor(0.13)), float(torch.tensor(-0.21))  # float32 values, as Norse rounds them
+    cuba, spiking = kind.startswith("cuba"), not kind.endswith("li")
+    spec = NeuronSpec(kind=kind, beta=1 - k, scale=k, alpha=1 + ks if cuba else None, current_decay="after",
+                      integration="euler", reset=reset, v_rest=float(torch.tensor(0.05)),
+                      v_reset=float(torch.tensor(0.1)) if reset == "zero" else 0.0)
+    cfg = Config(spec.op_config())
+    g = torch.Generator().manual_seed(7)
+    x, v0, i0 = (randn(s, g, torch.float32, device) for s in ((11, 3, 9), (3, 9), (3, 9)))
+    i0 = i0 if cuba else None
+    beta, alpha, th = (None if v is None else torch.tensor(v, dtype=torch.float64, device=device)
+                       for v in (1 - k, 1 + ks if cuba else None, 0.8 if spiking else None))
+    ref = ref_dense.scan_forward(x, v0, i0, beta, alpha, th, cfg, save=True, record=True)
+    got = native.scan_forward(x, v0, i0, beta, alpha, th, cfg, save=True, record=True)
+    assert all(same(a, b) for a, b in zip(got, ref))
+    leaves = [t.requires_grad_() for t in (x, v0, i0) if t is not None]
+    v, i, outs = v0, i0, []
+    for t in range(x.shape[0]):
+        o, v, i = neuron_step(x[t], v, i, beta.float(), None if alpha is None else alpha.float(),
+                              None if th is None else th.float(), cfg)
+        outs.append(o)
+    assert torch.equal(torch.stack(outs), ref[0]) and torch.equal(v, ref[1])
+    g_out, g_v = randn(x.shape, g, x.dtype, device), randn(x.shape[1:], g, x.dtype, device)
+    g_i = randn(x.shape[1:], g, x.dtype, device) if cuba else None
+    loss = (torch.stack(outs) * g_out).sum() + (v * g_v).sum() + ((i * g_i).sum() if cuba else 0)
+    want = torch.autograd.grad(loss, leaves)
+    args = (g_out, g_v, g_i, None, ref[4], ref[5], v0, i0, beta, alpha, th, cfg, [True, True, cuba] + [False] * 3)
+    got = native.scan_backward(*args)
+    for a, b in zip(got, ref_dense.scan_backward(*args)):
+        close(a, b, 1e-4)
+    for a, b in zip(got, want):  # autograd through the eager Euler step
+        close(a, b, 1e-4)
 
 
 COMMON = [(k, r, t, d, sg) for k in ("lif", "if") for r in ("subtract", "zero") for t in ("same", "next")

@@ -95,3 +95,31 @@ def test_recurrent_stays_eager_with_a_reason_and_rejects_bad_parts():
         Recurrent(LIF(0.9), nn.Linear(6, 5))
     with pytest.raises(TypeError, match="spiking"):
         Recurrent(snnopt.nn.LI(0.9), nn.Linear(6, 6))
+
+
+@pytest.mark.parametrize("fields,problem", [
+    (dict(kind="if", beta=1.0, scale=0.1), "kind 'if'"),
+    (dict(kind="lif", beta=0.5, scale=0.1), "1 - scale"),
+    (dict(kind="cuba_lif", beta=0.9, scale=0.1, alpha=0.8), "current_decay 'before'"),
+    (dict(kind="lif", beta=0.9, scale=0.1, reset_timing="next"), "reset_timing 'next'"),
+    (dict(kind="lif", beta=0.9, scale=0.1, learnable=frozenset({"threshold"})), "learnable"),
+])
+def test_euler_integration_is_refused_where_it_is_not_norse_form(fields, problem):
+    """``integration="euler"`` is Norse's step; a spec it cannot describe is a ValueError
+    naming what is wrong, while a Norse-form spec builds and runs as a module."""
+    with pytest.raises(ValueError, match=f"integration 'euler' does not apply to .*{problem}"):
+        NeuronSpec(integration="euler", **fields)
+    spec = NeuronSpec(kind="cuba_lif", beta=1 - 0.125, scale=0.125, alpha=0.75, current_decay="after",
+                      integration="euler", v_rest=0.25, reset="zero")
+    assert "integration=euler" in spec.describe()
+    x = 4 * spikes((6, 2, 5))
+    v, i, outs = torch.full((2, 5), 0.25), torch.zeros(2, 5), []
+    for t in range(6):  # Norse's LIF step with dt * tau_mem_inv = 0.125, dt * tau_syn_inv = 0.25
+        i = i + x[t]
+        h = v + 0.125 * ((0.25 - v) + i)
+        i = i + -0.25 * i
+        s = (h > 1.0).float()
+        v = (1 - s) * h
+        outs.append(s)
+    out = Neuron(spec)(x, (torch.zeros(2, 5), torch.full((2, 5), 0.25)))  # state (i, v)
+    assert torch.equal(out, torch.stack(outs)) and out.any()

@@ -15,7 +15,9 @@ the current decayed after use (``current_decay="after"``), same-step reset.  The
 is the module's NamedTuple (``LIFFeedForwardState(v, i)``, ...), passed explicitly; a call
 without one starts from Norse's initial state (``v = v_leak`` or ``v_reset``, ``i = 0``).
 Norse's ``super`` threshold has the gradient ``1 / (|u| + 1)^2`` whatever its ``alpha``
-(``fast_sigmoid(1)``).  The forward equals Norse's up to float rounding.  Stays eager,
+(``fast_sigmoid(1)``).  The leaky kinds use the spec's ``integration="euler"``, Norse's
+order of float operations (``k`` and ``dt * tau_syn_inv`` rounded in the parameters' dtype
+as Norse rounds them), so the forward equals Norse's bit for bit.  Stays eager,
 with the reason: other threshold methods, per-neuron parameter tensors, sparse inputs.
 """
 
@@ -63,7 +65,7 @@ def _spiking(p) -> dict:
 
 def _leak(m) -> dict:
     k = float(m.dt * _param(m.p, "tau_mem_inv"))  # rounded in the parameter's dtype, as Norse computes it
-    return dict(beta=1 - k, scale=k, v_rest=_float(m.p, "v_leak"))
+    return dict(beta=1 - k, scale=k, v_rest=_float(m.p, "v_leak"), integration="euler")
 
 
 def _current(m) -> dict:

@@ -23,13 +23,13 @@ def neuron_step(x: torch.Tensor, v: torch.Tensor | None, i: torch.Tensor | None,
         i = zeros if i is None else i
         if cfg.current_decay == "after":
             total = i + x
-            i = alpha * total
+            i = total + total.new_tensor(cfg.syn_rate) * total if cfg.euler else alpha * total
         else:
             total = alpha * i + x
             i = total
-        inp = cfg.scale * total if cfg.scale != 1.0 else total
+        inp = cfg.scale * total if cfg.scale != 1.0 and not cfg.euler else total
     else:
-        inp = cfg.scale * x if cfg.scale != 1.0 else x
+        inp = cfg.scale * x if cfg.scale != 1.0 and not cfg.euler else x
 
     def spike(u):
         return SpikeFunction.apply(u, cfg.sg_code, cfg.sg_param, cfg.fire_ge)
@@ -40,11 +40,16 @@ def neuron_step(x: torch.Tensor, v: torch.Tensor | None, i: torch.Tensor | None,
         out = beta * u
         return out + (1 - beta) * cfg.v_rest if cfg.v_rest != 0.0 else out
 
+    def charge(u):  # the same-step charge; the Euler form's constants in the input's dtype (as Norse's)
+        if not cfg.euler:
+            return leak(u) + inp
+        return u + inp.new_tensor(cfg.scale) * ((inp.new_tensor(cfg.v_rest) - u) + inp)
+
     if not cfg.spiking:
-        h = leak(v) + inp
+        h = charge(v)
         return h, h, i
     if cfg.timing == "same":
-        h = leak(v) + inp
+        h = charge(v)
         s = spike(h - threshold)
         sr = s.detach() if cfg.detach else s
         if cfg.reset == "subtract":

@@ -92,8 +92,14 @@ class _Neuron(nn.Module):
     def _drive(self, x):
         return x
 
+    def _config(self):
+        """The step's op config: the structure's (no parameter value read, so no device sync),
+        or the full spec's for the Euler form, whose config holds the constant alpha."""
+        structure = self._structure()
+        return (self.spec() if structure.integration == "euler" else structure).config
+
     def forward(self, x, state=None):
-        spec = self._structure().config
+        spec = self._config()
         x = self._drive(x)
         if self.multi_step:
             if x.dim() < 3:

@@ -11,6 +11,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -42,6 +44,8 @@ struct Cfg {
   int sg;
   double sg_param, scale, v_reset, v_rest;
   bool discards_input, decay_after;
+  bool euler;       // Norse's Euler step (snnopt.spec: integration "euler")
+  double syn_rate;  // its current decay alpha - 1
 
   SNN_HD bool spiking() const { return kind != LI && kind != CUBA_LI; }
   SNN_HD bool has_current() const { return kind == CUBA_LIF || kind == CUBA_LI; }
@@ -50,7 +54,13 @@ struct Cfg {
   // Dynamics the kernels do not cover (the reference differentiates them with autograd).
   SNN_HD bool generic() const { return timing == SAME_PENDING || discards_input; }
 
+  static constexpr size_t kSize = 14;  // the length of NeuronSpec.op_config()
+
   static Cfg from(const std::vector<double>& v) {
+    if (v.size() != kSize) {
+      throw std::invalid_argument("snnopt: cfg must hold " + std::to_string(kSize) + " values, got " +
+                                  std::to_string(v.size()));
+    }
     Cfg c;
     c.kind = static_cast<int>(v[0]);
     c.reset = static_cast<int>(v[1]);
@@ -64,6 +74,8 @@ struct Cfg {
     c.v_rest = v[9];
     c.discards_input = v[10] != 0.0;
     c.decay_after = v[11] != 0.0;
+    c.euler = v[12] != 0.0;
+    c.syn_rate = v[13];
     return c;
   }
 };
@@ -80,6 +92,7 @@ struct Fixed {
     if (TIMING >= 0) c.timing = TIMING;
     if (SG >= 0) c.sg = SG;
     if (KIND >= 0) c.discards_input = false;
+    if (KIND >= 0) c.euler = false;
     return c;
   }
 };
@@ -89,7 +102,7 @@ using Runtime = Fixed<-1, -1, -1, -1>;
 template <class F>
 void with_common(const Cfg& c, bool uses_sg, F&& f) {
   const bool common = (c.kind == LIF || c.kind == IF) && (c.reset == SUBTRACT || c.reset == ZERO) &&
-                      (c.timing == SAME || c.timing == NEXT) && !c.discards_input &&
+                      (c.timing == SAME || c.timing == NEXT) && !c.discards_input && !c.euler &&
                       (!uses_sg || c.sg == ATAN || c.sg == FAST_SIGMOID);
   if (!common) return f(Runtime{});
   auto by_sg = [&](auto kind, auto reset, auto timing) {
@@ -111,8 +124,8 @@ void with_common(const Cfg& c, bool uses_sg, F&& f) {
 }
 
 // Calls f(Fixed<...>{}) for the common configurations (lif / if, subtract or zero reset,
-// same or next step, atan or fast-sigmoid surrogate when `uses_sg`) and f(Runtime{})
-// otherwise.  Without Specialise (e.g. float64, which is not worth the code) only
+// same or next step, atan or fast-sigmoid surrogate when `uses_sg`, not the Euler form) and
+// f(Runtime{}) otherwise.  Without Specialise (e.g. float64, which is not worth the code) only
 // f(Runtime{}) is instantiated.
 template <bool Specialise, class F>
 void with_fixed(const Cfg& c, bool uses_sg, F&& f) {
@@ -181,7 +194,7 @@ template <typename T>
 SNN_HD T current_step(const Cfg& c, T& i, T x, T alpha) {
   if (c.decay_after) {
     const T total = i + x;
-    i = alpha * total;
+    i = c.euler ? total + T(c.syn_rate) * total : alpha * total;
     return total;
   }
   const T total = alpha * i + x;
@@ -212,9 +225,17 @@ SNN_HD T post_reset(const Cfg& c, T h, T s, T theta) {
   return h * (T(1) - s) + T(c.v_reset) * s;
 }
 
-// Membrane h_t from the carried state v (h_{t-1} for next-step reset, p_{t-1} otherwise).
+// The scaled input in_t from I_t (the Euler form scales inside the charge).
+template <typename T>
+SNN_HD T scaled_input(const Cfg& c, T total) {
+  return c.euler || c.scale == 1.0 ? total : T(c.scale) * total;
+}
+
+// Membrane h_t from the carried state v (h_{t-1} for next-step reset, p_{t-1} otherwise)
+// and in_t (I_t itself in the Euler form: h = v + scale ((v_rest - v) + I)).
 template <typename T>
 SNN_HD T charge(const Cfg& c, T v, T b, T cc, T inp, T theta) {
+  if (c.euler) return v + T(c.scale) * ((T(c.v_rest) - v) + inp);
   if (!c.next()) return b * v + cc + inp;
   const T s_prev = heaviside(v - theta, c.fire_ge);
   if (c.reset == SUBTRACT) return b * v + cc + inp - theta * s_prev;

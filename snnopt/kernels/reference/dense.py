@@ -28,6 +28,9 @@ With ``gI_t`` = dL/dI_t and ``D_t`` = dL/d(carried i_t) (``D_{T-1}`` = dL/di_T):
 
 and ``dL/dx_t = gI_t``, ``dL/di_0 = D_{-1}``.
 
+The Euler form (``cfg.euler``, Norse) charges ``h_t = v + scale ((v_rest - v) + I_t)`` and
+carries ``I_t + (alpha - 1) I_t``: the derivatives above (``b = 1 - scale``), Norse's rounding.
+
 The saved tensors are the membrane sequence ``h`` and, for current kinds, ``I``;
 spikes and surrogate values are recomputed from them in the backward.
 """
@@ -62,7 +65,7 @@ def current_step(i, x, alpha, cfg: Config):
     """``(I_t, carried i_t)`` of the synaptic current filter."""
     if cfg.current_decay == "after":
         total = i + x
-        return total, alpha * total
+        return total, (total + total.new_tensor(cfg.syn_rate) * total) if cfg.euler else alpha * total
     total = alpha * i + x
     return total, total
 
@@ -128,17 +131,20 @@ def scan_forward(x, v0, i0, beta, alpha, theta, cfg: Config, save: bool, record:
             inp, cur = current_step(cur, inp, alpha, cfg)
             if save:
                 iseq[t] = inp
-        if cfg.scale != 1.0:
+        if cfg.euler:  # constants in the input's dtype, as Norse's 0-d parameter tensors enter
+            h = v + inp.new_tensor(cfg.scale) * ((inp.new_tensor(cfg.v_rest) - v) + inp)
+        elif cfg.scale != 1.0:
             inp = cfg.scale * inp
         if not cfg.spiking:
-            v = b * v + c + inp
+            v = h if cfg.euler else b * v + c + inp
             out[t] = v
             if save:
                 hs[t] = v
             if record:
                 vseq[t] = v
             continue
-        h = next_charge(v, b, c, inp, theta, cfg) if cfg.timing == "next" else b * v + c + inp
+        if not cfg.euler:
+            h = next_charge(v, b, c, inp, theta, cfg) if cfg.timing == "next" else b * v + c + inp
         s = heaviside(h - theta, cfg.fire_ge)
         out[t] = s
         if save:

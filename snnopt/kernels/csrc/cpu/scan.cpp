@@ -97,14 +97,13 @@ inline T forward_step(const Cfg& c, const Params<T>& p, int64_t m, T x, T& v, T&
     total = current_step(c, i, x, p.alp(m));
     inp = total;
   }
-  inp = T(c.scale) * inp;  // exact for scale 1, so no branch
+  if (!c.euler) inp = T(c.scale) * inp;  // exact for scale 1, so no branch on it
   const T theta = p.th(m);
+  h = charge(c, v, p.beta(m), p.leak(m), inp, theta);
   if (!c.spiking()) {
-    v = p.beta(m) * v + p.leak(m) + inp;
-    h = v;
+    v = h;
     return v;
   }
-  h = charge(c, v, p.beta(m), p.leak(m), inp, theta);
   const T s = heaviside(h - theta, c.fire_ge);
   v = c.next() ? h : post_reset(c, h, s, theta);
   return s;

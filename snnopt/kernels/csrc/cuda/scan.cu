@@ -97,7 +97,7 @@ struct Neuron {
       inp = current_step(c, i, x, alpha);
       total = inp;
     }
-    if (c.scale != 1.0) inp = T(c.scale) * inp;
+    inp = scaled_input(c, inp);
     if (discards(c)) {
       const T r = heaviside(v - theta, c.fire_ge);
       const T h = b * v + cc + inp;
@@ -474,11 +474,6 @@ __global__ void __launch_bounds__(kThreads, kBackBlocks<T>)
 
 unsigned int blocks(int64_t n) { return static_cast<unsigned int>((n + kThreads - 1) / kThreads); }
 
-Cfg config(const std::vector<double>& cfg) {
-  TORCH_CHECK(cfg.size() == 12, "snnopt: cfg must hold 12 values, got ", cfg.size());
-  return Cfg::from(cfg);
-}
-
 template <typename T>
 const T* cptr(const at::Tensor& t) {
   return t.numel() ? t.const_data_ptr<T>() : nullptr;
@@ -563,7 +558,7 @@ cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
 std::vector<at::Tensor> dense_forward(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& i0,
                                       const at::Tensor& b, const at::Tensor& cc, const at::Tensor& alpha,
                                       const at::Tensor& theta, const std::vector<double>& cfg, bool save, bool record) {
-  const Cfg c = config(cfg);
+  const Cfg c = Cfg::from(cfg);
   TORCH_CHECK(!c.generic(),
               "snnopt.cuda.dense_forward: same_pending timing and input-discarding resets are not "
               "covered by the dense kernels");
@@ -591,7 +586,7 @@ std::vector<at::Tensor> dense_backward(const at::Tensor& g_out, const at::Tensor
                                        const at::Tensor& v0, const at::Tensor& i0, const at::Tensor& b,
                                        const at::Tensor& alpha, const at::Tensor& theta, const std::vector<double>& cfg,
                                        const std::vector<bool>& needs) {
-  const Cfg c = config(cfg);
+  const Cfg c = Cfg::from(cfg);
   TORCH_CHECK(!c.generic(),
               "snnopt.cuda.dense_backward: same_pending timing and input-discarding resets are not "
               "covered by the dense kernels");
@@ -646,7 +641,7 @@ std::vector<at::Tensor> dense_backward(const at::Tensor& g_out, const at::Tensor
 std::vector<at::Tensor> rate_stats(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& i0, const at::Tensor& b,
                                    const at::Tensor& cc, const at::Tensor& alpha, const at::Tensor& theta,
                                    const std::vector<double>& cfg, bool record) {
-  const Cfg c = config(cfg);
+  const Cfg c = Cfg::from(cfg);
   TORCH_CHECK(!c.generic(),
               "snnopt.cuda.rate_stats: same_pending timing and input-discarding resets are not "
               "covered by the rate kernel");
@@ -672,7 +667,7 @@ std::vector<at::Tensor> sparse_forward(const at::Tensor& x, const at::Tensor& v0
                                        const at::Tensor& b, const at::Tensor& cc, const at::Tensor& alpha,
                                        const at::Tensor& theta, const std::vector<double>& cfg, double band, bool save,
                                        bool record) {
-  const Cfg c = config(cfg);
+  const Cfg c = Cfg::from(cfg);
   TORCH_CHECK(c.timing != SAME_PENDING, "snnopt.cuda.sparse_forward: same_pending timing is not covered");
   const c10::cuda::CUDAGuard guard(x.device());
   const Scan s(x, v0, i0, b, cc, alpha, theta, c, c.spiking() || save);
@@ -727,7 +722,7 @@ std::vector<at::Tensor> sparse_backward(const at::Tensor& g_out, const at::Tenso
                                         const at::Tensor& sg, const at::Tensor& gates, const at::Tensor& b,
                                         const at::Tensor& alpha, const std::vector<double>& cfg, int64_t steps,
                                         int64_t states, const std::vector<bool>& needs) {
-  const Cfg c = config(cfg);
+  const Cfg c = Cfg::from(cfg);
   TORCH_CHECK(c.timing != SAME_PENDING, "snnopt.cuda.sparse_backward: same_pending timing is not covered");
   TORCH_CHECK(needs.size() == 3, "snnopt: needs must hold 3 flags (x, v0, i0)");
   TORCH_CHECK(sg.is_cuda(), "snnopt.cuda: sg must be a CUDA tensor");
