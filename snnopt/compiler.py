@@ -168,7 +168,8 @@ def _feeds_neuron_state(node: fx.Node) -> str | None:
     seen, queue = {node}, [node]
     for n in queue:
         for user in n.users:
-            if user.target in (kernels.neuron_scan, kernels.neuron_rate_stats) and any(a in seen for a in user.args[1:3]):
+            scan = user.target in (kernels.neuron_scan, kernels.neuron_rate_stats)
+            if scan and any(a in seen for a in user.args[1:3]):
                 return user.meta.get("snn_module", user.name)
             if user not in seen:
                 seen.add(user)

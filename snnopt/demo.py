@@ -4,8 +4,9 @@ The network (the ``mlp`` preset of :mod:`snnopt.train`: ``Linear(C, h) -> LIF ->
 Linear(h, h) -> LIF -> Linear(h, 10) -> LI``, logits = readout membrane averaged over
 time) is trained on the embedded Randman data set with the training loop of
 :mod:`snnopt.train` (cross-entropy, Adam), once per mode, every run starting from the
-same initial weights and seeing the batches in the same order.  :func:`run_demo` returns one row of measurements per mode and
-:func:`format_table` renders them with the ratios against the dense mode.
+same initial weights and seeing the batches in the same order.  :func:`run_demo` returns one
+row of measurements per mode and :func:`format_table` renders them with the ratios against
+the dense mode.
 """
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ firing the state is
 
 ``r_t`` carries no gradient in ``"next"`` when ``detach_reset`` and never in
 ``"same_pending"`` (there it only undoes a reset already applied); ``detach_reset`` stops
-the gradient through the ``s`` used in any reset.  The spike output always has the surrogate gradient ``ds/dh = f'(h - threshold)``.
+the gradient through the ``s`` used in any reset.  The spike output always has the surrogate
+gradient ``ds/dh = f'(h - threshold)``.
 ``beta``/``alpha``/``threshold`` are floats when they are constant scalars and ``None``
 when they are tensors computed from the source module (per-neuron, learnable or
 derived, e.g. a clamped or sigmoid-parametrised decay); ``param_attrs`` maps each such

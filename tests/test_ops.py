@@ -55,7 +55,7 @@ def test_dense_scan_matches_autograd(kind, reset, timing, detach, decay, sg):
     o2, v2, i2, vs2 = kernels.neuron_scan(x, v0, i0, beta, alpha, th, spec.op_config(), record=True)
     assert torch.equal(o1, o2) and torch.equal(vs1, vs2)
     g = torch.Generator().manual_seed(1)
-    go, gv, gs = torch.randn(o1.shape, generator=g), torch.randn(v1.shape, generator=g), torch.randn(vs1.shape, generator=g)
+    go, gv, gs = (torch.randn(t.shape, generator=g) for t in (o1, v1, vs1))
 
     def loss(o, v, i, vs):
         total = (o * go).sum() + (v * gv).sum() + (vs * gs).sum()

@@ -72,7 +72,8 @@ def test_forward_value_equals_model_and_training_lowers_loss():
     assert losses[-1] < losses[0]
 
 
-GENERIC_CASES = [("lif", "zero", "same_pending", True, "before"), ("cuba_lif", "subtract", "same_pending", False, "after")]
+GENERIC_CASES = [("lif", "zero", "same_pending", True, "before"),
+                 ("cuba_lif", "subtract", "same_pending", False, "after")]
 
 
 @pytest.mark.parametrize("kind,reset,timing,detach,decay", CASES + GENERIC_CASES)

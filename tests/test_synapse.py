@@ -178,7 +178,8 @@ def test_synapse_ops_take_the_event_path_and_match_autograd(monkeypatch, event, 
     close(out, ref)
     assert packed.numel() == (x.numel() + 7) // 8
     g = torch.randn_like(ref)
-    for got, want in zip(torch.autograd.grad((out * g).sum(), (x, w, b)), torch.autograd.grad((ref * g).sum(), (x, w, b))):
+    grads = [torch.autograd.grad((y * g).sum(), (x, w, b)) for y in (out, ref)]
+    for got, want in zip(*grads):
         close(got, want)
 
 
@@ -255,7 +256,8 @@ def test_binary_synapse_returns_the_time_mean_of_its_input(monkeypatch, syn, kin
     assert none.numel() == 0
     same(out, plain)
     g = torch.randn_like(out)
-    for got, want in zip(torch.autograd.grad((out * g).sum(), (x, w, b)), torch.autograd.grad((plain * g).sum(), (x, w, b))):
+    grads = [torch.autograd.grad((y * g).sum(), (x, w, b)) for y in (out, plain)]
+    for got, want in zip(*grads):
         same(got, want)
     torch.library.opcheck(torch.ops.snnopt.binary_synapse.default,
                           (x, w, b, syn, *conv, True, None), {"event": True, "x_tap": None, "mean": True},
@@ -311,8 +313,8 @@ def test_the_tap_carries_the_input_gradient_back_to_the_producer(producer, consu
 
 def _sparse_graph(model, x):
     gm, _ = trace(model, (x,))
-    return PassManager([canonicalize_neurons, reroll_time, fuse_synapses, binary_synapses(), lower("sparse"), expose_aux,
-                        dce], verifier=verify)(gm, (x,))
+    passes = [canonicalize_neurons, reroll_time, fuse_synapses, binary_synapses(), lower("sparse"), expose_aux, dce]
+    return PassManager(passes, verifier=verify)(gm, (x,))
 
 
 @pytest.mark.parametrize("model_cls", [MLP, LoopMLP])

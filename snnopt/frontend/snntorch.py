@@ -49,7 +49,8 @@ from .registry import NeuronAdapter, UnsupportedNeuron, register_neuron, registe
 
 # snnTorch surrogate factory -> (snnopt surrogate, its parameter's name in the closure)
 _SURROGATES = {"atan": ("atan", "alpha"), "fast_sigmoid": ("fast_sigmoid", "slope"), "sigmoid": ("sigmoid", "slope"),
-               "triangular": ("snntorch_triangular", "threshold"), "straight_through_estimator": ("straight_through", None)}
+               "triangular": ("snntorch_triangular", "threshold"),
+               "straight_through_estimator": ("straight_through", None)}
 
 
 def surrogate_of(fn) -> sg.Surrogate:

@@ -44,7 +44,8 @@ def _single_user(node: fx.Node, user: fx.Node) -> bool:
 def _is_call(node, function, method: str) -> bool:
     """``node`` calls ``function(x, ...)`` or ``x.method(...)`` (the same positional arguments)."""
     return isinstance(node, fx.Node) and not node.kwargs and (
-        (node.op == "call_function" and node.target is function) or (node.op == "call_method" and node.target == method))
+        (node.op == "call_function" and node.target is function)
+        or (node.op == "call_method" and node.target == method))
 
 
 def synapse_of(gm: fx.GraphModule, node: fx.Node):
@@ -60,8 +61,9 @@ def synapse_of(gm: fx.GraphModule, node: fx.Node):
                 and _single_user(conv, node):
             m = gm.get_submodule(conv.target)
             flat = conv.args[0]
-            if m.padding_mode == "zeros" and not isinstance(m.padding, str) and _is_call(flat, torch.flatten, "flatten") \
-                    and tuple(flat.args[1:]) == (0, 1) and _single_user(flat, conv):
+            if m.padding_mode == "zeros" and not isinstance(m.padding, str) \
+                    and _is_call(flat, torch.flatten, "flatten") and tuple(flat.args[1:]) == (0, 1) \
+                    and _single_user(flat, conv):
                 return flat.args[0], conv.target, 1, [node, conv, flat]
     return None
 

@@ -16,9 +16,10 @@ are recorded):
 
 so ``delta[t] = dL/dh[t] = sum_{k >= t} beta^(k - t) g[k]`` up to the first reset to a
 fixed value in between.  A next-step reset that discards the input (snnTorch Synaptic,
-``h_t = (beta h_{t-1} + in_t)(1 - r_t)``) gates the input gradient by ``1 - r_t`` too.  The input gradient is ``scale * delta`` (lif, if), or, through a
-synaptic current, the reverse current filter of :mod:`.dense`.  For a fused synapse
-``I = syn(x)`` (Linear or Conv2d) the op also returns ``dW``/``db``/``dX`` from it.
+``h_t = (beta h_{t-1} + in_t)(1 - r_t)``) gates the input gradient by ``1 - r_t`` too.  The
+input gradient is ``scale * delta`` (lif, if), or, through a synaptic current, the reverse
+current filter of :mod:`.dense`.  For a fused synapse ``I = syn(x)`` (Linear or Conv2d) the
+op also returns ``dW``/``db``/``dX`` from it.
 
 Saved for backward: the active set as flat int32 indices into ``[T, B, ...]`` plus ``f'``
 there; for a reset to a fixed value the gates ``q`` bit-packed (8 per byte); for the
