@@ -130,3 +130,23 @@ def test_op_takes_the_trace_route_on_sparse_input_with_the_same_gradients(monkey
     assert ops._traced(sg, idx, packed, w, beta, 0, list(x.shape), Config(cfg))
     torch.library.opcheck(torch.ops.snnopt.spiking_synapse_sparse_backward.default, args,
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def test_a_silent_layer_takes_the_trace_route_and_gets_zero_weight_gradients(monkeypatch):
+    """A layer that never comes near its threshold has an empty active set: its backward
+    costs nothing through traces (no ``[T, B, N]`` gradient written and summed), and its
+    weight and bias gradients are exactly zero, as the delta route gives them."""
+    torch.manual_seed(6)
+    T, B, K, N = 30, 4, 50, 16
+    x = spikes((T, B, K), 0.05)
+    w = (torch.randn(N, K) * 0.01).requires_grad_()
+    b = torch.zeros(N, requires_grad=True)
+    spec = NeuronSpec(beta=0.9, threshold=1.0, detach_reset=True)
+    calls = []
+    traced = native.trace_linear_backward
+    monkeypatch.setattr(native, "trace_linear_backward", lambda *a: calls.append(a[3].numel()) or traced(*a))
+    out = kernels.spiking_synapse_sparse(x, w, b, None, torch.tensor(0.9), torch.tensor(1.0), 0, [1], [0], [1], 1,
+                                         spec.op_config(), 0.05)[0]
+    gw, gb = torch.autograd.grad((out * torch.linspace(-1, 1, N)).sum(), (w, b))
+    assert calls == [0]
+    assert torch.equal(gw, torch.zeros_like(w)) and torch.equal(gb, torch.zeros_like(b))

@@ -271,7 +271,7 @@ def _traced(sg, idx, x_packed, weight, beta, syn, x_shape, c: Config) -> bool:
     ``spikes x N``): a Linear on packed binary input on the CPU kernels, into a LIF/IF
     with one decay and no reset gate, with an active set (surrogate values ``sg``) whose
     ``|A| x K`` is the smaller."""
-    if not (syn == 0 and sg.device.type == "cpu" and native.serves(sg, c, sparse=True)
+    if not (syn == 0 and sg.device.type == "cpu" and native.serves(weight, c, sparse=True)  # (sg may be empty)
             and c.kind in ("lif", "if") and not ref_sparse.gated(c) and (beta is None or beta.numel() == 1)
             and _is_packed(x_packed, x_shape) and sg.dtype == weight.dtype):
         return False
