@@ -82,8 +82,9 @@ struct Cfg {
 
 // A configuration fixed at compile time: Fixed<...>::apply(c) returns c with the fields
 // given (>= 0) replaced by constants, so that a kernel instantiated for it loses the
-// branches on them (and vectorises); -1 keeps the runtime value.
-template <int KIND, int RESET, int TIMING, int SG>
+// branches on them (and vectorises); -1 keeps the runtime value.  EULER: the Euler form (1)
+// or the decay form (0).
+template <int KIND, int RESET, int TIMING, int SG, int EULER = 0>
 struct Fixed {
   static constexpr bool fixed = KIND >= 0;  // a specialised configuration (not Runtime)
   static SNN_HD Cfg apply(Cfg c) {
@@ -92,7 +93,7 @@ struct Fixed {
     if (TIMING >= 0) c.timing = TIMING;
     if (SG >= 0) c.sg = SG;
     if (KIND >= 0) c.discards_input = false;
-    if (KIND >= 0) c.euler = false;
+    if (KIND >= 0) c.euler = EULER == 1;
     return c;
   }
 };
@@ -102,18 +103,24 @@ using Runtime = Fixed<-1, -1, -1, -1>;
 template <class F>
 void with_common(const Cfg& c, bool uses_sg, F&& f) {
   const bool common = (c.kind == LIF || c.kind == IF) && (c.reset == SUBTRACT || c.reset == ZERO) &&
-                      (c.timing == SAME || c.timing == NEXT) && !c.discards_input && !c.euler &&
-                      (!uses_sg || c.sg == ATAN || c.sg == FAST_SIGMOID);
+                      (c.timing == SAME || c.timing == NEXT) && !c.discards_input &&
+                      (!uses_sg || c.sg == ATAN || c.sg == FAST_SIGMOID) &&
+                      (!c.euler || (c.kind == LIF && c.timing == SAME));
   if (!common) return f(Runtime{});
-  auto by_sg = [&](auto kind, auto reset, auto timing) {
+  auto by_sg = [&](auto kind, auto reset, auto timing, auto euler) {
     constexpr int K = decltype(kind)::value, R = decltype(reset)::value, Tm = decltype(timing)::value;
-    if (!uses_sg) return f(Fixed<K, R, Tm, -1>{});
-    if (c.sg == ATAN) return f(Fixed<K, R, Tm, ATAN>{});
-    return f(Fixed<K, R, Tm, FAST_SIGMOID>{});
+    constexpr int E = decltype(euler)::value;
+    if (!uses_sg) return f(Fixed<K, R, Tm, -1, E>{});
+    if (c.sg == ATAN) return f(Fixed<K, R, Tm, ATAN, E>{});
+    return f(Fixed<K, R, Tm, FAST_SIGMOID, E>{});
   };
   auto by_timing = [&](auto kind, auto reset) {
-    if (c.timing == SAME) return by_sg(kind, reset, std::integral_constant<int, SAME>{});
-    return by_sg(kind, reset, std::integral_constant<int, NEXT>{});
+    using Same = std::integral_constant<int, SAME>;
+    if constexpr (decltype(kind)::value == LIF) {  // the Euler form: a leaky kind, same-step reset
+      if (c.euler) return by_sg(kind, reset, Same{}, std::integral_constant<int, 1>{});
+    }
+    if (c.timing == SAME) return by_sg(kind, reset, Same{}, std::integral_constant<int, 0>{});
+    return by_sg(kind, reset, std::integral_constant<int, NEXT>{}, std::integral_constant<int, 0>{});
   };
   auto by_reset = [&](auto kind) {
     if (c.reset == SUBTRACT) return by_timing(kind, std::integral_constant<int, SUBTRACT>{});
@@ -124,7 +131,7 @@ void with_common(const Cfg& c, bool uses_sg, F&& f) {
 }
 
 // Calls f(Fixed<...>{}) for the common configurations (lif / if, subtract or zero reset,
-// same or next step, atan or fast-sigmoid surrogate when `uses_sg`, not the Euler form) and
+// same or next step, atan or fast-sigmoid surrogate when `uses_sg`, lif's Euler form too) and
 // f(Runtime{}) otherwise.  Without Specialise (e.g. float64, which is not worth the code) only
 // f(Runtime{}) is instantiated.
 template <bool Specialise, class F>
