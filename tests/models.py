@@ -26,6 +26,24 @@ class MLP(nn.Module):
         return self.lif2(self.fc2(self.lif1(self.fc1(x * self.gain))) * self.gain)
 
 
+class HandRecurrent(nn.Module):
+    """A recurrence written by hand in forward: each step's spikes go back, through ``rec``,
+    into the next step's input (the form ``snnopt.nn.Recurrent`` states as a module)."""
+
+    def __init__(self, n_in=12, n=16, **kw):
+        super().__init__()
+        self.n = n
+        self.fc, self.rec = nn.Linear(n_in, n), nn.Linear(n, n, bias=False)
+        self.lif = snn.LIFCell(0.9, **kw)
+
+    def forward(self, x):
+        s, v, out = torch.zeros(x.shape[1], self.n), None, []
+        for t in range(x.shape[0]):
+            s, v = self.lif(self.fc(x[t]) + self.rec(s), v)
+            out.append(s)
+        return torch.stack(out)
+
+
 class LoopMLP(nn.Module):
     """The same MLP written snnTorch-style: a Python loop over time with LIF cells."""
 

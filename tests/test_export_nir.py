@@ -18,7 +18,7 @@ from snnopt.export import NetworkError, NetworkModule, to_network
 from snnopt.export import nir as nir_export
 from snnopt.spec import NeuronSpec
 
-from .models import MLP, ConvNet, LoopConvNet, LoopMLP, neuron_kwargs, spikes
+from .models import MLP, ConvNet, HandRecurrent, LoopConvNet, LoopMLP, neuron_kwargs, spikes
 
 nir = pytest.importorskip("nir")
 
@@ -426,29 +426,13 @@ def test_a_network_without_neurons_exports_with_a_warning(tmp_path, caplog):
     assert "no spiking neuron" not in caplog.text
 
 
-class _HandRecurrent(nn.Module):
-    """A recurrence written by hand: each step's spikes go back into the next step's input."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc, self.rec = nn.Linear(12, 16), nn.Linear(16, 16, bias=False)
-        self.lif = snnopt.nn.LIFCell(0.9, reset="zero")
-
-    def forward(self, x):
-        s, v, out = torch.zeros(x.shape[1], 16), None, []
-        for t in range(x.shape[0]):
-            s, v = self.lif(self.fc(x[t]) + self.rec(s), v)
-            out.append(s)
-        return torch.stack(out)
-
-
 def test_hand_written_recurrence_points_to_recurrent(tmp_path):
     x = spikes((4, 2, 12))
     with pytest.raises(NetworkError, match=r"neuron `lif` is called step by step with its own output of the "
                                            r"previous step fed back into its input \(through `rec`\).*"
                                            r"snnopt\.nn\.Recurrent\(neuron, nn\.Linear\(16, 16\)\)"):
-        E.export(_HandRecurrent(), tmp_path / "r.nir", dt=1e-3, example_inputs=(x,))
-    hand = _HandRecurrent()
+        E.export(HandRecurrent(reset="zero"), tmp_path / "r.nir", dt=1e-3, example_inputs=(x,))
+    hand = HandRecurrent(reset="zero")
     fixed = nn.Sequential(hand.fc, snnopt.nn.Recurrent(snnopt.nn.LIF(0.9, reset="zero"), hand.rec))
     path = E.export(fixed, tmp_path / "r.nir", dt=1e-3, example_inputs=(x,))  # the form the message names
     x = spikes((30, 2, 12))

@@ -10,7 +10,7 @@ from snnopt.kernels.reference.rate import rate_batch_norm_backward
 from snnopt.profiling import SavedTensorMeter
 
 from .devices import DEVICES
-from .models import MLP, ConvNet, LoopMLP, grads_of, spikes
+from .models import MLP, ConvNet, HandRecurrent, LoopMLP, grads_of, spikes
 from .test_ops import CASES, make
 
 
@@ -271,19 +271,7 @@ def test_only_products_of_data_are_non_affine(gated):
 
 
 def test_unsupported_model_falls_back_to_dense():
-    class Recurrent(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc, self.rec, self.lif = torch.nn.Linear(12, 8), torch.nn.Linear(8, 8), snnopt.nn.LIFCell(0.9)
-
-        def forward(self, x):
-            s, v, out = torch.zeros(x.shape[1], 8), None, []
-            for t in range(x.shape[0]):
-                s, v = self.lif(self.fc(x[t]) + self.rec(s), v)
-                out.append(s)
-            return torch.stack(out)
-
-    model = Recurrent()
+    model = HandRecurrent(n=8)
     x = spikes((6, 2, 12))
     compiled = snnopt.compile(model, mode="rate", example_inputs=(x,))
     assert compiled.report.fallback and "dense" in compiled.report.mode
