@@ -15,14 +15,33 @@ from torch import nn
 def load_factory(spec: str) -> Callable:
     """The callable ``function`` defined in ``file.py`` for ``spec = "file.py:function"``.
 
-    Raises ``ValueError`` naming the file or the function when either is missing, and
-    reports an exception raised while the file is imported with the file's name."""
+    Raises ``ValueError`` naming the file or the function when either is missing (for a
+    ``file.py`` given without ``:function``, with the functions it defines), and reports an
+    exception raised while the file is imported with the file's name."""
     path_text, sep, name = spec.rpartition(":")
     if not sep or not path_text or not name:
-        raise ValueError(f"expected FILE.py:FUNCTION, got {spec!r}")
+        path = Path(spec.rstrip(":"))
+        if path.suffix != ".py" or not path.is_file():
+            raise ValueError(f"expected FILE.py:FUNCTION, got {spec!r}")
+        module = _import(path, str(path))
+        defined = _callables(module)
+        functions = [n for n in defined if inspect.isfunction(getattr(module, n))]
+        example = f"{path}:{(functions or defined or ['make'])[0]}"
+        raise ValueError(f"{spec!r} names the model file but not the function that builds the model: give "
+                         f"FILE.py:FUNCTION, e.g. {example} (it defines: {', '.join(defined) or 'nothing'})")
     path = Path(path_text)
     if not path.is_file():
         raise ValueError(f"model file {path_text!r} does not exist")
+    module = _import(path, path_text)
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise ValueError(f"{path_text!r} defines no function {name!r}; it defines: "
+                         f"{', '.join(_callables(module)) or 'nothing'}")
+    return factory
+
+
+def _import(path: Path, path_text: str):
+    """The module of the Python file ``path`` (``path_text`` as the user gave it, for errors)."""
     module_name = f"_snnopt_user_{path.stem}_{abs(hash(path.resolve()))}"
     loader_spec = importlib.util.spec_from_file_location(module_name, path)
     if loader_spec is None or loader_spec.loader is None:
@@ -34,11 +53,13 @@ def load_factory(spec: str) -> Callable:
     except Exception as exc:
         sys.modules.pop(module_name, None)
         raise ValueError(f"importing {path_text!r} failed: {type(exc).__name__}: {exc}") from exc
-    factory = getattr(module, name, None)
-    if not callable(factory):
-        defined = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-        raise ValueError(f"{path_text!r} defines no function {name!r}; it defines: {', '.join(defined) or 'nothing'}")
-    return factory
+    return module
+
+
+def _callables(module) -> list[str]:
+    """The public callables ``module`` defines itself (not those it imports)."""
+    return sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                  and getattr(v, "__module__", None) == module.__name__)
 
 
 def call_factory(spec: str, factory, input_shape: tuple, n_classes: int) -> nn.Module:

@@ -57,6 +57,9 @@ def test_export_errors_are_reported_not_raised(model_file, tmp_path, capsys):
     assert main(["export", f"{model_file}:missing", "--input-shape", "10", "--out", str(tmp_path / "a.nir"),
                  "--dt", "1e-3"]) == 1
     assert "defines no function 'missing'" in capsys.readouterr().out
+    assert main(["export", str(model_file), "--input-shape", "10", "--out", str(tmp_path / "a.nir"),
+                 "--dt", "1e-3"]) == 1  # the file without its function: the functions it defines are named
+    assert f"give FILE.py:FUNCTION, e.g. {model_file}:make (it defines: make)" in capsys.readouterr().out
     assert main(["export", f"{tmp_path}/nothere.py:make", "--input-shape", "10", "--out", str(tmp_path / "a.nir"),
                  "--dt", "1e-3"]) == 1
     assert "does not exist" in capsys.readouterr().out

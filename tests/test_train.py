@@ -88,6 +88,7 @@ def test_user_model_file(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--model", "transformer"], "unknown model preset 'transformer'"),
     (["--model", "nothere.py:make"], "does not exist"),
+    (["--model", "nothere.py"], "expected FILE.py:FUNCTION, got 'nothere.py'"),
     (["--dataset", "imagenet"], "imagenet"),
     (["--dataset", "shd"], "does not exist"),
 ])

@@ -107,6 +107,6 @@ def build_model(spec: str, input_shape: tuple, n_classes: int, seed: int, hidden
             model.conv1.weight.mul_(CONV_WEIGHT_GAINS[0])
             model.conv2.weight.mul_(CONV_WEIGHT_GAINS[1])
         return model
-    if ":" not in spec:
+    if ":" not in spec and not spec.endswith(".py"):
         raise ValueError(f"unknown model preset {spec!r}; choose one of {', '.join(PRESETS)} or give FILE.py:FUNCTION")
     return call_factory(spec, load_factory(spec), input_shape, n_classes)
