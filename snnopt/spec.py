@@ -14,6 +14,10 @@ with the threshold) and state ``v_t`` carried to the next step:
     beta = 1 - scale, reset_timing "same"):
                h_t = v_{t-1} + scale * ((v_rest - v_{t-1}) + I_t)  with I_t = x_t without a current,
                and the carried current i_t = I_t + (alpha - 1) * I_t  (current_decay "after")
+    integration == "tau" (SpikingJelly's LIF, in its order of float operations; a float tau > 1,
+    beta = 1 - 1/tau, reset_timing "same"):
+               scale == 1/tau (the input decays):  h_t = v_{t-1} + (x_t - (v_{t-1} - v_rest)) / tau
+               scale == 1:                         h_t = v_{t-1} - (v_{t-1} - v_rest) / tau + x_t
     fire:      s_t = H(h_t - threshold)      with H(0) = 1 iff fire == ">="
     li, cuba_li: no spike; the output and the state are h_t
 
@@ -62,7 +66,7 @@ KINDS = ("lif", "cuba_lif", "if", "li", "cuba_li")
 RESETS = ("subtract", "zero", "none")
 TIMINGS = ("same", "next", "same_pending")
 CURRENT_DECAYS = ("before", "after")
-INTEGRATIONS = ("decay", "euler")
+INTEGRATIONS = ("decay", "euler", "tau")
 FIRES = (">", ">=")
 
 
@@ -96,6 +100,7 @@ class NeuronSpec(KindTraits):
     reset_discards_input: bool = False
     current_decay: str = "before"
     integration: str = "decay"
+    tau: float | None = None
     surrogate: _surrogate.Surrogate = field(default_factory=_surrogate.atan)
     learnable: frozenset = frozenset()
     param_attrs: tuple = ()
@@ -109,6 +114,11 @@ class NeuronSpec(KindTraits):
                 raise ValueError(f"NeuronSpec.{name} must be one of {allowed}, got {value!r}")
         if self.integration == "euler":
             self._check_euler()
+        if self.integration == "tau":
+            self._check_tau()
+        elif self.tau is not None:
+            raise ValueError(f"NeuronSpec.tau is the divisor of integration 'tau'; with integration "
+                             f"{self.integration!r} leave it None (beta holds the decay)")
         if self.has_current and self.alpha is None and "alpha" not in dict(self.param_attrs):
             raise ValueError(f"a {self.kind} NeuronSpec needs alpha (a float or a tensor attribute)")
         if self.reset_discards_input and not (self.reset == "zero" and self.reset_timing != "same"):
@@ -134,6 +144,27 @@ class NeuronSpec(KindTraits):
         if problems:
             raise ValueError(f"NeuronSpec integration 'euler' does not apply to {'; '.join(problems)}")
 
+    def _check_tau(self) -> None:
+        """The divided form is SpikingJelly's LIF: kind lif, a float ``tau > 1`` with ``beta = 1 - 1/tau``
+        (or None: a module's structure, the value in its buffer) and ``scale`` 1/tau or 1, a
+        same-step reset, nothing learnable."""
+        tau = self.tau
+        if not isinstance(tau, (int, float)) or not tau > 1:
+            raise ValueError(f"NeuronSpec integration 'tau' needs a float tau > 1, got {tau!r}")
+        problems = []
+        if self.kind != "lif":
+            problems.append(f"kind {self.kind!r} ('lif' is needed)")
+        if self.beta is not None and self.beta != 1 - 1 / tau:
+            problems.append(f"beta {self.beta} (1 - 1/tau = {1 - 1 / tau} is needed)")
+        if self.scale not in (1 / tau, 1.0):
+            problems.append(f"scale {self.scale} (1/tau = {1 / tau} or 1 is needed)")
+        if self.reset_timing != "same":
+            problems.append(f"reset_timing {self.reset_timing!r} ('same' is needed)")
+        if self.learnable:
+            problems.append("learnable parameters")
+        if problems:
+            raise ValueError(f"NeuronSpec integration 'tau' does not apply to {'; '.join(problems)}")
+
     @property
     def config(self) -> "Config":
         return Config(self.op_config())
@@ -141,21 +172,21 @@ class NeuronSpec(KindTraits):
     def op_config(self) -> list:
         """The ``float[] cfg`` argument of the ``snnopt`` neuron ops:
         ``[kind, reset, timing, fire_ge, detach_reset, surrogate, surrogate_param,
-        scale, v_reset, v_rest, reset_discards_input, current_decay, integration, syn_rate]``
+        scale, v_reset, v_rest, reset_discards_input, current_decay, integration, form_constant]``
         (codes are indices into KINDS, RESETS, TIMINGS, CURRENT_DECAYS, INTEGRATIONS and
-        :data:`snnopt.surrogate.NAMES`; ``syn_rate = alpha - 1``, exact in double, is the Euler
-        form's current decay, 0 otherwise)."""
-        syn_rate = 0.0
+        :data:`snnopt.surrogate.NAMES`; ``form_constant`` is the Euler form's current decay
+        ``syn_rate = alpha - 1`` (exact in double), the divided form's ``tau``, 0 otherwise)."""
+        constant = self.tau if self.integration == "tau" else 0.0
         if self.integration == "euler" and self.has_current:
             if self.alpha is None:
                 raise ValueError("NeuronSpec integration 'euler' needs a constant alpha (the op config holds its "
                                  "current decay alpha - 1)")
-            syn_rate = self.alpha - 1.0
+            constant = self.alpha - 1.0
         return [float(v) for v in (KINDS.index(self.kind), RESETS.index(self.reset),
                                    TIMINGS.index(self.reset_timing), self.fire == ">=", self.detach_reset,
                                    self.surrogate.code, self.surrogate.param, self.scale, self.v_reset,
                                    self.v_rest, self.reset_discards_input, CURRENT_DECAYS.index(self.current_decay),
-                                   INTEGRATIONS.index(self.integration), syn_rate)]
+                                   INTEGRATIONS.index(self.integration), constant)]
 
     def describe(self) -> str:
         def num(v):
@@ -176,6 +207,8 @@ class NeuronSpec(KindTraits):
             parts.append(f"scale={self.scale:g}")
         if self.integration != "decay":
             parts.append(f"integration={self.integration}")
+        if self.tau is not None:
+            parts.append(f"tau={self.tau:g}")
         if "input_scale" in dict(self.param_attrs):
             parts.append("input_scale=tensor")
         if self.learnable:
@@ -187,17 +220,25 @@ class Config(KindTraits):
     """The decoded ``cfg`` argument of the neuron ops (inverse of :meth:`NeuronSpec.op_config`)."""
 
     __slots__ = ("kind", "reset", "timing", "fire_ge", "detach", "sg_code", "sg_param", "scale", "v_reset", "v_rest",
-                 "discards_input", "current_decay", "euler", "syn_rate", "values")
+                 "discards_input", "current_decay", "integration", "euler", "syn_rate", "tau", "values")
 
     def __init__(self, cfg):
         self.values = [float(v) for v in cfg]
         (kind, reset, timing, fire_ge, detach, sg_code, sg_param, scale, v_reset, v_rest, discards,
-         current_decay, integration, syn_rate) = cfg
+         current_decay, integration, constant) = cfg
         self.kind, self.reset, self.timing = KINDS[int(kind)], RESETS[int(reset)], TIMINGS[int(timing)]
         self.fire_ge, self.detach, self.sg_code, self.sg_param = bool(fire_ge), bool(detach), int(sg_code), sg_param
         self.scale, self.v_reset, self.v_rest = scale, v_reset, v_rest
         self.discards_input, self.current_decay = bool(discards), CURRENT_DECAYS[int(current_decay)]
-        self.euler, self.syn_rate = INTEGRATIONS[int(integration)] == "euler", syn_rate
+        self.integration = INTEGRATIONS[int(integration)]
+        self.euler = self.integration == "euler"
+        self.syn_rate = constant if self.euler else 0.0
+        self.tau = constant if self.integration == "tau" else None
+
+    @property
+    def scales_in_charge(self) -> bool:
+        """The Euler and divided forms take the input unscaled: their charge applies ``scale``."""
+        return self.integration != "decay"
 
     @property
     def generic(self) -> bool:

@@ -1,9 +1,11 @@
 """snnTorch, SpikingJelly and Norse models, written as in those libraries' tutorials,
 compiled in dense mode: outputs equal and every parameter gradient within rtol 1e-4 of
-autograd through the original model, on fresh random inputs.  SpikingJelly and Norse
-write their charge in another order of operations, so they are compared in float64
-(the membranes agree to rounding; in float64 no spike sits within rounding of the
-threshold)."""
+autograd through the original model, on fresh random inputs.  Most library models are
+compared in float64, where a rerolled per-step loop's batched Linear and SpikingJelly's
+``ParametricLIFNode`` (which multiplies by ``sigmoid(w)`` where snnopt scales by its decay)
+agree to rounding and no spike sits within rounding of the threshold; the float32 tests
+show the neurons bit for bit where the libraries' order of operations is reproduced
+(Norse's Euler form, SpikingJelly's divided form)."""
 
 from __future__ import annotations
 
@@ -263,6 +265,62 @@ def test_spikingjelly_multistep_average_pooling_runs_on_the_avg_pool_op():
     torch.manual_seed(4)
     compiled = check(SJPoolMultiStep(), spikes((8, 3, 1, 14, 14)))
     assert sum("avg_pool" in n.detail for n in compiled.report.rewritten) == 1
+
+
+class SJFloat32(nn.Module):
+    """A multi-step LIFNode with a tau whose reciprocal is inexact in binary, then an IFNode."""
+
+    def __init__(self, decay_input, v_reset):
+        super().__init__()
+        self.net = nn.Sequential(sj_layer.Linear(20, 48), sj_neuron.LIFNode(tau=1.7, decay_input=decay_input,
+                                                                            v_reset=v_reset),
+                                 sj_layer.Linear(48, 6), sj_neuron.IFNode(v_reset=v_reset))
+        sj_functional.set_step_mode(self.net, "m")
+        with torch.no_grad():
+            self.net[0].weight.mul_(3)
+
+    def forward(self, x):
+        sj_functional.reset_net(self.net)
+        return self.net(x)
+
+
+@pytest.mark.parametrize("decay_input", [True, False])
+@pytest.mark.parametrize("v_reset", [None, -0.2])
+def test_spikingjelly_float32_forward_is_bit_for_bit(decay_input, v_reset):
+    """``LIFNode`` compiles in SpikingJelly's divided form (``integration="tau"``) and ``IFNode``
+    adds as it does: in float32 dense mode's spikes and the membranes it leaves behind equal
+    SpikingJelly's, its gradients are autograd's through the original; sparse and rate mode fire
+    the same spikes (their event-driven synapses sum in spike order, so a membrane behind one
+    agrees to rounding)."""
+    torch.manual_seed(12)
+    model, x = SJFloat32(decay_input, v_reset), spikes((40, 3, 20))
+    compiled = check(model, x)
+    assert "integration=tau" in str(compiled.report)
+    ref = model(x)
+    v_ref = [model.net[i].v.clone() for i in (1, 3)]
+    assert ref.any()
+    for mode in ("dense", "sparse", "rate"):
+        other = compiled if mode == "dense" else snnopt.compile(model, mode=mode, example_inputs=(x,))
+        assert torch.equal(other(x), ref), mode
+        for i, v in zip((1, 3), v_ref):
+            if mode == "dense":
+                assert torch.equal(model.net[i].v, v)
+            else:
+                torch.testing.assert_close(model.net[i].v, v, rtol=1e-6, atol=1e-6)
+
+
+def test_spikingjelly_matches_under_bfloat16_autocast():
+    """Under autocast SpikingJelly's Linear hands its neurons bfloat16 currents and they keep a
+    bfloat16 membrane; the compiled divided form rounds as they do."""
+    torch.manual_seed(13)
+    model, x = SJFloat32(True, None), spikes((30, 3, 20))
+    compiled = snnopt.compile(model, example_inputs=(x,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = model(x)
+        v_ref = model.net[1].v.clone()
+        out = compiled(x)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref) and torch.equal(model.net[1].v, v_ref)
+    assert v_ref.dtype == torch.bfloat16 and ref.any()
 
 
 @pytest.mark.parametrize("step_mode", ["s", "m"])

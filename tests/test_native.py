@@ -69,25 +69,42 @@ def test_dense_scan_matches_reference(kind, reset, timing, detach, decay, dtype,
         close(a, b, 1e-4 if dtype == torch.float32 else 1e-10)
 
 
-EULER = [("lif", "zero"), ("lif", "subtract"), ("cuba_lif", "zero"), ("li", "none"), ("cuba_li", "none")]
-
-
-@pytest.mark.parametrize("kind,reset", EULER)
-@pytest.mark.parametrize("device", DEVICES)
-def test_euler_form_matches_reference_and_eager_step(kind, reset, device):
-    """Norse's Euler form (``integration="euler"``): the kernel's forward equals the reference's
-    and the eager step's bit for bit in float32, its gradients the reference's."""
-    k, ks = float(torch.tensor(0.13)), float(torch.tensor(-0.21))  # float32 values, as Norse rounds them
-    cuba, spiking = kind.startswith("cuba"), not kind.endswith("li")
+def _euler(kind, reset):
+    """Norse's Euler form with float32-rounded constants, as Norse rounds them."""
+    k, ks = float(torch.tensor(0.13)), float(torch.tensor(-0.21))
+    cuba = kind.startswith("cuba")
     spec = NeuronSpec(kind=kind, beta=1 - k, scale=k, alpha=1 + ks if cuba else None, current_decay="after",
                       integration="euler", reset=reset, v_rest=float(torch.tensor(0.05)),
                       v_reset=float(torch.tensor(0.1)) if reset == "zero" else 0.0)
-    cfg = Config(spec.op_config())
+    return pytest.param(spec, id=f"euler-{kind}-{reset}")
+
+
+def _tau(decay_input, reset, surrogate):
+    """SpikingJelly's divided form; a tau whose reciprocal is inexact in binary."""
+    tau = 1.7
+    spec = NeuronSpec(kind="lif", beta=1 - 1 / tau, scale=1 / tau if decay_input else 1.0, integration="tau",
+                      tau=tau, reset=reset, v_rest=-0.2 if reset == "zero" else 0.0, v_reset=-0.2, fire=">=",
+                      surrogate=snnopt.surrogate.get(surrogate))
+    return pytest.param(spec, id=f"tau-{'decay_input' if decay_input else 'plain'}-{reset}-{surrogate}")
+
+
+FORMS = [_euler(k, r) for k, r in [("lif", "zero"), ("lif", "subtract"), ("cuba_lif", "zero"), ("li", "none"),
+                                    ("cuba_li", "none")]] + \
+    [_tau(d, r, sg) for d in (True, False) for r, sg in (("subtract", "atan"), ("zero", "sigmoid"), ("none", "atan"))]
+
+
+@pytest.mark.parametrize("spec", FORMS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_library_forms_match_reference_and_eager_step(spec, device):
+    """Norse's Euler form and SpikingJelly's divided form (``integration="euler"`` / ``"tau"``):
+    the kernel's forward equals the reference's and the eager step's bit for bit in float32,
+    its gradients the reference's and autograd's through the eager step."""
+    cfg, cuba = Config(spec.op_config()), spec.has_current
     g = torch.Generator().manual_seed(7)
     x, v0, i0 = (randn(s, g, torch.float32, device) for s in ((11, 3, 9), (3, 9), (3, 9)))
     i0 = i0 if cuba else None
     beta, alpha, th = (None if v is None else torch.tensor(v, dtype=torch.float64, device=device)
-                       for v in (1 - k, 1 + ks if cuba else None, 0.8 if spiking else None))
+                       for v in (spec.beta, spec.alpha, 0.8 if spec.spiking else None))
     ref = ref_dense.scan_forward(x, v0, i0, beta, alpha, th, cfg, save=True, record=True)
     got = native.scan_forward(x, v0, i0, beta, alpha, th, cfg, save=True, record=True)
     assert all(same(a, b) for a, b in zip(got, ref))
@@ -106,7 +123,7 @@ def test_euler_form_matches_reference_and_eager_step(kind, reset, device):
     got = native.scan_backward(*args)
     for a, b in zip(got, ref_dense.scan_backward(*args)):
         close(a, b, 1e-4)
-    for a, b in zip(got, want):  # autograd through the eager Euler step
+    for a, b in zip(got, want):  # autograd through the eager step
         close(a, b, 1e-4)
 
 

@@ -123,3 +123,39 @@ def test_euler_integration_is_refused_where_it_is_not_norse_form(fields, problem
         outs.append(s)
     out = Neuron(spec)(x, (torch.zeros(2, 5), torch.full((2, 5), 0.25)))  # state (i, v)
     assert torch.equal(out, torch.stack(outs)) and out.any()
+
+
+TAU = 1.7
+
+
+@pytest.mark.parametrize("fields,problem", [
+    (dict(kind="if", beta=1.0), "kind 'if'"),
+    (dict(kind="lif", beta=0.5, scale=1 / TAU), "1 - 1/tau"),
+    (dict(kind="lif", beta=1 - 1 / TAU, scale=0.5), "scale 0.5"),
+    (dict(kind="lif", beta=1 - 1 / TAU, reset_timing="next"), "reset_timing 'next'"),
+    (dict(kind="lif", beta=1 - 1 / TAU, learnable=frozenset({"threshold"})), "learnable"),
+])
+def test_tau_integration_is_refused_where_it_is_not_spikingjelly_form(fields, problem):
+    """``integration="tau"`` is SpikingJelly's LIF; a spec it cannot describe, a tau that is no
+    time constant or a tau given to another form is a ValueError naming what is wrong, while a
+    SpikingJelly-form spec builds and runs as a module in SpikingJelly's order of operations."""
+    with pytest.raises(ValueError, match=f"integration 'tau' does not apply to .*{problem}"):
+        NeuronSpec(integration="tau", tau=TAU, **fields)
+    with pytest.raises(ValueError, match="tau > 1"):
+        NeuronSpec(integration="tau", tau=0.5, beta=-1.0, scale=2.0)
+    with pytest.raises(ValueError, match="leave it None"):
+        NeuronSpec(beta=1 - 1 / TAU, tau=TAU)
+    spec = NeuronSpec(kind="lif", beta=1 - 1 / TAU, scale=1 / TAU, integration="tau", tau=TAU, v_rest=-0.2,
+                      reset="zero", v_reset=-0.2, fire=">=")
+    assert "integration=tau tau=1.7" in spec.describe()
+    x = 3 * spikes((6, 2, 5))
+    v, outs = torch.full((2, 5), -0.2), []
+    for t in range(6):  # SpikingJelly's LIFNode(tau=1.7, v_reset=-0.2) step
+        h = v + (x[t] - (v - -0.2)) / TAU
+        s = (h >= 1.0).float()
+        v = s * -0.2 + (1 - s) * h
+        outs.append(s)
+    out = Neuron(spec)(x, torch.full((2, 5), -0.2))
+    assert torch.equal(out, torch.stack(outs)) and out.any()
+    with pytest.raises(ValueError, match="fixes beta"):
+        Neuron(spec, beta=0.5)

@@ -23,9 +23,9 @@ a neuron (``neuron_scan``)                   ``Neuron`` (spec + full-shape param
 ``snnopt.nn.Recurrent``                      ``Neuron`` + ``Affine`` on a feedback cycle
 ===========================================  ========================================
 
-A neuron in Norse's Euler form (``integration="euler"``) exports in the decay form every
-format states, ``h = beta v + (1 - beta) v_rest + scale I`` with ``beta = 1 - scale``: the
-same dynamics, rounded differently.
+A neuron in Norse's Euler form (``integration="euler"``) or SpikingJelly's divided form
+(``integration="tau"``) exports in the decay form every format states,
+``h = beta v + (1 - beta) v_rest + scale I``: the same dynamics, rounded differently.
 
 Anything else raises :class:`~snnopt.export.network.NetworkError` naming the graph node
 and the module or function, with what the model could use instead.  The model is read as
@@ -539,7 +539,7 @@ class _Reader:
         x = self._seq(node.args[0], node)
         if x.flat:
             raise N.NetworkError(f"{_where(node)}: a neuron's input has time and batch merged")
-        spec = replace(node.meta["snn"], integration="decay")  # see the module docstring
+        spec = replace(node.meta["snn"], integration="decay", tau=None)  # see the module docstring
         v_init = self._initial_state(node, node.args[1], x.shape)
         if self._initial_state(node, node.args[2], x.shape) is not None:
             raise N.NetworkError(f"{_where(node)}: the neuron starts from a non-zero synaptic current; the exported "

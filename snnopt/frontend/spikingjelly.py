@@ -10,9 +10,12 @@ same step; the state ``v`` is post-reset.  With ``r = 0 if v_reset is None else 
     reset: v_reset None -> subtract v_threshold; else -> zero to v_reset; detach_reset as set
 
 The membrane is kept on the module (``functional.reset_net`` clears it, to ``v_reset``
-or 0); the compiled model reads and writes it as the module would.  The forward equals
-SpikingJelly's up to float rounding (it evaluates ``v + (x - v) / tau``, snnopt
-``beta * v + scale * x``).  Surrogates: ``Sigmoid(alpha)``, ``ATan(alpha)``,
+or 0); the compiled model reads and writes it as the module would.  ``LIFNode`` uses the
+spec's ``integration="tau"``, SpikingJelly's order of float operations (the division by
+``tau`` included), and ``IFNode``'s ``v + x`` is the decay form's own, so their forward equals
+SpikingJelly's bit for bit; ``ParametricLIFNode`` multiplies by ``sigmoid(w)`` where snnopt
+scales by its decay tensors, so its membranes agree to float rounding.
+Surrogates: ``Sigmoid(alpha)``, ``ATan(alpha)``,
 ``PiecewiseQuadratic(alpha)`` (a triangle of half-width ``1/alpha``).  Stays eager, with
 the reason: ``store_v_seq=True``, a mixed-precision setting, other surrogates.
 
@@ -68,7 +71,7 @@ def to_spec(m) -> NeuronSpec:
     if isinstance(m, neuron.LIFNode):
         tau = float(m.tau)
         return NeuronSpec(kind="lif", beta=1 - 1 / tau, scale=1 / tau if m.decay_input else 1.0, v_rest=reset_value,
-                          **common)
+                          integration="tau", tau=tau, **common)
     return NeuronSpec(kind="if", beta=1.0, **common)
 
 

@@ -13,6 +13,18 @@ from ..spec import Config
 from ..surrogate import SpikeFunction
 
 
+def form_charge(v: torch.Tensor, inp: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """``h_t`` of the Euler and divided forms from the state ``v`` and the unscaled input, in
+    their libraries' order of float operations: Norse's ``v + scale ((v_rest - v) + I)`` with the
+    constants in the input's dtype (as its 0-d parameter tensors enter), SpikingJelly's
+    ``v + (I - (v - v_rest)) / tau`` (or ``v - (v - v_rest) / tau + I`` where ``scale`` is 1)
+    with Python floats (as its own)."""
+    if cfg.euler:
+        return v + inp.new_tensor(cfg.scale) * ((inp.new_tensor(cfg.v_rest) - v) + inp)
+    off = v - cfg.v_rest
+    return v - off / cfg.tau + inp if cfg.scale == 1.0 else v + (inp - off) / cfg.tau
+
+
 def neuron_step(x: torch.Tensor, v: torch.Tensor | None, i: torch.Tensor | None,
                 beta, alpha, threshold, cfg: Config):
     """Advance one step: returns ``(out, v, i)`` (``out`` = spikes, or the membrane for
@@ -27,9 +39,9 @@ def neuron_step(x: torch.Tensor, v: torch.Tensor | None, i: torch.Tensor | None,
         else:
             total = alpha * i + x
             i = total
-        inp = cfg.scale * total if cfg.scale != 1.0 and not cfg.euler else total
+        inp = cfg.scale * total if cfg.scale != 1.0 and not cfg.scales_in_charge else total
     else:
-        inp = cfg.scale * x if cfg.scale != 1.0 and not cfg.euler else x
+        inp = cfg.scale * x if cfg.scale != 1.0 and not cfg.scales_in_charge else x
 
     def spike(u):
         return SpikeFunction.apply(u, cfg.sg_code, cfg.sg_param, cfg.fire_ge)
@@ -40,10 +52,8 @@ def neuron_step(x: torch.Tensor, v: torch.Tensor | None, i: torch.Tensor | None,
         out = beta * u
         return out + (1 - beta) * cfg.v_rest if cfg.v_rest != 0.0 else out
 
-    def charge(u):  # the same-step charge; the Euler form's constants in the input's dtype (as Norse's)
-        if not cfg.euler:
-            return leak(u) + inp
-        return u + inp.new_tensor(cfg.scale) * ((inp.new_tensor(cfg.v_rest) - u) + inp)
+    def charge(u):  # the same-step charge
+        return form_charge(u, inp, cfg) if cfg.scales_in_charge else leak(u) + inp
 
     if not cfg.spiking:
         h = charge(v)

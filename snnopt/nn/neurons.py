@@ -190,6 +190,9 @@ class Neuron(_Neuron):
 
     def __init__(self, spec: NeuronSpec, beta=None, alpha=None, threshold=None, input_scale=None,
                  multi_step=True, return_state=False):
+        if beta is not None and spec.integration != "decay":
+            raise ValueError(f"Neuron: integration {spec.integration!r} fixes beta from the spec's "
+                             f"{'scale' if spec.integration == 'euler' else 'tau'}; leave beta out")
         self.kind = spec.kind
         self.multi_step = bool(multi_step)
         self._base = spec  # the structure; the values are this module's tensors
@@ -212,6 +215,8 @@ class Neuron(_Neuron):
     def _structure(self, beta=None, alpha=None, threshold=None) -> NeuronSpec:
         generic = super()._structure(beta, alpha, threshold)
         gain = (("input_scale", "input_scale"),) if getattr(self, "input_scale", None) is not None else ()
+        if beta is not None and self._base.integration != "decay":
+            beta = self._base.beta  # the form's own, not its rounding in the buffer
         return dataclasses.replace(self._base, beta=beta, alpha=alpha, threshold=threshold,
                                    learnable=generic.learnable, param_attrs=generic.param_attrs + gain)
 
@@ -248,7 +253,7 @@ class Recurrent(nn.Module):
         neuron_state, s = (None, None) if state is None else state
         s = torch.zeros_like(x[0]) if s is None else s
         n = self.neuron
-        cfg = n._structure().config
+        cfg = n._config()
         v, i = n._split_state(neuron_state)
         outs = []
         for t in range(x.shape[0]):

@@ -46,6 +46,8 @@ struct Cfg {
   bool discards_input, decay_after;
   bool euler;       // Norse's Euler step (snnopt.spec: integration "euler")
   double syn_rate;  // its current decay alpha - 1
+  bool by_tau;      // SpikingJelly's divided form (integration "tau")
+  double tau;       // its divisor
 
   SNN_HD bool spiking() const { return kind != LI && kind != CUBA_LI; }
   SNN_HD bool has_current() const { return kind == CUBA_LIF || kind == CUBA_LI; }
@@ -53,6 +55,8 @@ struct Cfg {
   SNN_HD bool next() const { return timing == NEXT && spiking() && reset != NONE; }
   // Dynamics the kernels do not cover (the reference differentiates them with autograd).
   SNN_HD bool generic() const { return timing == SAME_PENDING || discards_input; }
+  // The Euler and divided forms take the input unscaled: the charge applies scale.
+  SNN_HD bool scales_in_charge() const { return euler || by_tau; }
 
   static constexpr size_t kSize = 14;  // the length of NeuronSpec.op_config()
 
@@ -74,17 +78,19 @@ struct Cfg {
     c.v_rest = v[9];
     c.discards_input = v[10] != 0.0;
     c.decay_after = v[11] != 0.0;
-    c.euler = v[12] != 0.0;
-    c.syn_rate = v[13];
+    c.euler = v[12] == 1.0;
+    c.syn_rate = c.euler ? v[13] : 0.0;
+    c.by_tau = v[12] == 2.0;
+    c.tau = c.by_tau ? v[13] : 1.0;
     return c;
   }
 };
 
 // A configuration fixed at compile time: Fixed<...>::apply(c) returns c with the fields
 // given (>= 0) replaced by constants, so that a kernel instantiated for it loses the
-// branches on them (and vectorises); -1 keeps the runtime value.  EULER: the Euler form (1)
-// or the decay form (0).
-template <int KIND, int RESET, int TIMING, int SG, int EULER = 0>
+// branches on them (and vectorises); -1 keeps the runtime value.  FORM: the integration,
+// decay (0), Euler (1) or divided (2).
+template <int KIND, int RESET, int TIMING, int SG, int FORM = 0>
 struct Fixed {
   static constexpr bool fixed = KIND >= 0;  // a specialised configuration (not Runtime)
   static SNN_HD Cfg apply(Cfg c) {
@@ -93,7 +99,8 @@ struct Fixed {
     if (TIMING >= 0) c.timing = TIMING;
     if (SG >= 0) c.sg = SG;
     if (KIND >= 0) c.discards_input = false;
-    if (KIND >= 0) c.euler = EULER == 1;
+    if (KIND >= 0) c.euler = FORM == 1;
+    if (KIND >= 0) c.by_tau = FORM == 2;
     return c;
   }
 };
@@ -105,19 +112,20 @@ void with_common(const Cfg& c, bool uses_sg, F&& f) {
   const bool common = (c.kind == LIF || c.kind == IF) && (c.reset == SUBTRACT || c.reset == ZERO) &&
                       (c.timing == SAME || c.timing == NEXT) && !c.discards_input &&
                       (!uses_sg || c.sg == ATAN || c.sg == FAST_SIGMOID) &&
-                      (!c.euler || (c.kind == LIF && c.timing == SAME));
+                      (!c.scales_in_charge() || (c.kind == LIF && c.timing == SAME));
   if (!common) return f(Runtime{});
-  auto by_sg = [&](auto kind, auto reset, auto timing, auto euler) {
+  auto by_sg = [&](auto kind, auto reset, auto timing, auto form) {
     constexpr int K = decltype(kind)::value, R = decltype(reset)::value, Tm = decltype(timing)::value;
-    constexpr int E = decltype(euler)::value;
-    if (!uses_sg) return f(Fixed<K, R, Tm, -1, E>{});
-    if (c.sg == ATAN) return f(Fixed<K, R, Tm, ATAN, E>{});
-    return f(Fixed<K, R, Tm, FAST_SIGMOID, E>{});
+    constexpr int Fm = decltype(form)::value;
+    if (!uses_sg) return f(Fixed<K, R, Tm, -1, Fm>{});
+    if (c.sg == ATAN) return f(Fixed<K, R, Tm, ATAN, Fm>{});
+    return f(Fixed<K, R, Tm, FAST_SIGMOID, Fm>{});
   };
   auto by_timing = [&](auto kind, auto reset) {
     using Same = std::integral_constant<int, SAME>;
-    if constexpr (decltype(kind)::value == LIF) {  // the Euler form: a leaky kind, same-step reset
+    if constexpr (decltype(kind)::value == LIF) {  // the Euler and divided forms: same-step reset
       if (c.euler) return by_sg(kind, reset, Same{}, std::integral_constant<int, 1>{});
+      if (c.by_tau) return by_sg(kind, reset, Same{}, std::integral_constant<int, 2>{});
     }
     if (c.timing == SAME) return by_sg(kind, reset, Same{}, std::integral_constant<int, 0>{});
     return by_sg(kind, reset, std::integral_constant<int, NEXT>{}, std::integral_constant<int, 0>{});
@@ -131,7 +139,8 @@ void with_common(const Cfg& c, bool uses_sg, F&& f) {
 }
 
 // Calls f(Fixed<...>{}) for the common configurations (lif / if, subtract or zero reset,
-// same or next step, atan or fast-sigmoid surrogate when `uses_sg`, lif's Euler form too) and
+// same or next step, atan or fast-sigmoid surrogate when `uses_sg`, lif's Euler and divided
+// forms too) and
 // f(Runtime{}) otherwise.  Without Specialise (e.g. float64, which is not worth the code) only
 // f(Runtime{}) is instantiated.
 template <bool Specialise, class F>
@@ -232,17 +241,22 @@ SNN_HD T post_reset(const Cfg& c, T h, T s, T theta) {
   return h * (T(1) - s) + T(c.v_reset) * s;
 }
 
-// The scaled input in_t from I_t (the Euler form scales inside the charge).
+// The scaled input in_t from I_t (the Euler and divided forms scale inside the charge).
 template <typename T>
 SNN_HD T scaled_input(const Cfg& c, T total) {
-  return c.euler || c.scale == 1.0 ? total : T(c.scale) * total;
+  return c.scales_in_charge() || c.scale == 1.0 ? total : T(c.scale) * total;
 }
 
 // Membrane h_t from the carried state v (h_{t-1} for next-step reset, p_{t-1} otherwise)
-// and in_t (I_t itself in the Euler form: h = v + scale ((v_rest - v) + I)).
+// and in_t (I_t itself in the Euler form, h = v + scale ((v_rest - v) + I), and in the divided
+// form, h = v + (I - (v - v_rest)) / tau, or h = v - (v - v_rest) / tau + I where scale is 1).
 template <typename T>
 SNN_HD T charge(const Cfg& c, T v, T b, T cc, T inp, T theta) {
   if (c.euler) return v + T(c.scale) * ((T(c.v_rest) - v) + inp);
+  if (c.by_tau) {
+    const T off = v - T(c.v_rest);
+    return c.scale == 1.0 ? v - off / T(c.tau) + inp : v + (inp - off) / T(c.tau);
+  }
   if (!c.next()) return b * v + cc + inp;
   const T s_prev = heaviside(v - theta, c.fire_ge);
   if (c.reset == SUBTRACT) return b * v + cc + inp - theta * s_prev;

@@ -30,6 +30,8 @@ and ``dL/dx_t = gI_t``, ``dL/di_0 = D_{-1}``.
 
 The Euler form (``cfg.euler``, Norse) charges ``h_t = v + scale ((v_rest - v) + I_t)`` and
 carries ``I_t + (alpha - 1) I_t``: the derivatives above (``b = 1 - scale``), Norse's rounding.
+The divided form (SpikingJelly) charges ``h_t = v + (I_t - (v - v_rest)) / tau`` (or
+``v - (v - v_rest) / tau + I_t`` where ``scale`` is 1): the same with ``b = 1 - 1/tau``.
 
 The saved tensors are the membrane sequence ``h`` and, for current kinds, ``I``;
 spikes and surrogate values are recomputed from them in the backward.
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import torch
 
+from ...nn.functional import form_charge
 from ...spec import Config
 from ...surrogate import heaviside, surrogate_grad
 from . import generic
@@ -131,19 +134,19 @@ def scan_forward(x, v0, i0, beta, alpha, theta, cfg: Config, save: bool, record:
             inp, cur = current_step(cur, inp, alpha, cfg)
             if save:
                 iseq[t] = inp
-        if cfg.euler:  # constants in the input's dtype, as Norse's 0-d parameter tensors enter
-            h = v + inp.new_tensor(cfg.scale) * ((inp.new_tensor(cfg.v_rest) - v) + inp)
+        if cfg.scales_in_charge:
+            h = form_charge(v, inp, cfg)
         elif cfg.scale != 1.0:
             inp = cfg.scale * inp
         if not cfg.spiking:
-            v = h if cfg.euler else b * v + c + inp
+            v = h if cfg.scales_in_charge else b * v + c + inp
             out[t] = v
             if save:
                 hs[t] = v
             if record:
                 vseq[t] = v
             continue
-        if not cfg.euler:
+        if not cfg.scales_in_charge:
             h = next_charge(v, b, c, inp, theta, cfg) if cfg.timing == "next" else b * v + c + inp
         s = heaviside(h - theta, cfg.fire_ge)
         out[t] = s

@@ -97,7 +97,7 @@ inline T forward_step(const Cfg& c, const Params<T>& p, int64_t m, T x, T& v, T&
     total = current_step(c, i, x, p.alp(m));
     inp = total;
   }
-  if (!c.euler) inp = T(c.scale) * inp;  // exact for scale 1, so no branch on it
+  if (!c.scales_in_charge()) inp = T(c.scale) * inp;  // exact for scale 1, so no branch on it
   const T theta = p.th(m);
   h = charge(c, v, p.beta(m), p.leak(m), inp, theta);
   if (!c.spiking()) {
