@@ -11,8 +11,8 @@ from torch.utils._pytree import tree_flatten, tree_leaves, tree_map
 from . import kernels
 from .frontend.registry import UnsupportedNeuron, adapter_for
 from .frontend.tracer import TraceFailure, complete_inputs, trace
-from .passes import (PassError, PassManager, canonicalize_neurons, dce, lower_rate_pass, mark_binary_inputs, pipeline,
-                     reroll_time, verify)
+from .passes import (PassError, PassManager, canonicalize_neurons, collapse_steps, dce, lower_rate_pass,
+                     mark_binary_inputs, pipeline, reroll_time, verify)
 from .passes.infra import Note
 from .passes.lower import RateUnsupported, neuron_keys
 from .report import CompileReport, build_report
@@ -42,15 +42,16 @@ class _Program:
             spike_out, aux = self.gm(*inputs)
         stats = []
         bn = synchronise_batch_stats({k: v for k, v in aux.items() if k.startswith("bn:")})
+        steps = self.rate_gm.meta.get("static_steps")
         for key in self.rate_gm.meta["rate_inputs"]:
             if key == "T":
-                stats.append(float(inputs[0].shape[0]))
+                stats.append(float(steps or inputs[0].shape[0]))
             elif key.startswith("bn:"):
                 name, part = key.rsplit(":", 1)
                 stats.append(bn[name][int(part)])
             else:
                 stats.append(aux[key])
-        means = [_rate_input(x, aux.get(f"mean:{k}")) for k, x in enumerate(inputs)]
+        means = inputs if steps else [_rate_input(x, aux.get(f"mean:{k}")) for k, x in enumerate(inputs)]
         rate_out = self.rate_gm(*means, *stats)
         return tree_map(_attach, spike_out, rate_out)
 
@@ -161,6 +162,17 @@ def _check_sequence_inputs(gm: fx.GraphModule, inputs) -> None:
         if state_of is not None:
             raise RateUnsupported(f"input `{node.name}` sets the initial state of `{state_of}`; the rate pass "
                                   f"starts every neuron from rest")
+
+
+class _NoStaticSteps(RateUnsupported):
+    """The model's steps do not come from a broadcast of a static input."""
+
+
+def _static_steps(exc: Exception) -> bool:
+    """Whether the time-major rate pass failed because the model makes its own steps (its
+    neurons ran several steps on a one-step input)."""
+    reason = exc if isinstance(exc, RateUnsupported) else exc.__cause__
+    return isinstance(reason, RateUnsupported) and "steps on a one-step input" in str(reason)
 
 
 def _feeds_neuron_state(node: fx.Node) -> str | None:
@@ -332,17 +344,41 @@ class CompiledSNN(nn.Module):
                 if not isinstance(reason, RateUnsupported):
                     raise
                 return self._fallback(inputs, f"rate mode is not possible here ({reason}); compiled in dense mode")
+            steps = rate_gm.meta.get("static_steps")
+            if steps:
+                notes.append(Note("rewritten", "", f"the model makes its {steps} step{'s' * (steps != 1)} from a static "
+                                                   f"input: the rate pass runs once on the input itself", "compile"))
         report = build_report(type(model).__name__, mode, self.band, inputs, gm, notes, pm.history)
         return _Program(gm, report, generic=not specialised, guard=guard, rate_gm=rate_gm)
 
     def _build_rate_pass(self, inputs, gm_T: fx.GraphModule) -> fx.GraphModule:
-        keys = set(neuron_keys(gm_T.graph).values())
+        """The rate pass's graph: the model traced on the time average of its time-major inputs,
+        or, for a model that makes its time axis from a static input, the full trace collapsed
+        to one step (:func:`_build_static_rate_pass`)."""
+        nodes = neuron_keys(gm_T.graph)
+        keys = set(nodes.values())
         recorded = frozenset(n.meta["snn_aux"][len("vbar:"):] for n in gm_T.graph.nodes
                              if n.meta.get("snn_aux", "").startswith("vbar:"))
         per_step = next((n for n in gm_T.graph.nodes if "snn_per_step_reason" in n.meta), None)
         if per_step is not None:
             raise RateUnsupported(f"`{per_step.meta.get('snn_module', per_step.name)}` stays per-step: "
                                   f"{per_step.meta['snn_per_step_reason']}")
+        lengths = {n.args[0].meta["val"].shape[0] for n in nodes}
+        seq = next(x for x in inputs if isinstance(x, torch.Tensor))
+        static = len(lengths) == 1 and lengths != {seq.shape[0]}  # or a model that takes fewer steps than given
+        if static:
+            try:
+                return self._build_static_rate_pass(inputs, gm_T, keys, recorded, next(iter(lengths)))
+            except _NoStaticSteps:
+                pass
+        try:
+            return self._build_sequence_rate_pass(inputs, gm_T, keys, recorded)
+        except (PassError, RateUnsupported) as exc:
+            if static or len(lengths) != 1 or not _static_steps(exc):
+                raise
+        return self._build_static_rate_pass(inputs, gm_T, keys, recorded, lengths.pop())
+
+    def _build_sequence_rate_pass(self, inputs, gm_T, keys, recorded) -> fx.GraphModule:
         _check_sequence_inputs(gm_T, inputs)
         ones = tuple(_time_mean(x[:1]) if isinstance(x, torch.Tensor) else x for x in inputs)
         try:
@@ -352,6 +388,35 @@ class CompiledSNN(nn.Module):
                                   "time-major input [T, B, ...] to drive the steps") from exc
         pm = PassManager([canonicalize_neurons, reroll_time, lower_rate_pass(keys, recorded), dce], verifier=verify)
         return pm(gm1, ones)
+
+    def _build_static_rate_pass(self, inputs, gm_T, keys, recorded, steps: int) -> fx.GraphModule:
+        """The rate pass of a model whose neurons run ``steps`` steps over a static input: every
+        step sees the same input, whose time average is the input itself, so the full trace,
+        its time axis collapsed to one step (:func:`~snnopt.passes.collapse_steps`), runs on the
+        inputs as they are, with sums over time scaled by ``steps``.  A one-step model needs no
+        collapse: its rate pass is the model itself, BPTT exactly."""
+        tensors = [(node, x) for node, x in zip((n for n in gm_T.graph.nodes if n.op == "placeholder"), inputs)
+                   if isinstance(x, torch.Tensor)]
+        for node, x in tensors[1:]:  # as for sequences: the first input drives the neurons (their state's shape)
+            state_of = _feeds_neuron_state(node)
+            if state_of is not None:
+                raise RateUnsupported(f"input `{node.name}` sets the initial state of `{state_of}`; the rate pass "
+                                      f"starts every neuron from rest")
+        gm, _ = trace(self._source, inputs)
+        front = PassManager([canonicalize_neurons, reroll_time], verifier=verify)
+        gm = front(gm, inputs)
+        try:
+            gm = PassManager([collapse_steps(steps)], verifier=verify)(gm, inputs)
+        except PassError as exc:
+            raise RateUnsupported(f"the model runs {steps} steps over a static input, but its graph does not run "
+                                  f"at one step ({exc.__cause__ or exc}); rate mode needs the steps to come from "
+                                  f"a broadcast of the input (x.unsqueeze(0).repeat(T, ...), or the same current "
+                                  f"at every step of a loop)") from exc
+        if steps != 1 and not any(n.meta.get("snn_time_axis") for n in gm.graph.nodes):
+            raise _NoStaticSteps(f"the neurons run {steps} steps, made by no broadcast of a static input")
+        gm = PassManager([lower_rate_pass(keys, recorded), dce], verifier=verify)(gm, inputs)
+        gm.meta["static_steps"] = steps
+        return gm
 
     def _fallback(self, inputs, reason: str) -> _Program:
         mode = self.mode

@@ -6,7 +6,9 @@ import torch.nn.functional as F
 
 import snnopt
 from snnopt import compiler, kernels
+from snnopt.frontend.tracer import trace
 from snnopt.kernels.reference.rate import rate_batch_norm_backward
+from snnopt.passes import PassManager, canonicalize_neurons, collapse_steps, reroll_time, verify
 from snnopt.profiling import SavedTensorMeter
 
 from .devices import DEVICES
@@ -134,13 +136,16 @@ def test_saved_memory_flat_in_t():
     assert saved[4] > 0 and abs(saved[32] - saved[4]) <= 0.1 * saved[4], saved
 
 
-def test_time_sum_readout_scaled_by_t():
+@pytest.mark.parametrize("cls", [MLP, LoopMLP])
+def test_time_sum_readout_scaled_by_t(cls):
+    """A sum over time has T times the gradient of the mean, also where the one-step trace of a
+    loop records its single step with ``torch.stack``."""
     torch.manual_seed(4)
 
     class Readout(torch.nn.Module):
         def __init__(self, reduce):
             super().__init__()
-            self.reduce, self.mlp = reduce, MLP()
+            self.reduce, self.mlp = reduce, cls()
 
         def forward(self, x):
             s = self.mlp(x)
@@ -150,7 +155,7 @@ def test_time_sum_readout_scaled_by_t():
     grads = {}
     for reduce in ("sum", "mean"):
         m = Readout(reduce)
-        m.mlp.load_state_dict(MLP().state_dict() if not grads else grads["state"])
+        m.mlp.load_state_dict(cls().state_dict() if not grads else grads["state"])
         grads.setdefault("state", m.mlp.state_dict())
         compiled = snnopt.compile(m, mode="rate", example_inputs=(x,))
         out = compiled(x)
@@ -268,6 +273,86 @@ class Masked(torch.nn.Module):
 def test_only_products_of_data_are_non_affine(gated):
     compiled = snnopt.compile(Masked(gated), mode="rate", example_inputs=(spikes((5, 2, 12)),))
     assert any("non-affine" in w.detail for w in compiled.report.warnings) == gated
+
+
+class Static(torch.nn.Module):
+    """A static input ``[B, 12]`` run for ``steps`` steps, made inside the model as SpikingJelly
+    does (``repeat``) or as snnTorch's tutorials do (the same current at every step of a
+    loop); ``"sequence"``: the same network on a time-major input; ``"hard_coded"``: a repeat
+    followed by a reshape that spells out the number of steps."""
+
+    def __init__(self, steps, idiom):
+        super().__init__()
+        self.steps, self.idiom = steps, idiom
+        self.fc1, self.fc2 = torch.nn.Linear(12, 16), torch.nn.Linear(16, 5)
+        kind = snnopt.nn.LIFCell if idiom == "loop" else snnopt.nn.LIF
+        self.lif1, self.lif2 = kind(0.85), kind(0.75)
+
+    def forward(self, x):
+        if self.idiom == "loop":
+            v1 = v2 = None
+            out = []
+            for _ in range(self.steps):
+                s1, v1 = self.lif1(self.fc1(x) * 3, v1)
+                s2, v2 = self.lif2(self.fc2(s1) * 3, v2)
+                out.append(s2)
+            return torch.stack(out).sum(0)
+        xs = x if self.idiom == "sequence" else x.unsqueeze(0).repeat(self.steps, 1, 1)
+        if self.idiom == "hard_coded":
+            xs = xs.reshape(self.steps, x.shape[0], 12)
+        return self.lif2(self.fc2(self.lif1(self.fc1(xs) * 3)) * 3).sum(0)
+
+
+@pytest.mark.parametrize("idiom", ["repeat", "loop"])
+@pytest.mark.parametrize("steps", [1, 6])
+def test_static_input_runs_the_rate_pass(idiom, steps):
+    """Every step sees the same input, so the rate pass runs the graph once on it: values are
+    the spike pass's, gradients those of the same network fed the input repeated as a time-major
+    sequence, and at one step BPTT's."""
+    torch.manual_seed(11)
+    model, twin = Static(steps, idiom), Static(steps, "sequence")
+    twin.load_state_dict(model.state_dict())
+    x = torch.rand(4, 12)
+    compiled = snnopt.compile(model, mode="rate", example_inputs=(x,))
+    assert compiled.report.mode == "rate" and not compiled.report.fallback, str(compiled.report)
+    assert any("from a static input" in n.detail for n in compiled.report.rewritten)
+    out = compiled(x)
+    assert torch.equal(out, model(x)) and out.any()
+    xs = x.expand(steps, *x.shape).contiguous()
+    compiled_twin = snnopt.compile(twin, mode="rate", example_inputs=(xs,))
+    out_twin = compiled_twin(xs)
+    assert torch.equal(out, out_twin)
+    got, want = grads_of(compiled, out), grads_of(compiled_twin, out_twin)
+    if steps == 1:
+        bptt = grads_of(model, model(x))
+        for name in want:
+            close(want[name], bptt[name])
+    for name in want:
+        close(got[name], want[name])
+
+
+def test_collapse_steps_is_idempotent_and_refuses_hard_coded_steps():
+    torch.manual_seed(12)
+    x = torch.rand(4, 12)
+    gm, _ = trace(Static(6, "repeat"), (x,))
+    gm = PassManager([canonicalize_neurons, reroll_time, collapse_steps(6)], verifier=verify)(gm, (x,))
+    assert any(n.meta.get("snn_time_axis") for n in gm.graph.nodes)
+    assert not collapse_steps(6)(gm).modified
+    model = Static(6, "hard_coded")
+    compiled = snnopt.compile(model, mode="rate", example_inputs=(x,))
+    assert "does not run at one step" in compiled.report.fallback and compiled.report.mode == "rate -> dense"
+    assert torch.equal(compiled(x), model(x))
+
+    class FirstSteps(torch.nn.Module):  # time-major, fewer steps than given: no static input to collapse
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif = torch.nn.Linear(12, 8), snnopt.nn.LIF(0.8)
+
+        def forward(self, x):
+            return self.lif(self.fc(x[:5]) * 3).sum(0)
+
+    compiled = snnopt.compile(FirstSteps(), mode="rate", example_inputs=(torch.rand(9, 4, 12),))
+    assert compiled.report.mode == "rate" and not any("static" in n.detail for n in compiled.report.rewritten)
 
 
 def test_unsupported_model_falls_back_to_dense():

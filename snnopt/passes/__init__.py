@@ -8,6 +8,7 @@ from .infra import Note, PassError, PassManager, PassResult
 from .lower import expose_aux, lower, lower_rate_pass
 from .pool import fast_pooling
 from .reroll import reroll_time
+from .steps import collapse_steps
 from .verify import VerificationError, verify
 
 
@@ -28,5 +29,5 @@ def pipeline(mode: str, band: float = 0.05, device: str = "cpu") -> list:
 
 
 __all__ = ["canonicalize_neurons", "reroll_time", "fuse_synapses", "binary_synapses", "mark_binary_inputs",
-           "fast_pooling", "lower", "lower_rate_pass", "expose_aux", "dce", "verify", "pipeline", "PassManager",
+           "fast_pooling", "lower", "lower_rate_pass", "collapse_steps", "expose_aux", "dce", "verify", "pipeline", "PassManager",
            "PassResult", "PassError", "Note", "VerificationError"]

@@ -392,9 +392,13 @@ class RateUnsupported(Exception):
 
 
 def _scale_time_sums(gm: fx.GraphModule, b: Builder, time_t: fx.Node) -> None:
-    """Multiply sums over the time axis by T (at T = 1 they would return one step's value)."""
-    time_major = {n for n in gm.graph.nodes if n.op == "placeholder" and n is not time_t
-                  and isinstance(n.meta.get("val"), torch.Tensor)}
+    """Multiply sums over the time axis by T (at T = 1 they would return one step's value).
+    The time axis starts at the tensor inputs, or where the model makes it from a static
+    input (nodes tagged ``snn_time_axis`` by :func:`~snnopt.passes.steps.collapse_steps`)."""
+    time_major = {n for n in gm.graph.nodes if n.meta.get("snn_time_axis")} or \
+        {n for n in gm.graph.nodes if n.op == "placeholder" and n is not time_t
+         and isinstance(n.meta.get("val"), torch.Tensor)}
+    derived = set()  # values computed from the time axis: one step of it, or the sequence itself
     for n in gm.graph.nodes:
         if "snn" in n.meta:
             time_major.add(n)
@@ -402,12 +406,16 @@ def _scale_time_sums(gm: fx.GraphModule, b: Builder, time_t: fx.Node) -> None:
         if n in time_major or n.op not in ("call_function", "call_method", "call_module"):
             continue
         ins = [a for a in n.all_input_nodes if a in time_major]
-        if not ins:
-            continue
+        if any(a in time_major or a in derived for a in n.all_input_nodes):
+            derived.add(n)
         val = n.meta.get("val")
         name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
-        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
-        if name == "sum" and dim in (0, (0,), [0]):
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0 if name == "stack" else None)
+        if name == "stack" and dim == 0 and n in derived:  # a one-step loop's recorded steps: the time axis again
+            time_major.add(n)
+        elif not ins:
+            continue
+        elif name == "sum" and dim in (0, (0,), [0]):
             with gm.graph.inserting_after(n):
                 scaled = b.call(operator.mul, (n, time_t), from_=[n])
             n.replace_all_uses_with(scaled)
