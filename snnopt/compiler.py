@@ -346,8 +346,9 @@ class CompiledSNN(nn.Module):
                 return self._fallback(inputs, f"rate mode is not possible here ({reason}); compiled in dense mode")
             steps = rate_gm.meta.get("static_steps")
             if steps:
-                notes.append(Note("rewritten", "", f"the model makes its {steps} step{'s' * (steps != 1)} from a static "
-                                                   f"input: the rate pass runs once on the input itself", "compile"))
+                made = f"{steps} step{'s' * (steps != 1)}"
+                notes.append(Note("rewritten", "", f"the model makes its {made} from a static input: the rate pass "
+                                                   f"runs once on the input itself", "compile"))
         report = build_report(type(model).__name__, mode, self.band, inputs, gm, notes, pm.history)
         return _Program(gm, report, generic=not specialised, guard=guard, rate_gm=rate_gm)
 

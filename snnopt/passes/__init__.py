@@ -29,5 +29,5 @@ def pipeline(mode: str, band: float = 0.05, device: str = "cpu") -> list:
 
 
 __all__ = ["canonicalize_neurons", "reroll_time", "fuse_synapses", "binary_synapses", "mark_binary_inputs",
-           "fast_pooling", "lower", "lower_rate_pass", "collapse_steps", "expose_aux", "dce", "verify", "pipeline", "PassManager",
-           "PassResult", "PassError", "Note", "VerificationError"]
+           "fast_pooling", "lower", "lower_rate_pass", "collapse_steps", "expose_aux", "dce", "verify", "pipeline",
+           "PassManager", "PassResult", "PassError", "Note", "VerificationError"]
