@@ -9,6 +9,7 @@ from snnopt import compiler, kernels
 from snnopt.frontend.tracer import trace
 from snnopt.kernels.reference.rate import rate_batch_norm_backward
 from snnopt.passes import PassManager, canonicalize_neurons, collapse_steps, reroll_time, verify
+from snnopt.passes.lower import batch_stats
 from snnopt.profiling import SavedTensorMeter
 
 from .devices import DEVICES
@@ -121,6 +122,23 @@ def test_rate_bn_backward_is_batch_norm_backward():
                                                     - x_hat * (g * x_hat).mean(dims, keepdim=True))
     close(gx, expected)
     assert torch.allclose(rate_batch_norm_backward(g, x.detach(), mean_s, var_s, w.detach(), 1e-5)[0], expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channel", [1, 2])
+def test_batch_stats_are_the_biased_var_mean(dtype, channel):
+    """The spike pass's BatchNorm statistics: per channel, over every other dim; a constant
+    channel has variance 0."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(5, 4, 3, 6, 7, generator=g, dtype=dtype) * 2 + 5).flatten(0, 1 - (channel - 1))
+    x.select(channel, 1).fill_(2.5)
+    var, mean = batch_stats(x, channel)
+    dims = [d for d in range(x.dim()) if d != channel]
+    want_var, want_mean = torch.var_mean(x, dims, correction=0)
+    assert var.dtype == mean.dtype == dtype and float(var[1]) == 0
+    rtol = 1e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(var, want_var, rtol=rtol, atol=0)
+    torch.testing.assert_close(mean, want_mean, rtol=rtol, atol=0)
 
 
 def test_saved_memory_flat_in_t():
