@@ -14,7 +14,7 @@ from .frontend.tracer import TraceFailure, complete_inputs, trace
 from .passes import (PassError, PassManager, canonicalize_neurons, collapse_steps, dce, lower_rate_pass,
                      mark_binary_inputs, pipeline, reroll_time, verify)
 from .passes.infra import Note
-from .passes.lower import RateUnsupported, neuron_keys
+from .passes.lower import RateUnsupported, StepsNotFromInput, neuron_keys
 from .report import CompileReport, build_report
 
 log = logging.getLogger(__name__)
@@ -171,8 +171,7 @@ class _NoStaticSteps(RateUnsupported):
 def _static_steps(exc: Exception) -> bool:
     """Whether the time-major rate pass failed because the model makes its own steps (its
     neurons ran several steps on a one-step input)."""
-    reason = exc if isinstance(exc, RateUnsupported) else exc.__cause__
-    return isinstance(reason, RateUnsupported) and "steps on a one-step input" in str(reason)
+    return isinstance(exc if isinstance(exc, RateUnsupported) else exc.__cause__, StepsNotFromInput)
 
 
 def _feeds_neuron_state(node: fx.Node) -> str | None:

@@ -369,6 +369,10 @@ def test_collapse_steps_is_idempotent_and_refuses_hard_coded_steps():
         def forward(self, x):
             return self.lif(self.fc(x[:5]) * 3).sum(0)
 
+    model = Static(4, "repeat")  # as many steps as samples: the one-step trace tells them apart
+    compiled = snnopt.compile(model, mode="rate", example_inputs=(x,))
+    assert any("from a static input" in n.detail for n in compiled.report.rewritten)
+    assert torch.equal(compiled(x), model(x))
     compiled = snnopt.compile(FirstSteps(), mode="rate", example_inputs=(torch.rand(9, 4, 12),))
     assert compiled.report.mode == "rate" and not any("static" in n.detail for n in compiled.report.rewritten)
 

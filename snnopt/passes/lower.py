@@ -332,7 +332,7 @@ def lower_rate_pass(keys_T: set[str], recorded_T: frozenset = frozenset()):
             raise RateUnsupported("the neurons of the T = 1 trace differ from those of the full trace")
         for n in keys:
             if n.args[0].meta["val"].shape[0] != 1:
-                raise RateUnsupported(f"`{n.meta['snn_module']}` runs {n.args[0].meta['val'].shape[0]} steps on a "
+                raise StepsNotFromInput(f"`{n.meta['snn_module']}` runs {n.args[0].meta['val'].shape[0]} steps on a "
                                       "one-step input: the model's time steps do not follow the first dim of its "
                                       "input (a fixed number of steps over a static input, say); rate mode needs "
                                       "the time-major input [T, B, ...] to drive the steps")
@@ -398,6 +398,10 @@ def lower_rate_pass(keys_T: set[str], recorded_T: frozenset = frozenset()):
 
 class RateUnsupported(Exception):
     """The model cannot run the rate pass; the compiler falls back to dense mode."""
+
+
+class StepsNotFromInput(RateUnsupported):
+    """The neurons of the one-step trace ran several steps: the model makes its own."""
 
 
 def _scale_time_sums(gm: fx.GraphModule, b: Builder, time_t: fx.Node) -> None:

@@ -9,8 +9,8 @@ This pass rewrites, on the way into a neuron, the broadcasts that make the ``ste
 from a one-step value, and the time-distributed merges ``reroll_time`` made for them,
 to one step:
 
-    x[1, ...].expand(steps, *rest)          ->  x.expand(1, *rest)
-    x[1, ...].repeat(steps, *rest)          ->  x.repeat(1, *rest)
+    x.expand(steps, *rest)                  ->  x.expand(1, *rest)        (x of leading size 1)
+    x.repeat(steps, *rest)                  ->  x.repeat(1, *rest)        (x of leading size 1)
     unflatten(y, 0, (steps, batch))         ->  unflatten(y, 0, (1, batch))      (reroll_time's)
     y.view(steps, *shape) / reshape         ->  y.view(1, *shape)                (reroll_time's)
 
@@ -26,13 +26,10 @@ import torch
 from torch import fx
 
 from .infra import PassResult
+from .reroll import _target_name
 
 _BROADCASTS = ("expand", "repeat")
 _REROLLED = ("unflatten", "view", "reshape")
-
-
-def _target_name(n: fx.Node) -> str:
-    return n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
 
 
 def _neuron_inputs(graph: fx.Graph) -> set[fx.Node]:
