@@ -140,9 +140,8 @@ void with_common(const Cfg& c, bool uses_sg, F&& f) {
 
 // Calls f(Fixed<...>{}) for the common configurations (lif / if, subtract or zero reset,
 // same or next step, atan or fast-sigmoid surrogate when `uses_sg`, lif's Euler and divided
-// forms too) and
-// f(Runtime{}) otherwise.  Without Specialise (e.g. float64, which is not worth the code) only
-// f(Runtime{}) is instantiated.
+// forms too) and f(Runtime{}) otherwise.  Without Specialise (e.g. float64, which is not worth
+// the code) only f(Runtime{}) is instantiated.
 template <bool Specialise, class F>
 void with_fixed(const Cfg& c, bool uses_sg, F&& f) {
   if constexpr (!Specialise) {
