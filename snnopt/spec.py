@@ -127,14 +127,28 @@ class NeuronSpec(KindTraits):
         if unknown:
             raise ValueError(f"NeuronSpec.learnable may hold beta, alpha, threshold; got {sorted(unknown)}")
 
+    @property
+    def form_fixed(self) -> dict:
+        """The parameters the Euler and divided forms fix, ``{name: value}``: ``beta``
+        (``1 - scale``, ``1 - 1/tau``) and, in the Euler form of a kind with a current, its
+        constant ``alpha`` (``syn_rate = alpha - 1`` in double, see :meth:`op_config`); empty in
+        the decay form.  A module or network computing such a form takes these values from the
+        spec, not from its (rounded) tensors."""
+        if self.integration == "decay":
+            return {}
+        if self.integration == "tau":
+            return {"beta": 1 - 1 / self.tau}
+        alpha = {"alpha": self.alpha} if self.has_current and self.alpha is not None else {}
+        return {"beta": 1 - self.scale, **alpha}
+
     def _check_euler(self) -> None:
         """The Euler form is Norse's: a leaky kind, ``beta = 1 - scale``, a same-step reset, a
         current decayed after use (by a constant ``alpha``, see :meth:`op_config`), nothing learnable."""
         problems = []
         if self.kind not in ("lif", "cuba_lif", "li", "cuba_li"):
             problems.append(f"kind {self.kind!r} (a leaky kind is needed)")
-        if self.beta is not None and self.beta != 1 - self.scale:
-            problems.append(f"beta {self.beta} (1 - scale = {1 - self.scale} is needed)")
+        if self.beta is not None and self.beta != self.form_fixed["beta"]:
+            problems.append(f"beta {self.beta} (1 - scale = {self.form_fixed['beta']} is needed)")
         if self.has_current and self.current_decay != "after":
             problems.append("current_decay 'before' (a current decayed after use is needed)")
         if self.spiking and self.reset_timing != "same":
@@ -154,8 +168,8 @@ class NeuronSpec(KindTraits):
         problems = []
         if self.kind != "lif":
             problems.append(f"kind {self.kind!r} ('lif' is needed)")
-        if self.beta is not None and self.beta != 1 - 1 / tau:
-            problems.append(f"beta {self.beta} (1 - 1/tau = {1 - 1 / tau} is needed)")
+        if self.beta is not None and self.beta != self.form_fixed["beta"]:
+            problems.append(f"beta {self.beta} (1 - 1/tau = {self.form_fixed['beta']} is needed)")
         if self.scale not in (1 / tau, 1.0):
             problems.append(f"scale {self.scale} (1/tau = {1 / tau} or 1 is needed)")
         if self.reset_timing != "same":

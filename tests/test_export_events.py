@@ -465,3 +465,52 @@ def test_delay_into_a_synaptic_node_is_refused():
     net.add("output", N.Output(), ["lif"])
     with pytest.raises(NetworkError, match="delayed edge 'feedback' -> 'fc'.*ends at a affine node"):
         events.to_graph(net)
+
+
+EULER = NeuronSpec(kind="cuba_lif", beta=1 - 0.1, scale=0.1, alpha=0.8, current_decay="after", integration="euler",
+                   reset="zero")
+DIVIDED = NeuronSpec(kind="lif", beta=1 - 1 / 1.7, scale=1 / 1.7, integration="tau", tau=1.7, fire=">=")
+
+
+def form_network(spec: NeuronSpec, **params) -> N.Network:
+    """Input(20) -> Affine (weights on a 1/64 grid) -> a population of ``spec`` -> Output."""
+    net = N.Network()
+    net.add("input", N.Input((20,)))
+    net.add("fc", N.Affine(torch.randint(-8, 25, (8, 20)) / 64), ["input"])
+    net.add("hidden", N.Neuron(spec, (8,), **{**spec.form_fixed, "threshold": 1.0, **params}), ["fc"])
+    net.add("out", N.Output(), ["hidden"])
+    return net
+
+
+@pytest.mark.parametrize("spec", [EULER, DIVIDED], ids=["euler", "divided"])
+def test_a_populations_order_of_operations_travels_in_the_file(tmp_path, spec):
+    """Norse's Euler and SpikingJelly's divided form survive the file (the Euler form's alpha
+    and the divided form's tau exactly) and simulate as PyTorch does, bit for bit; a file
+    whose beta or alpha disagree with the form, or that lacks its constant, is refused
+    naming the population, and so is such a network."""
+    net = form_network(spec)
+    path = events.write(net, tmp_path / "form.json")
+    graph = events.read(path)
+    assert graph.nodes["hidden"]["integration"] == spec.integration
+    x = models.spikes((60, 3, 20), p=0.4)
+    want, want_state = NetworkModule(net).run(x)
+    got, got_state = events.EventSimulator(graph).run(x)
+    assert want.any() and torch.equal(got, want)
+    assert all(torch.equal(a, b) for a, b in zip(got_state["hidden"], want_state["hidden"]))
+    constant = "euler_alpha" if spec.integration == "euler" else "tau"
+    for edit, message in [(lambda d: node_of(d, "hidden").pop(constant), f"lacks the required attribute '{constant}'"),
+                          (lambda d: node_of(d, "hidden").update(beta=[0.5] * 8),
+                           f"integration '{spec.integration}' fixes beta")]:
+        with pytest.raises(NetworkError, match=rf"population 'hidden'.*{message}"):
+            events.read(edit_json(events.write(net, tmp_path / "bad.json"), edit))
+    with pytest.raises(NetworkError, match="has beta .* everywhere"):
+        form_network(spec, beta=0.5)
+
+
+def test_a_file_without_integration_is_read_in_the_decay_form(tmp_path):
+    """Files written before populations carried ``integration`` read as the decay form."""
+    path = good_file(tmp_path)
+    good = events.read(path)
+    old = events.read(edit_json(path, lambda d: node_of(d, "hidden").pop("integration")))
+    x = models.spikes((40, 2, 20))
+    assert torch.equal(events.EventSimulator(old).run(x)[0], events.EventSimulator(good).run(x)[0])

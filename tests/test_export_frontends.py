@@ -1,7 +1,11 @@
 """Models written with snnTorch, SpikingJelly and Norse export to NIR and come back with
-their spikes (float64: those libraries order the charge arithmetic differently)."""
+their spikes (in float64 where the NIR file has no extensions: SpikingJelly and Norse
+order the charge arithmetic in their own way, which only ``snnopt_form`` keeps), and
+keep their order of float operations in every format (float32, bit for bit)."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -9,6 +13,7 @@ from torch import nn
 
 import snnopt
 from snnopt.export import NetworkError
+from snnopt.export import network as N
 
 from .models import spikes
 
@@ -96,8 +101,8 @@ def test_norse_cells(tmp_path, float64):
 
 
 def test_norse_euler_form_exports_and_quantizes(tmp_path, float64):
-    """Norse's neurons compile in the Euler form; export writes the decay form every format
-    states (the same spikes), and the hardware passes, which rescale the decays, take it."""
+    """Norse's neurons compile in the Euler form; NIR without extensions states the decay form
+    (the same spikes in float64), and quantization, which rescales the decays, makes it."""
     norse = pytest.importorskip("norse.torch")
 
     class Net(nn.Module):
@@ -159,3 +164,88 @@ def test_spikingjelly_starts_at_v_reset_in_every_format(tmp_path, float64):
     model(x[:, :1])  # a state of batch 1 left on the module by an earlier run
     with pytest.raises(NetworkError, match="keeps a state from an earlier run; reset it"):
         to_network(model, (x,))
+
+
+def _exact_weights(model, gain):
+    """Weights on a grid of 1/64 times ``gain`` (a few bits, e.g. 2.5 or 0.75): with binary
+    inputs every synaptic sum is exact in every runtime, so only the neurons' arithmetic can
+    round differently."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.copy_(torch.randint(-16, 33, m.weight.shape) / 64 * gain)
+                m.bias.zero_()
+    return model
+
+
+def _assert_every_format_keeps_the_order(model, x, tmp_path, expected, dt=1e-3, reset=lambda: None):
+    """The exported network, its ONNX file, its event graph and its NIR file (with
+    extensions) compute ``expected`` — the library's own outputs and final membranes —
+    bit for bit in float32; the same network in the decay form does not."""
+    from snnopt.export import EventSimulator, NetworkModule, events, to_network
+    from snnopt.export import onnx as X
+
+    reset()
+    net = to_network(model, (x,))
+    runs = {"network": NetworkModule(net).run(x), "onnx": X.run(X.to_onnx(net), x),
+            "events": EventSimulator(events.read(snnopt.export(model, tmp_path / "m.json", example_inputs=(x,)))).run(x),
+            "nir": snnopt.from_nir(snnopt.export(model, tmp_path / "m.nir", dt=dt, example_inputs=(x,),
+                                                 extensions=True)).run(x)}
+    decay = copy.deepcopy(net)
+    for node in decay.nodes.values():
+        if isinstance(node, N.Neuron):
+            node.to_decay_form()
+    runs["decay form"] = NetworkModule(decay).run(x)
+    out, membranes = expected
+    assert out.abs().sum() > 0
+    for how, (got, state) in runs.items():
+        final = {name: s[-1] if isinstance(s, (tuple, list)) else s for name, s in state.items()}
+        same = torch.equal(got, out) and all(torch.equal(final[n], v) for n, v in membranes.items())
+        assert same == (how != "decay form"), how
+
+
+def test_norse_euler_form_round_trips_bit_for_bit_in_float32(tmp_path):
+    """Norse's LIFCell and LICell (currents decayed after use, Euler order) in every format."""
+    norse = pytest.importorskip("norse.torch")
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.lif = nn.Linear(12, 32), norse.LIFCell()
+            self.fc2, self.li = nn.Linear(32, 6), norse.LICell()
+
+        def forward(self, x):
+            s1 = s2 = None
+            out = []
+            for t in range(x.shape[0]):
+                z, s1 = self.lif(self.fc1(x[t]), s1)
+                v, s2 = self.li(self.fc2(z), s2)
+                out.append(v)
+            self.final = {"lif": s1.v, "li": s2.v}
+            return torch.stack(out)
+
+    model = _exact_weights(Net(), 8.0)
+    x = spikes((100, 4, 12), p=0.3)
+    with torch.no_grad():
+        out = model(x)
+    _assert_every_format_keeps_the_order(model, x, tmp_path, (out, model.final))
+
+
+@pytest.mark.parametrize("decay_input", [True, False])
+@pytest.mark.parametrize("v_reset", [None, -0.25])
+def test_spikingjelly_divided_form_round_trips_bit_for_bit_in_float32(tmp_path, decay_input, v_reset):
+    """SpikingJelly's LIFNode (``v + (x - (v - v_reset)) / tau`` and the form without input
+    decay, subtract and hard reset) in every format."""
+    pytest.importorskip("spikingjelly")
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    model = nn.Sequential(layer.Linear(12, 32), neuron.LIFNode(tau=3.0, decay_input=decay_input, v_reset=v_reset),
+                          layer.Linear(32, 6), neuron.LIFNode(tau=1.5, decay_input=decay_input, v_reset=v_reset))
+    functional.set_step_mode(model, "m")
+    _exact_weights(model, 2.5 if decay_input else 0.75)
+    x = spikes((100, 4, 12), p=0.3)
+    functional.reset_net(model)
+    with torch.no_grad():
+        out = model(x)
+    expected = (out, {"1": model[1].v.clone(), "3": model[3].v.clone()})
+    _assert_every_format_keeps_the_order(model, x, tmp_path, expected, reset=lambda: functional.reset_net(model))

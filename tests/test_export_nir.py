@@ -611,3 +611,27 @@ def test_a_nir_file_is_checked_and_converted_without_example_inputs(tmp_path):
     assert found and sorted(map(str, found)) == sorted(map(str, expected))
     onnx_path = E.export(str(path), tmp_path / "m.onnx")
     torch.testing.assert_close(E.onnx.run(onnx_path, x)[0], model(x))
+
+
+EULER_LIF = NeuronSpec(kind="lif", beta=1 - 0.1, scale=0.1, integration="euler", reset="zero")
+
+
+def test_order_of_float_operations_needs_extensions_and_is_checked_on_import(tmp_path, caplog):
+    """A population in Norse's Euler form: without extensions the export warns and the file
+    reads back in the decay form; with them ``snnopt_form`` brings the form back exactly, and
+    a file whose time constants were changed afterwards is refused naming the node."""
+    model = nn.Sequential(nn.Linear(12, 16), snnopt.nn.Neuron(EULER_LIF))
+    x = spikes((STEPS, 3, 12), p=0.3)
+    with caplog.at_level(logging.WARNING, logger="snnopt.export.nir"):
+        plain = snnopt.from_nir(E.export(model, tmp_path / "plain.nir", dt=1e-3, example_inputs=(x,)))
+    assert "Norse's Euler order" in caplog.text and "extensions=True" in caplog.text
+    assert {n.spec.integration for n in plain.network().nodes.values() if n.kind == "neuron"} == {"decay"}
+    path = E.export(model, tmp_path / "ext.nir", dt=1e-3, example_inputs=(x,), extensions=True)
+    specs = [n.spec for n in snnopt.from_nir(path).network().nodes.values() if n.kind == "neuron"]
+    assert [(s.integration, s.scale, s.beta) for s in specs] == [("euler", 0.1, 1 - 0.1)]
+    graph = nir.read(path)
+    name, node = next((k, n) for k, n in graph.nodes.items() if isinstance(n, nir.LIF))
+    node.tau = node.tau * 2
+    nir.write(tmp_path / "edited.nir", graph)
+    with pytest.raises(NetworkError, match=rf"NIR node '{name}': metadata snnopt_form .* remove the metadata"):
+        snnopt.from_nir(tmp_path / "edited.nir")

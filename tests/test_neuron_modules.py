@@ -123,6 +123,10 @@ def test_euler_integration_is_refused_where_it_is_not_norse_form(fields, problem
         outs.append(s)
     out = Neuron(spec)(x, (torch.zeros(2, 5), torch.full((2, 5), 0.25)))  # state (i, v)
     assert torch.equal(out, torch.stack(outs)) and out.any()
+    with pytest.raises(ValueError, match="fixes alpha"):
+        Neuron(spec, alpha=0.5)
+    # the module keeps the form's alpha itself, not its float32 rounding in the buffer
+    assert Neuron(dataclasses.replace(spec, alpha=0.8)).spec().alpha == 0.8
 
 
 TAU = 1.7

@@ -24,8 +24,9 @@ a neuron (``neuron_scan``)                   ``Neuron`` (spec + full-shape param
 ===========================================  ========================================
 
 A neuron in Norse's Euler form (``integration="euler"``) or SpikingJelly's divided form
-(``integration="tau"``) exports in the decay form every format states,
-``h = beta v + (1 - beta) v_rest + scale I``: the same dynamics, rounded differently.
+(``integration="tau"``) keeps its form in the network: ONNX, the event graph and
+:class:`~snnopt.export.runtime.NetworkModule` compute it in the library's order of float
+operations; NIR states the decay form (see :mod:`snnopt.export.nir`).
 
 Anything else raises :class:`~snnopt.export.network.NetworkError` naming the graph node
 and the module or function, with what the model could use instead.  The model is read as
@@ -48,7 +49,7 @@ import logging
 import math
 import operator
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
@@ -539,7 +540,7 @@ class _Reader:
         x = self._seq(node.args[0], node)
         if x.flat:
             raise N.NetworkError(f"{_where(node)}: a neuron's input has time and batch merged")
-        spec = replace(node.meta["snn"], integration="decay", tau=None)  # see the module docstring
+        spec = node.meta["snn"]
         v_init = self._initial_state(node, node.args[1], x.shape)
         if self._initial_state(node, node.args[2], x.shape) is not None:
             raise N.NetworkError(f"{_where(node)}: the neuron starts from a non-zero synaptic current; the exported "

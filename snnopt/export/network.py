@@ -33,6 +33,7 @@ value of the same step.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -170,7 +171,13 @@ class Neuron(Node):
     """A population with the dynamics of ``spec`` (:mod:`snnopt.spec`); the scalar fields
     ``beta``/``alpha``/``threshold`` of ``spec`` are ignored in favour of the tensors here,
     which have the population's full shape (``None`` where the kind has none).  ``v_init``
-    is the membrane the population starts from (``None``: zeros)."""
+    is the membrane the population starts from (``None``: zeros).
+
+    A ``spec`` in Norse's Euler form or SpikingJelly's divided form (``integration``
+    ``"euler"`` / ``"tau"``) keeps its library's order of float operations; its ``beta`` (and
+    the Euler form's ``alpha``) are fixed by the spec (``NeuronSpec.form_fixed``), so the
+    tensors must hold those values everywhere.  :meth:`to_decay_form` gives up the order (the same dynamics, rounded
+    as ``beta v + (1 - beta) v_rest + scale x``) for passes that change the parameters."""
 
     spec: NeuronSpec
     shape: tuple
@@ -195,6 +202,16 @@ class Neuron(Node):
             if value.dim() == 0 or tuple(value.shape) != self.shape:
                 value = value.expand(self.shape)
             setattr(self, name, value.clone().contiguous())
+        for name, fixed in self.spec.form_fixed.items():
+            value = getattr(self, name)
+            if value is not None and not bool((value == torch.tensor(fixed, dtype=value.dtype)).all()):
+                raise NetworkError(f"a {self.spec.kind} population in integration {self.spec.integration!r} has "
+                                   f"{name} {fixed!r} everywhere (NeuronSpec.form_fixed); got other values: give it "
+                                   f"that {name} or a spec in integration 'decay'")
+
+    def to_decay_form(self) -> None:
+        """Compute in the decay form ``beta v + (1 - beta) v_rest + scale x`` (see the class docstring)."""
+        self.spec = dataclasses.replace(self.spec, integration="decay", tau=None)
 
     def params(self) -> dict:
         """``{name: tensor}`` for the parameters this population has (``v_init`` included)."""

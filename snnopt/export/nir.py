@@ -70,6 +70,16 @@ ignores the metadata sees reset-to-``v_reset`` — the file's graph metadata lis
 extension and what other readers do instead (``snnopt_extensions``), and a warning is
 logged at export.
 
+**Order of float operations.** A population in Norse's Euler or SpikingJelly's divided form
+(``NeuronSpec.integration``, see :mod:`snnopt.spec`) is written with the parameters above,
+which state the same dynamics; NIR has no word for the order in which a step rounds, so
+:func:`read` computes such a file in the decay form, and a membrane that lands within
+rounding of the threshold may fire differently (the export logs a warning).  With
+``extensions=True`` the form and its exact constants (``integration``, ``scale``, ``tau``,
+the Euler form's ``alpha``) go to node metadata ``snnopt_form``, which :func:`read` honours
+(after checking them against the node's time constants): the round trip is then exact in
+float32.
+
 **Convolutions.** ``nir`` 1.0.8 infers a Conv's types from ``weight.shape[1]`` input
 channels and the first kernel dim only.  A grouped Conv is therefore written as the equal
 ungrouped one (zero weights between the groups; a warning says so), and a non-square
@@ -84,6 +94,7 @@ Affine bias and the Flatten dims that nirtorch's defaults get wrong).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -100,6 +111,7 @@ log = logging.getLogger(__name__)
 
 _TRAIN_FIELDS = ("detach_reset",)
 _STRUCTURE_FIELDS = ("reset", "reset_timing", "fire", "reset_discards_input", "current_decay")
+_FORM_ORDERS = {"euler": "Norse's Euler order of the charge", "tau": "SpikingJelly's divided order of the charge"}
 
 
 def _nir():
@@ -126,9 +138,10 @@ def to_nir(net: N.Network, dt: float, *, extensions: bool = False):
     metadata = {"dt": dt, "snnopt_time_step": "euler"}
     metadata.update({k: v for k, v in net.metadata.items() if isinstance(v, (int, float, str)) and k != "dt"})
     if extended:
-        metadata["snnopt_extensions"] = "node metadata snnopt_spec / snnopt_v_init: " + "; ".join(extended)
-        log.warning("NIR export with extensions (node metadata snnopt_spec / snnopt_v_init) that readers other than "
-                    "snnopt ignore: %s", "; ".join(extended))
+        metadata["snnopt_extensions"] = "node metadata snnopt_spec / snnopt_v_init / snnopt_form: " + "; ".join(
+            extended)
+        log.warning("NIR export with extensions (node metadata snnopt_spec / snnopt_v_init / snnopt_form) that "
+                    "readers other than snnopt ignore: %s", "; ".join(extended))
     try:
         return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata, type_check=True)
     except Exception as exc:
@@ -318,6 +331,17 @@ def _neuron_metadata(name, node: N.Neuron, extensions: bool, extended: list) -> 
     if extensions and node.v_init is not None:
         metadata["snnopt_v_init"] = _np(node.v_init, np.float64)
         extended.append(f"{name}: the initial membrane (others start at 0)")
+    if spec.integration != "decay":
+        order = _FORM_ORDERS[spec.integration]
+        if extensions:
+            metadata["snnopt_form"] = json.dumps({"integration": spec.integration, "scale": spec.scale, "tau": spec.tau,
+                                                  **{k: v for k, v in spec.form_fixed.items() if k == "alpha"}})
+            extended.append(f"{name}: {order} (others: the same dynamics, rounded in the decay form)")
+        else:
+            log.warning("NIR export: population %r computes in %s; NIR states the dynamics, not the order of float "
+                        "operations, so readers (snnopt's too) round it in the decay form, and a membrane within "
+                        "rounding of the threshold may fire differently; pass extensions=True to keep the order for "
+                        "snnopt's importer", name, order)
     return metadata
 
 
@@ -637,14 +661,27 @@ def neuron_from_nir(name: str, node, dt: float, shape: tuple) -> N.Neuron:
     params = {k: None if v is None else torch.as_tensor(np.asarray(v, f64).astype(real)) for k, v in params.items()}
     values = {k: _uniform(v) for k, v in params.items()}
     tensors = tuple((k, k) for k, v in params.items() if v is not None and values[k] is None)
+    form = _json(name, meta, "snnopt_form")
     try:
         if train:
             fields.update(surrogate=_surrogate.Surrogate(str(train["surrogate"]), float(train["surrogate_param"])),
                           detach_reset=bool(train.get("detach_reset", False)),
                           learnable=frozenset(train.get("learnable", ())))
+        if form:
+            fields.update(integration=str(form["integration"]), scale=float(form["scale"]),
+                          tau=None if form.get("tau") is None else float(form["tau"]))
+            values.update(beta=None, alpha=None if form.get("alpha") is None else float(form["alpha"]))
         spec = NeuronSpec(**values, param_attrs=tensors, **fields)
+        if form:
+            spec = dataclasses.replace(spec, beta=spec.form_fixed["beta"])
     except (KeyError, TypeError, ValueError) as exc:
         raise N.NetworkError(f"NIR node {name!r}: its snnopt metadata is invalid: {exc}") from exc
+    for param, value in spec.form_fixed.items():
+        if not np.allclose(params[param].double().numpy(), value, rtol=1e-6, atol=0):
+            raise N.NetworkError(f"NIR node {name!r}: metadata snnopt_form ({spec.integration} form) gives {param} "
+                                 f"{value!r}, the node's time constants another: remove the metadata from a file "
+                                 "whose parameters were changed")
+        params[param] = torch.full(shape, value, dtype=params[param].dtype)
     return N.Neuron(spec, shape, **params, input_scale=input_scale,
                     v_init=None if v_init is None else torch.as_tensor(full(v_init, "snnopt_v_init").astype(real)))
 

@@ -45,7 +45,8 @@ the main graph's initializers.
 order, by ``_ZeroReset`` / ``_NoReset`` (reset other than subtract), ``_ResetNext`` /
 ``_ResetSamePending`` (reset timing), ``_FireGe`` (fire ``">="``), ``_DiscardsInput``,
 ``_DecayAfter`` (``current_decay="after"``), ``_Scaled`` (``scale != 1``), ``_Rest``
-(``v_rest != 0``) and ``_Gain`` (an ``input_scale``), e.g.
+(``v_rest != 0``), ``_Gain`` (an ``input_scale``) and ``_Euler`` / ``_Tau`` (Norse's Euler
+or SpikingJelly's divided order of the charge, ``NeuronSpec.integration``), e.g.
 ``LIF_ZeroReset_ResetNext_FireGe``.  The operator is a model-local ``FunctionProto``
 whose body uses default-domain ops only and repeats
 :func:`snnopt.nn.functional.neuron_step` operation by operation, so float32 results
@@ -55,7 +56,9 @@ equal PyTorch's bit for bit; the equations are in :mod:`snnopt.spec`.  Its signa
 
 with ``y`` the spikes (the membrane for ``LI``/``CubaLI``).  ``beta``, ``alpha``,
 ``threshold`` and ``input_scale`` are full-shape initializers; ``scale``, ``v_rest`` and
-``v_reset`` are float attributes of the call.  The surrogate gradient and
+``v_reset`` are float attributes of the call, and so are the divided form's ``tau`` and the
+Euler form's ``syn_rate = alpha - 1`` (those forms read no ``beta``, and the Euler form no
+``alpha``).  The surrogate gradient and
 ``detach_reset`` only shape training and are not exported.  No ``NeuronSpec`` is refused;
 a spec field outside :mod:`snnopt.spec`'s tables raises :class:`NetworkError` naming the
 node.
@@ -88,7 +91,7 @@ import torch
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
-from ..spec import CURRENT_DECAYS, FIRES, KINDS, RESETS, TIMINGS, KindTraits
+from ..spec import CURRENT_DECAYS, FIRES, INTEGRATIONS, KINDS, RESETS, TIMINGS, KindTraits
 from . import network as N
 
 logger = logging.getLogger(__name__)
@@ -155,17 +158,27 @@ class _Dynamics(KindTraits):
     scaled: bool = False
     rest: bool = False
     gain: bool = False
+    form: str = "decay"  # NeuronSpec.integration
 
     @property
     def leaky(self) -> bool:
         return self.kind != "if"
 
     @property
+    def reads_beta(self) -> bool:
+        return self.leaky and self.form == "decay"
+
+    @property
+    def reads_alpha(self) -> bool:
+        return self.has_current and self.form != "euler"
+
+    @property
     def attributes(self) -> list[str]:
         """The float attributes the body reads."""
         uses_reset_value = self.reset == "zero" and not self.discards_input
-        return [a for a, used in (("scale", self.scaled), ("v_rest", self.rest), ("v_reset", uses_reset_value))
-                if used]
+        return [a for a, used in (("scale", self.scaled and self.form != "tau"), ("tau", self.form == "tau"),
+                                  ("syn_rate", self.has_current and self.form == "euler"), ("v_rest", self.rest),
+                                  ("v_reset", uses_reset_value)) if used]
 
     @property
     def name(self) -> str:
@@ -176,15 +189,15 @@ class _Dynamics(KindTraits):
         parts += {"next": ["ResetNext"], "same_pending": ["ResetSamePending"]}.get(self.timing, [])
         for token, on in (("FireGe", self.fire_ge), ("DiscardsInput", self.discards_input),
                           ("DecayAfter", self.decay_after), ("Scaled", self.scaled), ("Rest", self.rest),
-                          ("Gain", self.gain)):
+                          ("Gain", self.gain), ("Euler", self.form == "euler"), ("Tau", self.form == "tau")):
             if on:
                 parts.append(token)
         return "_".join(parts)
 
     @property
     def inputs(self) -> list[str]:
-        return ["x", *(["i"] if self.has_current else []), "v", *(["alpha"] if self.has_current else []),
-                *(["beta"] if self.leaky else []), *(["threshold"] if self.spiking else []),
+        return ["x", *(["i"] if self.has_current else []), "v", *(["alpha"] if self.reads_alpha else []),
+                *(["beta"] if self.reads_beta else []), *(["threshold"] if self.spiking else []),
                 *(["input_scale"] if self.gain else [])]
 
     @property
@@ -195,8 +208,9 @@ class _Dynamics(KindTraits):
         what = "the membrane" if not self.spiking else (
             f"the spikes H(h - threshold) with H(0) = {int(self.fire_ge)}; reset {self.reset}, timing {self.timing}"
             + (", the pending reset discarding the input" if self.discards_input else ""))
+        form = {"euler": ", charging in Norse's Euler order", "tau": ", charging in SpikingJelly's divided order"}
         return (f"One time step of a {self.kind} population as snnopt.nn.functional.neuron_step (equations in "
-                f"snnopt.spec): y = {what}; i_next/v_next the carried state.")
+                f"snnopt.spec){form.get(self.form, '')}: y = {what}; i_next/v_next the carried state.")
 
 
 def _dynamics(name: str, node: N.Neuron) -> _Dynamics:
@@ -205,12 +219,14 @@ def _dynamics(name: str, node: N.Neuron) -> _Dynamics:
     spec = node.spec
     for field, value, allowed in (("kind", spec.kind, KINDS), ("reset", spec.reset, RESETS),
                                   ("reset_timing", spec.reset_timing, TIMINGS), ("fire", spec.fire, FIRES),
-                                  ("current_decay", spec.current_decay, CURRENT_DECAYS)):
+                                  ("current_decay", spec.current_decay, CURRENT_DECAYS),
+                                  ("integration", spec.integration, INTEGRATIONS)):
         if value not in allowed:
             raise N.NetworkError(f"node {name!r}: neuron {field}={value!r} has no ONNX form; the exporter knows "
                                  f"{field} in {allowed}; build the population from a valid NeuronSpec")
     d = _Dynamics(spec.kind, scaled=float(spec.scale) != 1.0, rest=spec.kind != "if" and float(spec.v_rest) != 0.0,
-                  gain=node.input_scale is not None, decay_after=spec.has_current and spec.current_decay == "after")
+                  gain=node.input_scale is not None, decay_after=spec.has_current and spec.current_decay == "after",
+                  form=spec.integration)
     if not d.spiking:
         return d
     timing = spec.reset_timing if spec.reset != "none" else "same"  # neuron_step: no reset, no timing
@@ -304,22 +320,25 @@ def _neuron_body(b: _Builder, d: _Dynamics) -> tuple[str, str | None, str]:
     """One step, the ops of ``neuron_step`` in its order; returns ``(y, i_next, v_next)``.
 
     ``in = scale * drive``; ``drive = i_t`` (``i_t = alpha*i + x``) or, with
-    ``current_decay == "after"``, ``I_t = i + x`` (carrying ``alpha*I_t``), else ``x``
-    (``x`` multiplied by ``input_scale`` first).  ``h = leak(v) + in`` with ``leak(u) =
-    beta*u + (1 - beta)*v_rest``; ``s = H(h - threshold)``; then the reset of the timing.
+    ``current_decay == "after"``, ``I_t = i + x`` (carrying ``alpha*I_t``, in the Euler form
+    ``I_t + syn_rate*I_t``), else ``x`` (``x`` multiplied by ``input_scale`` first).  ``h =
+    leak(v) + in`` with ``leak(u) = beta*u + (1 - beta)*v_rest``, or the charge of the Euler /
+    divided form (:func:`snnopt.nn.functional.form_charge`) from the unscaled drive;
+    ``s = H(h - threshold)``; then the reset of the timing.
     """
     x = b.op("Mul", "x", "input_scale", hint="x_scaled") if d.gain else "x"
     i_next = None
     if d.has_current:
         if d.decay_after:
             drive = b.op("Add", "i", x, hint="total")
-            i_next = b.op("Mul", "alpha", drive, hint="i_decayed")
+            i_next = (b.op("Add", drive, b.op("Mul", b.attr("syn_rate"), drive), hint="i_decayed")
+                      if d.form == "euler" else b.op("Mul", "alpha", drive, hint="i_decayed"))
         else:
             drive = b.op("Add", b.op("Mul", "alpha", "i"), x, hint="total")
             i_next = drive
     else:
         drive = x
-    inp = b.op("Mul", b.attr("scale"), drive, hint="inp") if d.scaled else drive
+    inp = b.op("Mul", b.attr("scale"), drive, hint="inp") if d.scaled and d.form == "decay" else drive
 
     def leak(u: str) -> str:
         if not d.leaky:
@@ -329,6 +348,18 @@ def _neuron_body(b: _Builder, d: _Dynamics) -> tuple[str, str | None, str]:
             out = b.op("Add", out, b.op("Mul", b.op("Sub", b.const(1), "beta"), b.attr("v_rest")), hint="leak")
         return out
 
+    def charge(u: str) -> str:
+        """The same-step charge ``h`` from the carried membrane ``u``."""
+        if d.form == "euler":  # u + scale * ((v_rest - u) + I)
+            step = b.op("Add", b.op("Sub", b.attr("v_rest") if d.rest else b.const(0), u), inp)
+            return b.op("Add", u, b.op("Mul", b.attr("scale"), step) if d.scaled else step, hint="h")
+        if d.form == "tau":  # u + (I - (u - v_rest)) / tau, or u - (u - v_rest) / tau + I
+            off = b.op("Sub", u, b.attr("v_rest")) if d.rest else u
+            if d.scaled:
+                return b.op("Add", u, b.op("Div", b.op("Sub", inp, off), b.attr("tau")), hint="h")
+            return b.op("Add", b.op("Sub", u, b.op("Div", off, b.attr("tau"))), inp, hint="h")
+        return b.op("Add", leak(u), inp, hint="h")
+
     def spike(u: str, hint: str) -> str:
         fired = b.op("GreaterOrEqual" if d.fire_ge else "Greater", u, b.const(0))
         return b.op("Cast", fired, hint=hint, to=TensorProto.FLOAT)
@@ -337,10 +368,10 @@ def _neuron_body(b: _Builder, d: _Dynamics) -> tuple[str, str | None, str]:
         return b.op("Sub", b.const(1), s)
 
     if not d.spiking:
-        h = b.op("Add", leak("v"), inp, hint="h")
+        h = charge("v")
         return h, i_next, h
     if d.timing == "same":
-        h = b.op("Add", leak("v"), inp, hint="h")
+        h = charge("v")
         s = spike(b.op("Sub", h, "threshold"), "s")
         if d.reset == "subtract":
             v = b.op("Sub", h, b.op("Mul", "threshold", s))
@@ -526,8 +557,9 @@ class _Exporter:
             self.functions[d.name] = _neuron_function(d, self.opsets)
         params = {p: self._init(f"{name}.{p}", getattr(node, p)) for p in d.inputs if p in N.NEURON_PARAMS}
         spec = node.spec
-        attrs = {a: float({"scale": spec.scale, "v_rest": spec.v_rest, "v_reset": spec.v_reset}[a])
-                 for a in d.attributes}
+        values = {"scale": spec.scale, "tau": spec.tau, "v_rest": spec.v_rest, "v_reset": spec.v_reset,
+                  "syn_rate": spec.alpha - 1 if "syn_rate" in d.attributes else None}
+        attrs = {a: float(values[a]) for a in d.attributes}
         args = [x, *state, *(params[p] for p in d.inputs if p in params)]
         hints = [f"step/{name}"] + [f"step/{name}:{part}:next" for part in (["i", "v"] if d.has_current else ["v"])]
         outs = self.body.op(d.name, *args, hint=hints, domain=DOMAIN, name=name, **attrs)

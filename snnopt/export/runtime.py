@@ -251,6 +251,8 @@ def layer_for(node: N.Node, multi_step: bool = True) -> nn.Module | None:
         # shared values as scalars: the specialised kernels and the sparse synapse fusion take them
         values = {n: node.uniform(n) if node.uniform(n) is not None else getattr(node, n)
                   for n in ("beta", "alpha", "threshold")}
+        for name in node.spec.form_fixed:
+            del values[name]  # the form's own value, which the network's tensor holds rounded
         return NeuronModule(node.spec, **values, input_scale=node.input_scale, multi_step=multi_step,
                             return_state=True)
     else:

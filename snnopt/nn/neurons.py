@@ -190,9 +190,10 @@ class Neuron(_Neuron):
 
     def __init__(self, spec: NeuronSpec, beta=None, alpha=None, threshold=None, input_scale=None,
                  multi_step=True, return_state=False):
-        if beta is not None and spec.integration != "decay":
-            raise ValueError(f"Neuron: integration {spec.integration!r} fixes beta from the spec's "
-                             f"{'scale' if spec.integration == 'euler' else 'tau'}; leave beta out")
+        overridden = [n for n, v in (("beta", beta), ("alpha", alpha)) if v is not None and n in spec.form_fixed]
+        if overridden:
+            raise ValueError(f"Neuron: integration {spec.integration!r} fixes {' and '.join(overridden)} in the "
+                             f"spec (NeuronSpec.form_fixed); leave {' and '.join(overridden)} out")
         self.kind = spec.kind
         self.multi_step = bool(multi_step)
         self._base = spec  # the structure; the values are this module's tensors
@@ -215,8 +216,8 @@ class Neuron(_Neuron):
     def _structure(self, beta=None, alpha=None, threshold=None) -> NeuronSpec:
         generic = super()._structure(beta, alpha, threshold)
         gain = (("input_scale", "input_scale"),) if getattr(self, "input_scale", None) is not None else ()
-        if beta is not None and self._base.integration != "decay":
-            beta = self._base.beta  # the form's own, not its rounding in the buffer
+        fixed = self._base.form_fixed  # the form's own values, not their rounding in the buffers
+        beta, alpha = fixed.get("beta", beta), fixed.get("alpha", alpha)
         return dataclasses.replace(self._base, beta=beta, alpha=alpha, threshold=threshold,
                                    learnable=generic.learnable, param_attrs=generic.param_attrs + gain)
 

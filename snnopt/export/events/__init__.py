@@ -21,7 +21,10 @@ currents), every ``Neuron`` and every ``Output`` (a sink) of the network.  Attri
 ``scale``, ``current_decay``,    ``detach_reset`` for readers that train again
 ``reset_discards_input``,
 ``detach_reset``, ``surrogate``,
-``surrogate_param``
+``surrogate_param``,
+``integration``, ``tau``,        ``integration`` optional (absent: ``"decay"``); ``tau``
+``euler_alpha``                  with ``integration="tau"``; ``euler_alpha``, the exact
+                                 ``alpha``, with ``"euler"`` and a current
 ``beta``, ``alpha``,             neurons: per-unit parameter arrays of length ``size``
 ``threshold``, ``input_scale``   (those the kind has; ``input_scale`` multiplies the
                                  summed input before the neuron)

@@ -201,6 +201,10 @@ def _population_attrs(net: N.Network, name: str, shape: tuple, dtype) -> dict:
                      v_reset=float(spec.v_reset), v_rest=float(spec.v_rest), scale=float(spec.scale),
                      current_decay=spec.current_decay, reset_discards_input=bool(spec.reset_discards_input),
                      detach_reset=bool(spec.detach_reset), surrogate=spec.surrogate.name,
-                     surrogate_param=float(spec.surrogate.param))
+                     surrogate_param=float(spec.surrogate.param), integration=spec.integration)
+        if spec.tau is not None:
+            attrs["tau"] = float(spec.tau)
+        if spec.integration == "euler" and spec.has_current:
+            attrs["euler_alpha"] = float(spec.alpha)
         attrs.update({k: v.detach().reshape(-1).to(dtype) for k, v in node.params().items()})
     return attrs

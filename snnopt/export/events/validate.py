@@ -137,6 +137,11 @@ def _check_population(name, attrs, dtype, where) -> _Population:
             pop.params[p] = _array(attrs, p, size, dtype, f"{where} (a {spec.kind} population)", required=need)
         if spec.kind == "if":
             pop.params["beta"] = None
+        for p, fixed in spec.form_fixed.items():
+            if not bool((pop.params[p] == torch.tensor(fixed, dtype=dtype)).all()):
+                raise NetworkError(f"{where}: integration {spec.integration!r} fixes {p} at {fixed!r} "
+                                   f"(NeuronSpec.form_fixed); the {p} array holds other values: write that {p} or "
+                                   "integration 'decay'")
         pop.cfg = spec.config
     return pop
 
@@ -147,10 +152,16 @@ def _check_spec(attrs, where) -> NeuronSpec:
     fields.update({name: float(_require(attrs, name, (int, float), where, "a number")) for name in _SPEC_NUMBERS})
     fields.update({name: _require(attrs, name, bool, where, "true or false") for name in _SPEC_FLAGS})
     kind = _require(attrs, "neuron_kind", str, where, "the neuron kind")
-    tensors = tuple((p, p) for p in ("beta", "alpha", "threshold"))
+    fields["integration"] = _require(attrs, "integration", str, where, "text") if "integration" in attrs else "decay"
+    if fields["integration"] == "tau":
+        fields["tau"] = float(_require(attrs, "tau", (int, float), where, "a number (the divided form's tau)"))
+    alpha = None
+    if fields["integration"] == "euler" and kind in ("cuba_lif", "cuba_li"):
+        alpha = float(_require(attrs, "euler_alpha", (int, float), where, "a number (the Euler form's alpha)"))
+    tensors = tuple((p, p) for p in ("beta", "alpha", "threshold") if p != "alpha" or alpha is None)
     try:
         surrogate = Surrogate(fields.pop("surrogate"), fields.pop("surrogate_param"))
-        return NeuronSpec(kind=kind, beta=None, alpha=None, threshold=None, surrogate=surrogate,
+        return NeuronSpec(kind=kind, beta=None, alpha=alpha, threshold=None, surrogate=surrogate,
                           param_attrs=tensors, **fields)
     except ValueError as exc:
         raise NetworkError(f"{where}: invalid neuron: {exc}") from None

@@ -176,11 +176,17 @@ def quantize(model_or_network, target, *, example_inputs=None) -> Network:
     ``weight_exponents`` (weight node -> ``e``) and ``output_scales`` (output -> the unit
     of its values: 1 for spikes, ``s`` for a readout membrane).
 
+    Populations in Norse's Euler or SpikingJelly's divided form become the decay form (their
+    float rounding order means nothing on an integer grid).
+
     What quantization cannot fix (neuron kinds, leak on Speck, sizes, ...) stays;
     :func:`check` on the result reports it.  The input is not modified.
     """
     p = get_profile(target)
     net = copy.deepcopy(to_network(model_or_network, example_inputs))
+    for node in net.nodes.values():
+        if isinstance(node, N.Neuron):
+            node.to_decay_form()  # the chips' integer arithmetic has no float order to keep
     _fold_all(net, p)
     scaler = _Scaler(net, p)
     for layer in scaler.layers.values():
