@@ -187,10 +187,10 @@ def _assert_every_format_keeps_the_order(model, x, tmp_path, expected, dt=1e-3, 
 
     reset()
     net = to_network(model, (x,))
+    graph = events.read(snnopt.export(model, tmp_path / "m.json", example_inputs=(x,)))
+    nir_file = snnopt.export(model, tmp_path / "m.nir", dt=dt, example_inputs=(x,), extensions=True)
     runs = {"network": NetworkModule(net).run(x), "onnx": X.run(X.to_onnx(net), x),
-            "events": EventSimulator(events.read(snnopt.export(model, tmp_path / "m.json", example_inputs=(x,)))).run(x),
-            "nir": snnopt.from_nir(snnopt.export(model, tmp_path / "m.nir", dt=dt, example_inputs=(x,),
-                                                 extensions=True)).run(x)}
+            "events": EventSimulator(graph).run(x), "nir": snnopt.from_nir(nir_file).run(x)}
     decay = copy.deepcopy(net)
     for node in decay.nodes.values():
         if isinstance(node, N.Neuron):
