@@ -166,6 +166,16 @@ class Scale(Node):
 NEURON_PARAMS = ("beta", "alpha", "threshold", "input_scale", "v_init")
 
 
+def form_conflict(spec: NeuronSpec, params: dict) -> str | None:
+    """The first parameter in ``params`` (name -> tensor or None) that does not hold the value
+    ``spec``'s Euler or divided form fixes (``NeuronSpec.form_fixed``) everywhere, else None."""
+    for name, fixed in spec.form_fixed.items():
+        value = params.get(name)
+        if value is not None and not bool((value == torch.tensor(fixed, dtype=value.dtype)).all()):
+            return name
+    return None
+
+
 @dataclass(eq=False)
 class Neuron(Node):
     """A population with the dynamics of ``spec`` (:mod:`snnopt.spec`); the scalar fields
@@ -202,12 +212,11 @@ class Neuron(Node):
             if value.dim() == 0 or tuple(value.shape) != self.shape:
                 value = value.expand(self.shape)
             setattr(self, name, value.clone().contiguous())
-        for name, fixed in self.spec.form_fixed.items():
-            value = getattr(self, name)
-            if value is not None and not bool((value == torch.tensor(fixed, dtype=value.dtype)).all()):
-                raise NetworkError(f"a {self.spec.kind} population in integration {self.spec.integration!r} has "
-                                   f"{name} {fixed!r} everywhere (NeuronSpec.form_fixed); got other values: give it "
-                                   f"that {name} or a spec in integration 'decay'")
+        name = form_conflict(self.spec, self.params())
+        if name is not None:
+            raise NetworkError(f"a {self.spec.kind} population in integration {self.spec.integration!r} has {name} "
+                               f"{self.spec.form_fixed[name]!r} everywhere (NeuronSpec.form_fixed); got other "
+                               f"values: give it that {name} or a spec in integration 'decay'")
 
     def to_decay_form(self) -> None:
         """Compute in the decay form ``beta v + (1 - beta) v_rest + scale x`` (see the class docstring)."""

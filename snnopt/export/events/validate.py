@@ -11,7 +11,7 @@ import torch
 
 from ...spec import Config, NeuronSpec
 from ...surrogate import Surrogate
-from ..network import NetworkError
+from ..network import NetworkError, form_conflict
 from .maps import _csr
 
 FORMAT = "snnopt-events"
@@ -137,11 +137,11 @@ def _check_population(name, attrs, dtype, where) -> _Population:
             pop.params[p] = _array(attrs, p, size, dtype, f"{where} (a {spec.kind} population)", required=need)
         if spec.kind == "if":
             pop.params["beta"] = None
-        for p, fixed in spec.form_fixed.items():
-            if not bool((pop.params[p] == torch.tensor(fixed, dtype=dtype)).all()):
-                raise NetworkError(f"{where}: integration {spec.integration!r} fixes {p} at {fixed!r} "
-                                   f"(NeuronSpec.form_fixed); the {p} array holds other values: write that {p} or "
-                                   "integration 'decay'")
+        p = form_conflict(spec, pop.params)
+        if p is not None:
+            raise NetworkError(f"{where}: integration {spec.integration!r} fixes {p} at {spec.form_fixed[p]!r} "
+                               f"(NeuronSpec.form_fixed); the {p} array holds other values: write that {p} or "
+                               "integration 'decay'")
         pop.cfg = spec.config
     return pop
 
